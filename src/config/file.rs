@@ -1,0 +1,89 @@
+//! The serde mirror of `proxy.toml`: one struct per table, every key optional
+//! and loosely typed (durations and enums are plain strings), so that defaults,
+//! ranges and cross-references are all checked, with positions, in `validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file. `validate` deserializes each section on its own (so that
+/// one broken section does not hide problems in another); this struct lists
+/// the known top-level keys.
+#[derive(Debug, Default, Deserialize)]
+pub struct File {
+    pub server: Option<Server>,
+    pub redis: Option<Redis>,
+    pub session: Option<Session>,
+    pub identity: Option<Identity>,
+    pub upstream: Option<Vec<Upstream>>,
+    pub route: Option<Vec<Route>>,
+    /// `[admin]`: reserved, accepted but not read yet.
+    pub admin: Option<toml::Value>,
+    /// `[jwt]`: reserved, accepted but not read yet.
+    pub jwt: Option<toml::Value>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Server {
+    pub listen: Option<Vec<String>>,
+    pub threads: Option<i64>,
+    pub grace_period: Option<String>,
+    pub graceful_shutdown_timeout: Option<String>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub max_request_header_bytes: Option<i64>,
+}
+
+/// `[redis]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Redis {
+    pub url: Option<String>,
+    pub command_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+}
+
+/// `[session]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Session {
+    pub cookie: Option<String>,
+    pub cookie_format: Option<String>,
+    pub secrets: Option<Vec<String>>,
+    pub bearer: Option<String>,
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub role_field: Option<String>,
+}
+
+/// `[identity]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Identity {
+    /// `[identity.headers]`: header name → dotted field path. The map is
+    /// sorted by name; `validate` restores file order from the spans.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Upstream {
+    pub name: Option<String>,
+    pub addrs: Option<Vec<String>>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Route {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: Option<String>,
+    pub access: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub on_unauthenticated: Option<OnUnauthenticated>,
+}
+
+/// `on_unauthenticated = { redirect = "/login" }`
+#[derive(Debug, Default, Deserialize)]
+pub struct OnUnauthenticated {
+    pub redirect: Option<String>,
+}

@@ -1,0 +1,194 @@
+//! The validated, compiled configuration that the rest of sessiongate sees.
+//! Nothing here is parsed per request: header names, key templates and route
+//! tables are built once, when the file is loaded.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+
+/// Everything sessiongate needs to run, built from `proxy.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub redis: RedisSettings,
+    pub session: SessionSettings,
+    /// `[identity.headers]`, in file order.
+    pub identity: Vec<IdentityHeader>,
+    /// `[[upstream]]`, in file order; routes refer to them by index.
+    pub upstreams: Vec<Upstream>,
+    /// `[[route]]`, in file order; the first match wins.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// `listen`: addresses of the public listener (`host:port`, port may be 0).
+    pub listen: Vec<String>,
+    /// `threads`: worker threads (default: number of cores).
+    pub threads: usize,
+    /// `grace_period`: how long the old process keeps accepting during shutdown/upgrade.
+    pub grace_period: Duration,
+    /// `graceful_shutdown_timeout`: how long in-flight requests may take to finish.
+    pub graceful_shutdown_timeout: Duration,
+    /// `pid_file`: where Pingora writes its pid (used by upgrades).
+    pub pid_file: String,
+    /// `upgrade_sock`: the socket Pingora hands listeners over on during an upgrade.
+    pub upgrade_sock: String,
+    /// `max_request_header_bytes`: larger request headers get 431 (default 64 KiB).
+    pub max_request_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `url`: `redis://` or `rediss://`, with optional user, password and db.
+    pub url: String,
+    /// `command_timeout`: a Redis call slower than this is a store error (default 100ms).
+    pub command_timeout: Duration,
+    /// `connect_timeout`: how long one connection attempt may take (default 1s).
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieFormat {
+    /// The cookie value is the session id.
+    Plain,
+    /// express-session: URL-encoded `s:<id>.<base64 HMAC-SHA256 without padding>`.
+    Express,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerMode {
+    Off,
+    /// `Authorization: Bearer <session id>`.
+    Opaque,
+    /// `Authorization: Bearer <JWT>` (validated against `[jwt]`).
+    Jwt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueFormat {
+    /// The key holds a JSON string (express-session, connect-redis and most apps).
+    Json,
+    /// The key is a Redis hash; each field is a top-level field of the session.
+    Hash,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// `cookie`: the session cookie's name (default `connect.sid`).
+    pub cookie: String,
+    pub cookie_format: CookieFormat,
+    /// `secrets`: express-session secrets; the first signs, all verify.
+    pub secrets: Vec<String>,
+    pub bearer: BearerMode,
+    /// `key`: the Redis key of a session, e.g. `sess:{id}`.
+    pub key: KeyTemplate,
+    /// `value`: `json` (default) or `hash`.
+    pub value: ValueFormat,
+    /// `role_field`: where a route's `roles` are looked up (default `user.role`).
+    pub role_field: FieldPath,
+}
+
+/// A Redis key with one `{placeholder}`, split at load time so building a key
+/// is a single allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    prefix: String,
+    suffix: String,
+}
+
+impl KeyTemplate {
+    /// Builds a template from `template`, which must contain `placeholder`
+    /// (e.g. `{id}`) exactly once.
+    pub fn parse(template: &str, placeholder: &str) -> Option<KeyTemplate> {
+        let (prefix, suffix) = template.split_once(placeholder)?;
+        if suffix.contains(placeholder) {
+            return None;
+        }
+        Some(KeyTemplate {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    pub fn render(&self, value: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + value.len() + self.suffix.len());
+        key.push_str(&self.prefix);
+        key.push_str(value);
+        key.push_str(&self.suffix);
+        key
+    }
+}
+
+/// A dotted path into a session document, e.g. `user.id` or `passport.user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath {
+    segments: Vec<String>,
+}
+
+impl FieldPath {
+    /// Returns `None` for an empty path or an empty segment (`user..id`).
+    pub fn parse(path: &str) -> Option<FieldPath> {
+        let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+        if segments.iter().any(String::is_empty) {
+            return None;
+        }
+        Some(FieldPath { segments })
+    }
+
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// The value at this path, if every segment exists.
+    pub fn lookup<'v>(&self, doc: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+        self.segments
+            .iter()
+            .try_fold(doc, |value, segment| value.get(segment.as_str()))
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.segments.join("."))
+    }
+}
+
+/// One `[identity.headers]` entry: the header is always stripped from client
+/// requests and set from `field` when the session has it.
+#[derive(Debug, Clone)]
+pub struct IdentityHeader {
+    pub name: HeaderName,
+    pub field: FieldPath,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// Resolved at load time; requests are spread over them round robin.
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Authenticated,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `name`: used in logs and metric labels (default: the path prefix).
+    pub name: String,
+    /// `host`: matched case-insensitively against the request's host, port removed.
+    pub host: Option<String>,
+    /// `path_prefix`: matched against the normalised path.
+    pub path_prefix: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub access: Access,
+    /// `roles`: when non-empty, the session's role field must be one of them.
+    pub roles: Vec<String>,
+    /// `on_unauthenticated = { redirect = "/login" }`: where browsers are sent.
+    pub login_redirect: Option<String>,
+}

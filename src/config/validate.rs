@@ -1,0 +1,1916 @@
+//! Turns the text of `proxy.toml` into a validated [`Config`], reporting every
+//! problem at once: syntax, `${VAR}` expansion, wrong types, unknown keys and
+//! semantic checks, each with its dotted key path and `line:column`.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt::{self, Write as _};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::de::{DeserializeOwned, IntoDeserializer as _};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::file;
+use super::model::{
+    Access, BearerMode, Config, CookieFormat, FieldPath, IdentityHeader, KeyTemplate,
+    RedisSettings, Route, ServerSettings, SessionSettings, Upstream, ValueFormat,
+};
+
+/// One problem in the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `route[2].upstream` (array indexes are 0-based);
+    /// empty for syntax and I/O errors.
+    pub path: String,
+    /// 1-based line; 0 when the error is not tied to a position (I/O errors).
+    pub line: usize,
+    /// 1-based column, in characters; 0 when `line` is 0.
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: ", self.line, self.column)?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one configuration file, sorted by position.
+/// Displays as one `<source>:<line>:<column>: <path>: <message>` line per error.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render_errors(.source_name, .errors))]
+pub struct ConfigErrors {
+    /// The file name used in messages (`load` uses the path it was given).
+    pub source_name: String,
+    pub errors: Vec<ConfigError>,
+}
+
+fn render_errors(source_name: &str, errors: &[ConfigError]) -> String {
+    let mut out = String::new();
+    for (i, error) in errors.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        // With a position: `<source>:<line>:<col>: ...`; without: `<source>: ...`.
+        let separator = if error.line > 0 { ":" } else { ": " };
+        let _ = write!(out, "{source_name}{separator}{error}");
+    }
+    out
+}
+
+/// Reads and validates the file at `path`, expanding `${VAR}` from the
+/// process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source_name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&source_name, &text, &|name| std::env::var(name).ok()),
+        Err(err) => Err(ConfigErrors {
+            source_name,
+            errors: vec![ConfigError {
+                path: String::new(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the configuration file: {err}"),
+            }],
+        }),
+    }
+}
+
+/// Validates `text` (the contents of `source_name`), looking `${VAR}`
+/// references up with `env`.
+pub fn parse(
+    source_name: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        source_name: source_name.to_owned(),
+        errors,
+    };
+    let mut root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(err) => {
+            let (line, column) = line_col(text, err.span().map_or(0, |span| span.start));
+            return Err(fail(vec![ConfigError {
+                path: String::new(),
+                line,
+                column,
+                message: err.message().to_owned(),
+            }]));
+        }
+    };
+
+    let mut env_errors = Vec::new();
+    for (key, value) in root.get_mut().iter_mut() {
+        let mut path = vec![Seg::Key(key.get_ref().to_string())];
+        expand_env(value, &mut path, env, &mut env_errors);
+    }
+
+    let mut checker = Checker {
+        text,
+        root: &root,
+        errors: Vec::new(),
+        quiet: HashSet::new(),
+    };
+    let config = checker.check();
+
+    // A string whose `${VAR}` could not be expanded is reported once, for the
+    // variable; whatever else is wrong with the unexpanded text is noise.
+    let poisoned: HashSet<usize> = env_errors.iter().map(|e| e.offset).collect();
+    let mut pending: Vec<Pending> = checker
+        .errors
+        .into_iter()
+        .filter(|e| !poisoned.contains(&e.offset))
+        .chain(env_errors)
+        .collect();
+    pending.sort_by_key(|e| e.offset);
+    pending.dedup();
+
+    match config {
+        Some(config) if pending.is_empty() => Ok(config),
+        _ => {
+            let mut errors: Vec<ConfigError> = pending
+                .into_iter()
+                .map(|e| {
+                    let (line, column) = line_col(text, e.offset);
+                    ConfigError {
+                        path: e.path,
+                        line,
+                        column,
+                        message: e.message,
+                    }
+                })
+                .collect();
+            if errors.is_empty() {
+                errors.push(ConfigError {
+                    path: String::new(),
+                    line: 1,
+                    column: 1,
+                    message: "invalid configuration".to_owned(),
+                });
+            }
+            Err(fail(errors))
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .get(line_start..)
+        .map_or(1, |s| s.chars().count() + 1);
+    (line, column)
+}
+
+// ---------------------------------------------------------------------------
+// Key paths
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn fmt_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let bare = !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if bare {
+                    out.push_str(key);
+                } else {
+                    let _ = write!(out, "{key:?}");
+                }
+            }
+            Seg::Index(index) => {
+                let _ = write!(out, "[{index}]");
+            }
+        }
+    }
+    out
+}
+
+fn sub(path: &[Seg], key: &str) -> Vec<Seg> {
+    let mut path = path.to_vec();
+    path.push(Seg::Key(key.to_owned()));
+    path
+}
+
+fn idx(path: &[Seg], index: usize) -> Vec<Seg> {
+    let mut path = path.to_vec();
+    path.push(Seg::Index(index));
+    path
+}
+
+fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
+    match path {
+        serde_ignored::Path::Root => Vec::new(),
+        serde_ignored::Path::Seq { parent, index } => idx(&ignored_path(parent), *index),
+        serde_ignored::Path::Map { parent, key } => sub(&ignored_path(parent), key),
+        serde_ignored::Path::Some { parent }
+        | serde_ignored::Path::NewtypeStruct { parent }
+        | serde_ignored::Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+fn tracked_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
+    path.iter()
+        .filter_map(|seg| match seg {
+            serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {
+                None
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// `${VAR}` expansion
+
+#[derive(Debug, PartialEq, Eq)]
+struct Pending {
+    offset: usize,
+    path: String,
+    message: String,
+}
+
+fn expand_env(
+    value: &mut Spanned<DeValue<'_>>,
+    path: &mut Vec<Seg>,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<Pending>,
+) {
+    let offset = value.span().start;
+    match value.get_mut() {
+        DeValue::String(s) => match expand_str(s, env) {
+            Ok(Some(expanded)) => *s = Cow::Owned(expanded),
+            Ok(None) => {}
+            Err(messages) => errors.extend(messages.into_iter().map(|message| Pending {
+                offset,
+                path: fmt_path(path),
+                message,
+            })),
+        },
+        DeValue::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(Seg::Index(i));
+                expand_env(item, path, env, errors);
+                path.pop();
+            }
+        }
+        DeValue::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                path.push(Seg::Key(key.get_ref().to_string()));
+                expand_env(item, path, env, errors);
+                path.pop();
+            }
+        }
+        DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => {}
+    }
+}
+
+/// Expands `${NAME}` and `${NAME:-default}` (the default when `NAME` is unset
+/// or empty, as in a POSIX shell); `$${` is a literal `${`. `Ok(None)` when
+/// there is nothing to expand; `Err` lists every unset variable or malformed
+/// reference.
+fn expand_str(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, Vec<String>> {
+    if !s.contains("${") {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut errors = Vec::new();
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let reference = after.split_once('}').map(|(inner, remaining)| {
+                let (name, default) = match inner.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (inner, None),
+                };
+                (name, default, remaining)
+            });
+            match reference {
+                Some((name, default, remaining)) if is_env_name(name) => {
+                    match (env(name), default) {
+                        (Some(value), Some(default)) if value.is_empty() => out.push_str(default),
+                        (Some(value), _) => out.push_str(&value),
+                        (None, Some(default)) => out.push_str(default),
+                        (None, None) => {
+                            errors.push(format!("environment variable {name} is not set"))
+                        }
+                    }
+                    rest = remaining;
+                }
+                _ => {
+                    errors.push(
+                        "malformed `${...}`: expected `${NAME}` or `${NAME:-default}` \
+                         (write `$${` for a literal `${`)"
+                            .to_owned(),
+                    );
+                    out.push_str("${");
+                    rest = after;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    if errors.is_empty() {
+        Ok(Some(out))
+    } else {
+        Err(errors)
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// The field names serde knows for struct `T` (used for "did you mean").
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("probe"))
+        }
+
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("probe"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// The closest candidate to `word`, if one is close enough to be a typo.
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn with_article(kind: &str) -> String {
+    match kind.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {kind}"),
+        _ => format!("a {kind}"),
+    }
+}
+
+/// serde's "expected ..." phrases, in the file's vocabulary.
+fn friendly_expected(expected: &str) -> String {
+    match expected {
+        // Every list in proxy.toml is a list of strings.
+        "a sequence" => "a list of strings".to_owned(),
+        "i64" | "u64" | "usize" => "an integer".to_owned(),
+        "a map" => "a table".to_owned(),
+        other if other.starts_with("struct ") => "a table".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn is_listen_addr(addr: &str) -> bool {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok()
+        && !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs = match addr.parse::<SocketAddr>() {
+        Ok(sa) => vec![sa],
+        Err(_) => {
+            let Some((host, port)) = addr.rsplit_once(':') else {
+                return Err(format!("{addr:?} has no port (expected host:port)"));
+            };
+            if host.is_empty() {
+                return Err(format!("{addr:?} has no host (expected host:port)"));
+            }
+            if host.contains(':') {
+                return Err(format!(
+                    "{addr:?}: IPv6 addresses must be in brackets, e.g. \"[::1]:3000\""
+                ));
+            }
+            let Ok(port) = port.parse::<u16>() else {
+                return Err(format!("{addr:?} has an invalid port (expected host:port)"));
+            };
+            (host, port)
+                .to_socket_addrs()
+                .map_err(|err| format!("cannot resolve {addr:?}: {err}"))?
+                .collect()
+        }
+    };
+    if addrs.is_empty() {
+        return Err(format!("{addr:?} resolved to no addresses"));
+    }
+    if addrs.iter().any(|a| a.port() == 0) {
+        return Err(format!("{addr:?}: port 0 is not a valid upstream port"));
+    }
+    Ok(addrs)
+}
+
+/// RFC 6265 cookie-name: an RFC 2616 token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+/// Headers that describe the connection or carry credentials: never set from
+/// a session. `name` is lower-cased with `_` folded to `-`.
+fn is_reserved_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "cookie"
+            | "authorization"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "keep-alive"
+    ) || name.starts_with("proxy-")
+}
+
+/// `host` as a route stores it: lower-case, without a port.
+fn normalize_host(host: &str) -> Result<String, String> {
+    let invalid = || format!("{host:?} is not a valid host name");
+    if host.is_empty() || host.contains('@') {
+        return Err(invalid());
+    }
+    let authority: http::uri::Authority = host.parse().map_err(|_| invalid())?;
+    let name = authority.host();
+    if name.is_empty() {
+        return Err(invalid());
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn is_valid_redirect(target: &str) -> bool {
+    if target.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    if target.starts_with('/') {
+        // `//host` and `/\host` are both treated by browsers as another origin.
+        return !(target.starts_with("//") || target.starts_with("/\\"));
+    }
+    match target.parse::<http::Uri>() {
+        Ok(uri) => {
+            matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some_and(|a| !a.host().is_empty())
+        }
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The checker
+
+struct Checker<'r, 't> {
+    text: &'t str,
+    root: &'r Spanned<DeTable<'t>>,
+    errors: Vec<Pending>,
+    /// Paths whose absence is already explained (a type error removed the
+    /// key, or an unknown key was suggested as this one).
+    quiet: HashSet<String>,
+}
+
+const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
+
+impl<'r, 't> Checker<'r, 't> {
+    // -- positions ---------------------------------------------------------
+
+    fn table_at(&self, path: &[Seg]) -> Option<&'r DeTable<'t>> {
+        if path.is_empty() {
+            Some(self.root.get_ref())
+        } else {
+            self.lookup(path)?.get_ref().as_table()
+        }
+    }
+
+    fn lookup(&self, path: &[Seg]) -> Option<&'r Spanned<DeValue<'t>>> {
+        let (last, parent) = path.split_last()?;
+        match last {
+            Seg::Key(key) => self.table_at(parent)?.get(key.as_str()),
+            Seg::Index(index) => self.lookup(parent)?.get_ref().as_array()?.get(*index),
+        }
+    }
+
+    /// Byte offset of the value at `path` (or of its key, with `key`); when
+    /// the path does not exist, of its closest existing ancestor.
+    fn position(&self, path: &[Seg], key: bool) -> usize {
+        if key {
+            if let Some((Seg::Key(name), parent)) = path.split_last() {
+                if let Some((k, _)) = self
+                    .table_at(parent)
+                    .and_then(|t| t.get_key_value(name.as_str()))
+                {
+                    return k.span().start;
+                }
+            }
+        }
+        (1..=path.len())
+            .rev()
+            .find_map(|n| self.lookup(&path[..n]))
+            .map_or(self.root.span().start, |v| v.span().start)
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        line_col(self.text, offset).0
+    }
+
+    // -- reporting ---------------------------------------------------------
+
+    fn error_at(&mut self, offset: usize, path: &[Seg], message: impl Into<String>) {
+        self.errors.push(Pending {
+            offset,
+            path: fmt_path(path),
+            message: message.into(),
+        });
+    }
+
+    /// An error about the value at `path`.
+    fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+        let offset = self.position(path, false);
+        self.error_at(offset, path, message);
+    }
+
+    /// A required key is absent (reported at its table, unless explained).
+    fn missing(&mut self, path: &[Seg], message: impl Into<String>) {
+        if !self.quiet.contains(&fmt_path(path)) {
+            self.error(path, message);
+        }
+    }
+
+    fn missing_key(&mut self, path: &[Seg]) {
+        let name = match path.last() {
+            Some(Seg::Key(name)) => name.clone(),
+            _ => String::new(),
+        };
+        self.missing(path, format!("missing required key `{name}`"));
+    }
+
+    fn unknown_key(&mut self, path: &[Seg], candidates: &[&'static str]) {
+        let Some((Seg::Key(name), parent)) = path.split_last() else {
+            return;
+        };
+        let mut message = format!("unknown key `{name}`");
+        if let Some(close) = suggest(name, candidates.iter().copied()) {
+            let _ = write!(message, "; did you mean `{close}`?");
+            self.quiet.insert(fmt_path(&sub(parent, close)));
+        }
+        let offset = self.position(path, true);
+        self.error_at(offset, path, message);
+    }
+
+    // -- deserialization ---------------------------------------------------
+
+    /// Deserializes the table at `path` into `T`. A value of the wrong type is
+    /// reported and its key dropped before trying again, so every type error
+    /// and every unknown key of the section is reported. `None` when the
+    /// value is not a table at all.
+    fn section<T: DeserializeOwned>(&mut self, path: &[Seg]) -> Option<T> {
+        let value = self.lookup(path)?;
+        if !value.get_ref().is_table() {
+            let found = with_article(value.get_ref().type_str());
+            self.error(path, format!("expected a table, found {found}"));
+            return None;
+        }
+        let mut working = value.clone();
+        for _ in 0..MAX_TYPE_ERRORS_PER_SECTION {
+            let mut ignored = Vec::new();
+            let mut track = serde_path_to_error::Track::new();
+            let de = serde_path_to_error::Deserializer::new(
+                working.clone().into_deserializer(),
+                &mut track,
+            );
+            let result: Result<T, toml::de::Error> =
+                serde_ignored::deserialize(de, |p| ignored.push(ignored_path(&p)));
+            let err = match result {
+                Ok(parsed) => {
+                    self.report_unknown::<T>(path, &ignored);
+                    return Some(parsed);
+                }
+                Err(err) => err,
+            };
+            let relative = tracked_path(&track.path());
+            let full = [path, relative.as_slice()].concat();
+            self.type_error(&full, &err);
+            match remove_key(&mut working, &relative) {
+                Some(removed) => {
+                    self.quiet
+                        .insert(fmt_path(&[path, removed.as_slice()].concat()));
+                }
+                None => {
+                    self.report_unknown::<T>(path, &ignored);
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    fn type_error(&mut self, path: &[Seg], err: &toml::de::Error) {
+        let message = err.message();
+        let friendly = message
+            .strip_prefix("invalid type: ")
+            .and_then(|rest| rest.rsplit_once(", expected "))
+            .map(|(_, expected)| {
+                let found = self.lookup(path).map_or_else(
+                    || "something else".to_owned(),
+                    |v| with_article(v.get_ref().type_str()),
+                );
+                format!("expected {}, found {found}", friendly_expected(expected))
+            });
+        let offset = match self.lookup(path) {
+            Some(value) => value.span().start,
+            None => err
+                .span()
+                .map_or_else(|| self.position(path, false), |s| s.start),
+        };
+        self.error_at(offset, path, friendly.unwrap_or_else(|| message.to_owned()));
+    }
+
+    fn report_unknown<T: DeserializeOwned>(&mut self, base: &[Seg], ignored: &[Vec<Seg>]) {
+        for relative in ignored {
+            let candidates = match relative.split_last().map(|(_, parent)| parent) {
+                Some([]) => fields_of::<T>(),
+                Some([.., Seg::Key(parent)]) if parent == "on_unauthenticated" => {
+                    fields_of::<file::OnUnauthenticated>()
+                }
+                _ => &[],
+            };
+            self.unknown_key(&[base, relative.as_slice()].concat(), candidates);
+        }
+    }
+
+    // -- value helpers -----------------------------------------------------
+
+    fn duration(
+        &mut self,
+        path: &[Seg],
+        value: Option<&str>,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Duration {
+        let Some(text) = value else {
+            return default;
+        };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.error(path, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(err) => {
+                self.error(
+                    path,
+                    format!(
+                        "invalid duration {text:?} ({err}); write e.g. \"100ms\", \"5s\" or \"1m\""
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// One of a fixed set of strings; `None` (after reporting) when unknown.
+    fn choice<T: Copy>(
+        &mut self,
+        path: &[Seg],
+        value: Option<&str>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let Some(text) = value else {
+            return Some(default);
+        };
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == text) {
+            return Some(*v);
+        }
+        let expected: Vec<String> = options
+            .iter()
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
+        self.error(
+            path,
+            format!(
+                "unknown value {text:?}, expected one of {}",
+                expected.join(", ")
+            ),
+        );
+        None
+    }
+
+    fn non_empty(&mut self, path: &[Seg], value: Option<String>, default: &str) -> String {
+        match value {
+            Some(v) if v.is_empty() => {
+                self.error(path, "must not be empty");
+                default.to_owned()
+            }
+            Some(v) => v,
+            None => default.to_owned(),
+        }
+    }
+
+    fn string_list(&mut self, path: &[Seg], value: Option<&[String]>, what: &str) {
+        match value {
+            None => self.missing_key(path),
+            Some([]) => self.error(path, format!("must list at least one {what}")),
+            Some(_) => {}
+        }
+    }
+
+    // -- sections ----------------------------------------------------------
+
+    fn check(&mut self) -> Option<Config> {
+        self.top_level();
+        let server = self.server();
+        let redis = self.redis();
+        let session = self.session();
+        let identity = self.identity();
+        let (upstreams, names) = self.upstreams();
+        let routes = self.routes(names.as_deref());
+        Some(Config {
+            server: server?,
+            redis: redis?,
+            session: session?,
+            identity: identity?,
+            upstreams: upstreams?,
+            routes: routes?,
+        })
+    }
+
+    fn top_level(&mut self) {
+        let known = fields_of::<file::File>();
+        for (key, value) in self.root.get_ref().iter() {
+            let name = key.get_ref().as_ref();
+            if known.contains(&name) {
+                continue;
+            }
+            let close = suggest(name, known.iter().copied());
+            let is_table_array = matches!(value.get_ref(), DeValue::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i.get_ref().is_table()));
+            let mut message = if value.get_ref().is_table() {
+                format!("unknown table [{name}]")
+            } else if is_table_array {
+                format!("unknown table [[{name}]]")
+            } else {
+                format!("unknown key `{name}`")
+            };
+            if let Some(close) = close {
+                let _ = write!(message, "; did you mean `{close}`?");
+                self.quiet.insert(close.to_owned());
+            }
+            let path = [Seg::Key(name.to_owned())];
+            self.error_at(key.span().start, &path, message);
+        }
+    }
+
+    fn server(&mut self) -> Option<ServerSettings> {
+        let path = [Seg::Key("server".to_owned())];
+        if self.lookup(&path).is_none() {
+            self.missing(
+                &path,
+                "missing required table [server] (it must set `listen`)",
+            );
+            return None;
+        }
+        let f: file::Server = self.section(&path)?;
+
+        let listen_path = sub(&path, "listen");
+        self.string_list(&listen_path, f.listen.as_deref(), "address");
+        let listen = f.listen.unwrap_or_default();
+        for (i, addr) in listen.iter().enumerate() {
+            if !is_listen_addr(addr) {
+                self.error(
+                    &idx(&listen_path, i),
+                    format!("{addr:?} is not a host:port address"),
+                );
+            }
+        }
+
+        let threads = match f.threads {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.error(&sub(&path, "threads"), "must be at least 1");
+                    1
+                }
+            },
+        };
+        let grace_period = self.duration(
+            &sub(&path, "grace_period"),
+            f.grace_period.as_deref(),
+            Duration::from_secs(5),
+            true,
+        );
+        let graceful_shutdown_timeout = self.duration(
+            &sub(&path, "graceful_shutdown_timeout"),
+            f.graceful_shutdown_timeout.as_deref(),
+            Duration::from_secs(10),
+            true,
+        );
+        let pid_file = self.non_empty(&sub(&path, "pid_file"), f.pid_file, "/tmp/sessiongate.pid");
+        let upgrade_sock = self.non_empty(
+            &sub(&path, "upgrade_sock"),
+            f.upgrade_sock,
+            "/tmp/sessiongate_upgrade.sock",
+        );
+        let max_request_header_bytes = match f.max_request_header_bytes {
+            None => 65536,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n >= 1024 => n,
+                _ => {
+                    self.error(
+                        &sub(&path, "max_request_header_bytes"),
+                        "must be at least 1024",
+                    );
+                    65536
+                }
+            },
+        };
+        Some(ServerSettings {
+            listen,
+            threads,
+            grace_period,
+            graceful_shutdown_timeout,
+            pid_file,
+            upgrade_sock,
+            max_request_header_bytes,
+        })
+    }
+
+    fn redis(&mut self) -> Option<RedisSettings> {
+        let path = [Seg::Key("redis".to_owned())];
+        if self.lookup(&path).is_none() {
+            self.missing(&path, "missing required table [redis]");
+            return None;
+        }
+        let f: file::Redis = self.section(&path)?;
+
+        let url_path = sub(&path, "url");
+        // The URL may hold a password: never echo it.
+        let url = match f.url {
+            None => {
+                self.missing_key(&url_path);
+                None
+            }
+            Some(url) => {
+                const SCHEMES: [&str; 4] = ["redis://", "rediss://", "unix://", "redis+unix://"];
+                let scheme = SCHEMES.iter().find(|s| {
+                    url.get(..s.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(s))
+                });
+                match scheme {
+                    None => {
+                        self.error(
+                            &url_path,
+                            "must start with redis://, rediss://, unix:// or redis+unix://",
+                        );
+                        None
+                    }
+                    Some(s) if url.len() == s.len() => {
+                        self.error(&url_path, format!("has nothing after {s}"));
+                        None
+                    }
+                    Some(_) => Some(url),
+                }
+            }
+        };
+        let command_timeout = self.duration(
+            &sub(&path, "command_timeout"),
+            f.command_timeout.as_deref(),
+            Duration::from_millis(100),
+            false,
+        );
+        let connect_timeout = self.duration(
+            &sub(&path, "connect_timeout"),
+            f.connect_timeout.as_deref(),
+            Duration::from_secs(1),
+            false,
+        );
+        Some(RedisSettings {
+            url: url?,
+            command_timeout,
+            connect_timeout,
+        })
+    }
+
+    fn session(&mut self) -> Option<SessionSettings> {
+        let path = [Seg::Key("session".to_owned())];
+        if self.lookup(&path).is_none() {
+            self.missing(&path, "missing required table [session]");
+            return None;
+        }
+        let f: file::Session = self.section(&path)?;
+
+        let cookie = f.cookie.unwrap_or_else(|| "connect.sid".to_owned());
+        if !is_cookie_name(&cookie) {
+            self.error(
+                &sub(&path, "cookie"),
+                format!("{cookie:?} is not a valid cookie name"),
+            );
+        }
+        let cookie_format = self.choice(
+            &sub(&path, "cookie_format"),
+            f.cookie_format.as_deref(),
+            CookieFormat::Express,
+            &[
+                ("express", CookieFormat::Express),
+                ("plain", CookieFormat::Plain),
+            ],
+        );
+        // Secrets are never echoed.
+        let secrets_path = sub(&path, "secrets");
+        if cookie_format == Some(CookieFormat::Express) {
+            match f.secrets.as_deref() {
+                None => self.missing(
+                    &secrets_path,
+                    "missing required key `secrets` (cookie_format = \"express\" needs the \
+                     express-session secrets)",
+                ),
+                Some([]) => self.error(&secrets_path, "must list at least one secret"),
+                Some(_) => {}
+            }
+        }
+        let secrets = f.secrets.unwrap_or_default();
+        for (i, secret) in secrets.iter().enumerate() {
+            if secret.is_empty() {
+                self.error(&idx(&secrets_path, i), "a secret must not be empty");
+            }
+        }
+        let bearer_path = sub(&path, "bearer");
+        let bearer = self.choice(
+            &bearer_path,
+            f.bearer.as_deref(),
+            BearerMode::Off,
+            &[
+                ("off", BearerMode::Off),
+                ("opaque", BearerMode::Opaque),
+                ("jwt", BearerMode::Jwt),
+            ],
+        );
+        if bearer == Some(BearerMode::Jwt) {
+            self.error(&bearer_path, "bearer = \"jwt\" is not supported yet");
+        }
+        let key_text = f.key.unwrap_or_else(|| "sess:{id}".to_owned());
+        let key = KeyTemplate::parse(&key_text, "{id}");
+        if key.is_none() {
+            self.error(
+                &sub(&path, "key"),
+                format!("{key_text:?} must contain `{{id}}` exactly once"),
+            );
+        }
+        let value = self.choice(
+            &sub(&path, "value"),
+            f.value.as_deref(),
+            ValueFormat::Json,
+            &[("json", ValueFormat::Json), ("hash", ValueFormat::Hash)],
+        );
+        let role_text = f.role_field.unwrap_or_else(|| "user.role".to_owned());
+        let role_field = FieldPath::parse(&role_text);
+        if role_field.is_none() {
+            self.error(
+                &sub(&path, "role_field"),
+                format!("{role_text:?} is not a dotted field path (e.g. \"user.role\")"),
+            );
+        }
+        Some(SessionSettings {
+            cookie,
+            cookie_format: cookie_format?,
+            secrets,
+            bearer: bearer?,
+            key: key?,
+            value: value?,
+            role_field: role_field?,
+        })
+    }
+
+    fn identity(&mut self) -> Option<Vec<IdentityHeader>> {
+        let path = [Seg::Key("identity".to_owned())];
+        if self.lookup(&path).is_none() {
+            return Some(Vec::new());
+        }
+        let f: file::Identity = self.section(&path)?;
+        let Some(headers) = f.headers else {
+            return Some(Vec::new());
+        };
+        let headers_path = sub(&path, "headers");
+        let mut entries: Vec<(usize, String, String)> = headers
+            .into_iter()
+            .map(|(name, field)| {
+                let offset = self.position(&sub(&headers_path, &name), true);
+                (offset, name, field)
+            })
+            .collect();
+        entries.sort_by_key(|(offset, _, _)| *offset);
+
+        let mut seen: Vec<(String, String, usize)> = Vec::new();
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (offset, name, field) in entries {
+            let entry_path = sub(&headers_path, &name);
+            let lower = name.to_ascii_lowercase();
+            let folded = lower.replace('_', "-");
+            let header = HeaderName::from_bytes(lower.as_bytes()).ok();
+            if header.is_none() {
+                self.error_at(
+                    offset,
+                    &entry_path,
+                    format!("{name:?} is not a valid header name"),
+                );
+            } else if is_reserved_header(&folded) {
+                self.error_at(
+                    offset,
+                    &entry_path,
+                    format!(
+                        "{name:?} cannot be set from the session (it is a hop-by-hop or \
+                         credential header)"
+                    ),
+                );
+                ok = false;
+            }
+            if let Some((_, first, first_offset)) = seen.iter().find(|(f, _, _)| *f == folded) {
+                let message = format!(
+                    "{name:?} is the same header as {first:?} (line {})",
+                    self.line_of(*first_offset)
+                );
+                self.error_at(offset, &entry_path, message);
+                ok = false;
+            } else {
+                seen.push((folded, name.clone(), offset));
+            }
+            let field_path = FieldPath::parse(&field);
+            if field_path.is_none() {
+                self.error(
+                    &entry_path,
+                    format!("{field:?} is not a dotted field path (e.g. \"user.id\")"),
+                );
+            }
+            match (header, field_path) {
+                (Some(name), Some(field)) => out.push(IdentityHeader { name, field }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// The upstreams, and each `[[upstream]]`'s name by position (known even
+    /// when the rest of it is invalid, so routes can still refer to it);
+    /// `None` names when the section itself is missing or malformed.
+    #[allow(clippy::type_complexity)]
+    fn upstreams(&mut self) -> (Option<Vec<Upstream>>, Option<Vec<Option<String>>>) {
+        let path = [Seg::Key("upstream".to_owned())];
+        let Some(value) = self.lookup(&path) else {
+            self.missing(&path, "at least one [[upstream]] is required");
+            return (None, None);
+        };
+        let Some(items) = value.get_ref().as_array() else {
+            let found = with_article(value.get_ref().type_str());
+            self.error(
+                &path,
+                format!("expected [[upstream]] tables, found {found}"),
+            );
+            return (None, None);
+        };
+        if items.is_empty() {
+            self.error(&path, "at least one [[upstream]] is required");
+        }
+
+        let mut names: Vec<Option<String>> = Vec::new();
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let entry = idx(&path, i);
+            let Some(f) = self.section::<file::Upstream>(&entry) else {
+                names.push(None);
+                out.push(None);
+                continue;
+            };
+            let name_path = sub(&entry, "name");
+            let name = match f.name {
+                None => {
+                    self.missing_key(&name_path);
+                    None
+                }
+                Some(name) if name.is_empty() => {
+                    self.error(&name_path, "must not be empty");
+                    None
+                }
+                Some(name) => {
+                    if let Some(first) = names.iter().position(|n| n.as_ref() == Some(&name)) {
+                        let line = self.line_of(self.position(&idx(&path, first), false));
+                        self.error(
+                            &name_path,
+                            format!("duplicate upstream name {name:?} (first used on line {line})"),
+                        );
+                    }
+                    Some(name)
+                }
+            };
+            names.push(name.clone());
+
+            let addrs_path = sub(&entry, "addrs");
+            self.string_list(&addrs_path, f.addrs.as_deref(), "address");
+            let mut addrs = Vec::new();
+            let mut ok = f.addrs.as_ref().is_some_and(|a| !a.is_empty());
+            for (j, addr) in f.addrs.unwrap_or_default().iter().enumerate() {
+                match resolve(addr) {
+                    Ok(resolved) => addrs.extend(resolved),
+                    Err(message) => {
+                        self.error(&idx(&addrs_path, j), message);
+                        ok = false;
+                    }
+                }
+            }
+            out.push(match name {
+                Some(name) if ok => Some(Upstream { name, addrs }),
+                _ => None,
+            });
+        }
+        (out.into_iter().collect(), Some(names))
+    }
+
+    fn routes(&mut self, upstreams: Option<&[Option<String>]>) -> Option<Vec<Route>> {
+        let path = [Seg::Key("route".to_owned())];
+        let Some(value) = self.lookup(&path) else {
+            self.missing(&path, "at least one [[route]] is required");
+            return None;
+        };
+        let Some(items) = value.get_ref().as_array() else {
+            let found = with_article(value.get_ref().type_str());
+            self.error(&path, format!("expected [[route]] tables, found {found}"));
+            return None;
+        };
+        if items.is_empty() {
+            self.error(&path, "at least one [[route]] is required");
+        }
+
+        // (name, offset of its route)
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let entry = idx(&path, i);
+            let Some(f) = self.section::<file::Route>(&entry) else {
+                out.push(None);
+                continue;
+            };
+
+            let prefix_path = sub(&entry, "path_prefix");
+            let path_prefix = match f.path_prefix {
+                None => {
+                    self.missing_key(&prefix_path);
+                    None
+                }
+                Some(prefix) if !prefix.starts_with('/') => {
+                    self.error(&prefix_path, format!("{prefix:?} must start with \"/\""));
+                    None
+                }
+                Some(prefix)
+                    if prefix.contains(['?', '#']) || prefix.contains(char::is_whitespace) =>
+                {
+                    self.error(
+                        &prefix_path,
+                        format!("{prefix:?} must be a plain path (no query, fragment or spaces)"),
+                    );
+                    None
+                }
+                // Requests are matched on their normalised path, so a prefix that is
+                // not itself normal (dot segments, `//`, raw non-ASCII) could never match.
+                Some(prefix) => match crate::policy::normalise_path(&prefix) {
+                    Ok(normal) if normal == prefix.as_str() => Some(prefix),
+                    Ok(normal) => {
+                        self.error(
+                            &prefix_path,
+                            format!("{prefix:?} is not a normalised path; write {normal:?}"),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.error(&prefix_path, format!("{prefix:?}: {e}"));
+                        None
+                    }
+                },
+            };
+
+            let name_path = sub(&entry, "name");
+            let explicit = f.name.is_some();
+            let name = match f.name {
+                Some(name) if name.is_empty() => {
+                    self.error(&name_path, "must not be empty");
+                    None
+                }
+                Some(name) => Some(name),
+                None => path_prefix.clone(),
+            };
+            if let Some(name) = &name {
+                let offset = self.position(&entry, false);
+                if let Some((_, first)) = seen.iter().find(|(n, _)| n == name) {
+                    let line = self.line_of(*first);
+                    let message = if explicit {
+                        format!("duplicate route name {name:?} (first used on line {line})")
+                    } else {
+                        format!(
+                            "duplicate route name {name:?} (first used on line {line}); a route \
+                             without `name` is named after its path_prefix, so give it a `name`"
+                        )
+                    };
+                    self.error(&name_path, message);
+                } else {
+                    seen.push((name.clone(), offset));
+                }
+            }
+
+            // `Some(Err(()))`: a host that was reported as invalid.
+            let host = f.host.map(|host| {
+                normalize_host(&host).map_err(|message| self.error(&sub(&entry, "host"), message))
+            });
+
+            let upstream_path = sub(&entry, "upstream");
+            let upstream = match (f.upstream, upstreams) {
+                (None, _) => {
+                    self.missing_key(&upstream_path);
+                    None
+                }
+                (Some(_), None) => None, // the missing [[upstream]] is reported already
+                (Some(wanted), Some(names)) => {
+                    let found = names
+                        .iter()
+                        .position(|n| n.as_deref() == Some(wanted.as_str()));
+                    if found.is_none() {
+                        let mut message = format!("no [[upstream]] is named {wanted:?}");
+                        if let Some(close) =
+                            suggest(&wanted, names.iter().flatten().map(String::as_str))
+                        {
+                            let _ = write!(message, "; did you mean {close:?}?");
+                        }
+                        self.error(&upstream_path, message);
+                    }
+                    found
+                }
+            };
+
+            let access = self.choice(
+                &sub(&entry, "access"),
+                f.access.as_deref(),
+                Access::Authenticated,
+                &[
+                    ("public", Access::Public),
+                    ("authenticated", Access::Authenticated),
+                ],
+            );
+            let roles_path = sub(&entry, "roles");
+            if f.roles.is_some() && access == Some(Access::Public) {
+                self.error(
+                    &roles_path,
+                    "`roles` only applies to access = \"authenticated\" routes",
+                );
+            }
+            let roles = f.roles.unwrap_or_default();
+            for (j, role) in roles.iter().enumerate() {
+                if role.is_empty() {
+                    self.error(&idx(&roles_path, j), "a role must not be empty");
+                }
+            }
+
+            let login_redirect = match f.on_unauthenticated {
+                None => Some(None),
+                Some(on) => {
+                    let redirect_path = sub(&sub(&entry, "on_unauthenticated"), "redirect");
+                    match on.redirect {
+                        None => {
+                            self.missing_key(&redirect_path);
+                            None
+                        }
+                        Some(target) if !is_valid_redirect(&target) => {
+                            self.error(
+                                &redirect_path,
+                                format!(
+                                    "{target:?} must be a path starting with \"/\" (not \"//\") \
+                                     or an absolute http(s) URL"
+                                ),
+                            );
+                            None
+                        }
+                        Some(target) => Some(Some(target)),
+                    }
+                }
+            };
+
+            out.push((|| {
+                Some(Route {
+                    name: name?,
+                    host: host.transpose().ok()?,
+                    path_prefix: path_prefix?,
+                    upstream: upstream?,
+                    access: access?,
+                    roles,
+                    login_redirect: login_redirect?,
+                })
+            })());
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// Drops the key a type error points into (the innermost key on `path`) so
+/// the section can be deserialized again; returns the dropped key's path.
+fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Vec<Seg>> {
+    let at = path.iter().rposition(|seg| matches!(seg, Seg::Key(_)))?;
+    let Seg::Key(key) = &path[at] else {
+        return None;
+    };
+    let mut parent = value;
+    for seg in &path[..at] {
+        parent = match (seg, parent.get_mut()) {
+            (Seg::Key(k), DeValue::Table(table)) => table.get_mut(k.as_str())?,
+            (Seg::Index(i), DeValue::Array(items)) => items.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    match parent.get_mut() {
+        DeValue::Table(table) => table.remove(key.as_str()).map(|_| path[..=at].to_vec()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match parse("proxy.toml", text, &no_env) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.errors,
+        }
+    }
+
+    /// A valid config, with `extra` appended.
+    fn minimal(extra: &str) -> String {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+
+[redis]
+url = "redis://127.0.0.1:6379/0"
+
+[session]
+secrets = ["s3cret"]
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+{extra}"#
+        )
+    }
+
+    const FULL: &str = r#"
+[server]
+listen = ["0.0.0.0:8080", "localhost:8081"]
+threads = 2
+grace_period = "1s"
+
+[redis]
+url = "rediss://user:pw@redis.internal:6380/2"
+command_timeout = "250ms"
+
+[session]
+cookie = "sid"
+secrets = ["one", "two"]
+bearer = "opaque"
+key = "app:{id}:data"
+value = "hash"
+role_field = "passport.user.role"
+
+[identity.headers]
+"X-User-Id" = "user.id"
+"X-User-Email" = "user.email"
+"a-role" = "user.role"
+
+[admin]
+listen = "127.0.0.1:9100"
+
+[[upstream]]
+name = "static"
+addrs = ["127.0.0.1:4000"]
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000", "localhost:3001"]
+
+[[route]]
+name = "api"
+host = "Example.COM:8443"
+path_prefix = "/api"
+upstream = "app"
+roles = ["admin", "ops"]
+on_unauthenticated = { redirect = "/login" }
+
+[[route]]
+path_prefix = "/assets"
+upstream = "static"
+access = "public"
+"#;
+
+    #[test]
+    fn full_config_parses() {
+        let config = parse("proxy.toml", FULL, &no_env).unwrap();
+        let server = &config.server;
+        assert_eq!(server.listen, ["0.0.0.0:8080", "localhost:8081"]);
+        assert_eq!(server.threads, 2);
+        assert_eq!(server.grace_period, Duration::from_secs(1));
+        assert_eq!(server.graceful_shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(server.pid_file, "/tmp/sessiongate.pid");
+        assert_eq!(server.upgrade_sock, "/tmp/sessiongate_upgrade.sock");
+        assert_eq!(server.max_request_header_bytes, 65536);
+
+        assert_eq!(config.redis.url, "rediss://user:pw@redis.internal:6380/2");
+        assert_eq!(config.redis.command_timeout, Duration::from_millis(250));
+        assert_eq!(config.redis.connect_timeout, Duration::from_secs(1));
+
+        let session = &config.session;
+        assert_eq!(session.cookie, "sid");
+        assert_eq!(session.cookie_format, CookieFormat::Express);
+        assert_eq!(session.secrets, ["one", "two"]);
+        assert_eq!(session.bearer, BearerMode::Opaque);
+        assert_eq!(session.key.render("abc"), "app:abc:data");
+        assert_eq!(session.value, ValueFormat::Hash);
+        assert_eq!(session.role_field.segments(), ["passport", "user", "role"]);
+
+        // File order, not alphabetical.
+        let headers: Vec<&str> = config.identity.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(headers, ["x-user-id", "x-user-email", "a-role"]);
+        assert_eq!(config.identity[0].field.to_string(), "user.id");
+
+        assert_eq!(config.upstreams.len(), 2);
+        assert_eq!(config.upstreams[1].name, "app");
+        assert!(config.upstreams[1].addrs.len() >= 2);
+        assert_eq!(
+            config.upstreams[0].addrs,
+            ["127.0.0.1:4000".parse().unwrap()]
+        );
+
+        let api = &config.routes[0];
+        assert_eq!(api.name, "api");
+        assert_eq!(api.host.as_deref(), Some("example.com"));
+        assert_eq!(api.path_prefix, "/api");
+        assert_eq!(api.upstream, 1);
+        assert_eq!(api.access, Access::Authenticated);
+        assert_eq!(api.roles, ["admin", "ops"]);
+        assert_eq!(api.login_redirect.as_deref(), Some("/login"));
+
+        let assets = &config.routes[1];
+        assert_eq!(assets.name, "/assets");
+        assert_eq!(assets.host, None);
+        assert_eq!(assets.upstream, 0);
+        assert_eq!(assets.access, Access::Public);
+        assert!(assets.roles.is_empty());
+        assert_eq!(assets.login_redirect, None);
+    }
+
+    #[test]
+    fn minimal_config_uses_defaults() {
+        let config = parse("proxy.toml", &minimal(""), &no_env).unwrap();
+        assert!(config.server.threads >= 1);
+        assert_eq!(config.server.grace_period, Duration::from_secs(5));
+        assert_eq!(config.redis.command_timeout, Duration::from_millis(100));
+        assert_eq!(config.session.cookie, "connect.sid");
+        assert_eq!(config.session.bearer, BearerMode::Off);
+        assert_eq!(config.session.value, ValueFormat::Json);
+        assert_eq!(config.session.key.render("x"), "sess:x");
+        assert_eq!(config.session.role_field.to_string(), "user.role");
+        assert!(config.identity.is_empty());
+        assert_eq!(config.routes[0].name, "/");
+        assert_eq!(config.routes[0].access, Access::Authenticated);
+    }
+
+    #[test]
+    fn three_mistakes_in_three_sections() {
+        let text = r#"[server]
+listn = ["0.0.0.0:8080"]
+
+[redis]
+url = "redis://127.0.0.1:6379"
+command_timeout = "fast"
+
+[session]
+secrets = ["s"]
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000"]
+
+[[route]]
+path_prefix = "/"
+upstream = "ap"
+"#;
+        let errs = errors(text);
+        let summary: Vec<(usize, usize, &str)> = errs
+            .iter()
+            .map(|e| (e.line, e.column, e.path.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (2, 1, "server.listn"),
+                (6, 19, "redis.command_timeout"),
+                (17, 12, "route[0].upstream"),
+            ],
+            "{errs:#?}"
+        );
+        assert_eq!(
+            errs[0].message,
+            "unknown key `listn`; did you mean `listen`?"
+        );
+        assert!(errs[1].message.contains("\"fast\""), "{}", errs[1].message);
+        assert_eq!(
+            errs[2].message,
+            "no [[upstream]] is named \"ap\"; did you mean \"app\"?"
+        );
+
+        let rendered = ConfigErrors {
+            source_name: "proxy.toml".to_owned(),
+            errors: errs,
+        }
+        .to_string();
+        let first = rendered.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "proxy.toml:2:1: server.listn: unknown key `listn`; did you mean `listen`?"
+        );
+        assert_eq!(rendered.lines().count(), 3);
+    }
+
+    #[test]
+    fn syntax_error_reports_its_line() {
+        let errs = errors("[server]\nlisten = [\"a:1\"]\nthreads = \n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, 3);
+        assert_eq!(errs[0].path, "");
+    }
+
+    #[test]
+    fn env_vars_are_expanded_or_reported() {
+        let env = |name: &str| (name == "REDIS_HOST").then(|| "10.0.0.7".to_owned());
+        let text = minimal("")
+            .replace("127.0.0.1:6379", "${REDIS_HOST}:6379")
+            .replace("[\"s3cret\"]", "[\"${SESSION_SECRET}\"]");
+
+        let errs = parse("proxy.toml", &text, &env).unwrap_err().errors;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].line, 8);
+        assert_eq!(errs[0].path, "session.secrets[0]");
+        assert_eq!(
+            errs[0].message,
+            "environment variable SESSION_SECRET is not set"
+        );
+
+        let env = |name: &str| match name {
+            "REDIS_HOST" => Some("10.0.0.7".to_owned()),
+            "SESSION_SECRET" => Some("hunter2".to_owned()),
+            _ => None,
+        };
+        let config = parse("proxy.toml", &text, &env).unwrap();
+        assert_eq!(config.redis.url, "redis://10.0.0.7:6379/0");
+        assert_eq!(config.session.secrets, ["hunter2"]);
+    }
+
+    #[test]
+    fn expand_str_rules() {
+        let env = |name: &str| (name == "A").then(|| "x".to_owned());
+        assert_eq!(expand_str("plain $5", &env), Ok(None));
+        assert_eq!(expand_str("${A}-${A}", &env), Ok(Some("x-x".to_owned())));
+        assert_eq!(expand_str("$${A}", &env), Ok(Some("${A}".to_owned())));
+        assert_eq!(expand_str("${B:-d:1}", &env), Ok(Some("d:1".to_owned())));
+        assert_eq!(expand_str("${A:-d}", &env), Ok(Some("x".to_owned())));
+        assert_eq!(expand_str("${B:-}", &env), Ok(Some(String::new())));
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(expand_str("${A:-d}", &empty), Ok(Some("d".to_owned())));
+        assert_eq!(expand_str("${A}", &empty), Ok(Some(String::new())));
+        assert!(expand_str("${A", &env).is_err());
+        assert!(expand_str("${1A}", &env).is_err());
+        assert_eq!(
+            expand_str("${B}${C}", &env).unwrap_err(),
+            [
+                "environment variable B is not set",
+                "environment variable C is not set"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_table() {
+        let errs = errors(&minimal(
+            "\n[servr]\nx = 1\n\n[[routes]]\npath_prefix = \"/\"\n",
+        ));
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("servr", "unknown table [servr]; did you mean `server`?"),
+                ("routes", "unknown table [[routes]]; did you mean `route`?"),
+            ]
+        );
+        assert_eq!(errs[0].line, 18);
+        assert_eq!(errs[0].column, 2);
+        assert_eq!(errs[1].line, 21);
+    }
+
+    #[test]
+    fn admin_and_jwt_tables_are_accepted() {
+        let text =
+            minimal("\n[admin]\nlisten = \"127.0.0.1:9100\"\nanything = 1\n\n[jwt]\nfoo = 2\n");
+        assert!(parse("proxy.toml", &text, &no_env).is_ok());
+    }
+
+    #[test]
+    fn duplicate_upstream_name() {
+        let errs = errors(&minimal(
+            "\n[[upstream]]\nname = \"app\"\naddrs = [\"127.0.0.1:3001\"]\n",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].path, "upstream[1].name");
+        assert_eq!(errs[0].line, 19);
+        assert_eq!(
+            errs[0].message,
+            "duplicate upstream name \"app\" (first used on line 10)"
+        );
+    }
+
+    #[test]
+    fn bad_header_names() {
+        let errs = errors(&minimal(
+            "\n[identity.headers]\n\"X-User Id\" = \"user.id\"\n\"Cookie\" = \"user.c\"\n\"X-Role\" = \"user.role\"\n\"x_role\" = \"user.role\"\n\"X-Ok\" = \"user..id\"\n",
+        ));
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (19, "identity.headers.\"X-User Id\""),
+                (20, "identity.headers.Cookie"),
+                (22, "identity.headers.x_role"),
+                (23, "identity.headers.X-Ok"),
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[0].message.contains("not a valid header name"));
+        assert!(errs[1].message.contains("cannot be set"));
+        assert_eq!(
+            errs[2].message,
+            "\"x_role\" is the same header as \"X-Role\" (line 21)"
+        );
+        assert!(errs[3].message.contains("dotted field path"));
+    }
+
+    #[test]
+    fn key_without_placeholder() {
+        let text = minimal("").replace(
+            "secrets = [\"s3cret\"]",
+            "secrets = [\"s\"]\nkey = \"sess:\"",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!((errs[0].line, errs[0].column), (9, 7));
+        assert_eq!(errs[0].path, "session.key");
+        assert_eq!(
+            errs[0].message,
+            "\"sess:\" must contain `{id}` exactly once"
+        );
+        let text = minimal("").replace(
+            "secrets = [\"s3cret\"]",
+            "secrets = [\"s\"]\nkey = \"{id}:{id}\"",
+        );
+        assert_eq!(errors(&text)[0].path, "session.key");
+    }
+
+    #[test]
+    fn enum_and_type_errors() {
+        let text = r#"[server]
+listen = "0.0.0.0:80"
+threads = "4"
+
+[redis]
+url = "http://localhost"
+
+[session]
+cookie_format = "expres"
+bearer = "jwt"
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1"]
+
+[[route]]
+path_prefix = "api"
+upstream = "app"
+access = "public"
+roles = ["admin", 3]
+on_unauthenticated = { redirect = "//evil.example", colour = "red" }
+"#;
+        let errs = errors(text);
+        let got: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}:{} {}: {}", e.line, e.column, e.path, e.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "2:10 server.listen: expected a list of strings, found a string",
+                "3:11 server.threads: expected an integer, found a string",
+                "6:7 redis.url: must start with redis://, rediss://, unix:// or redis+unix://",
+                "9:17 session.cookie_format: unknown value \"expres\", expected one of \"express\", \"plain\"",
+                "10:10 session.bearer: bearer = \"jwt\" is not supported yet",
+                "14:10 upstream[0].addrs[0]: \"127.0.0.1\" has no port (expected host:port)",
+                "17:15 route[0].path_prefix: \"api\" must start with \"/\"",
+                "20:19 route[0].roles[1]: expected a string, found an integer",
+                "21:35 route[0].on_unauthenticated.redirect: \"//evil.example\" must be a path starting with \"/\" (not \"//\") or an absolute http(s) URL",
+                "21:53 route[0].on_unauthenticated.colour: unknown key `colour`",
+            ],
+            "{got:#?}"
+        );
+    }
+
+    #[test]
+    fn roles_on_public_route_and_duplicate_route_names() {
+        let errs = errors(&minimal(
+            "access = \"public\"\nroles = [\"a\"]\n\n[[route]]\nhost = \"a.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+        ));
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(
+            got,
+            [(18, "route[0].roles"), (20, "route[1].name")],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn missing_sections() {
+        let errs = errors("[server]\nlisten = []\n");
+        let got: Vec<(usize, usize, &str)> = errs
+            .iter()
+            .map(|e| (e.line, e.column, e.path.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 1, "redis"),
+                (1, 1, "session"),
+                (1, 1, "upstream"),
+                (1, 1, "route"),
+                (2, 10, "server.listen"),
+            ],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn redirect_rules() {
+        assert!(is_valid_redirect("/login"));
+        assert!(is_valid_redirect("https://auth.example.com/login?next=/"));
+        assert!(!is_valid_redirect("//evil.example"));
+        assert!(!is_valid_redirect("/\\evil.example"));
+        assert!(!is_valid_redirect("login"));
+        assert!(!is_valid_redirect("javascript:alert(1)"));
+        assert!(!is_valid_redirect("ftp://x/"));
+    }
+
+    #[test]
+    fn field_lists_are_known() {
+        assert!(fields_of::<file::Server>().contains(&"listen"));
+        assert!(fields_of::<file::File>().contains(&"admin"));
+        assert_eq!(fields_of::<file::OnUnauthenticated>(), ["redirect"]);
+    }
+
+    #[test]
+    fn load_reports_io_errors() {
+        let err = load(Path::new("/nonexistent/proxy.toml")).unwrap_err();
+        assert_eq!(err.errors.len(), 1);
+        assert_eq!((err.errors[0].line, err.errors[0].column), (0, 0));
+        assert!(err
+            .to_string()
+            .starts_with("/nonexistent/proxy.toml: cannot read"));
+    }
+}

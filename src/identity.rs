@@ -1,0 +1,130 @@
+//! The identity header plan: every configured identity header is removed from
+//! the client's request in all its spellings (any case, `_` for `-`), then set
+//! from the session, so the app can trust what it receives.
+
+use http::{HeaderName, HeaderValue};
+
+use crate::config::IdentityHeader;
+use crate::session::Session;
+
+#[derive(Debug, Clone)]
+pub struct IdentityPlan {
+    headers: Vec<IdentityHeader>,
+    /// The names folded (lower case, `_` as `-`), for matching client variants.
+    folded: Vec<String>,
+}
+
+/// Lower-cases `name` and reads `_` as `-`, the way many servers and frameworks
+/// (CGI, PHP, Django, Rails) merge header names.
+fn fold(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            b => b.to_ascii_lowercase() as char,
+        })
+        .collect()
+}
+
+impl IdentityPlan {
+    pub fn new(headers: &[IdentityHeader]) -> IdentityPlan {
+        IdentityPlan {
+            folded: headers.iter().map(|h| fold(h.name.as_str())).collect(),
+            headers: headers.to_vec(),
+        }
+    }
+
+    /// Whether a client-sent header named `name` is a copy of an identity header.
+    pub fn is_identity_header(&self, name: &str) -> bool {
+        self.folded.iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes().zip(name.bytes()).all(|(f, n)| {
+                    let n = if n == b'_' {
+                        b'-'
+                    } else {
+                        n.to_ascii_lowercase()
+                    };
+                    f == n
+                })
+        })
+    }
+
+    /// The names of the request headers `strip` must remove (in request order).
+    pub fn spoofed<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| self.is_identity_header(n))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The headers this session provides; fields the session lacks, or whose
+    /// text cannot be a header value, are left out.
+    pub fn values(&self, session: &Session) -> Vec<(HeaderName, HeaderValue)> {
+        self.headers
+            .iter()
+            .filter_map(|h| {
+                let text = session.text(&h.field)?;
+                let value = HeaderValue::from_str(&text).ok()?;
+                Some((h.name.clone(), value))
+            })
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FieldPath;
+
+    fn plan() -> IdentityPlan {
+        IdentityPlan::new(&[
+            IdentityHeader {
+                name: HeaderName::from_static("x-user-id"),
+                field: FieldPath::parse("user.id").unwrap(),
+            },
+            IdentityHeader {
+                name: HeaderName::from_static("x-user-role"),
+                field: FieldPath::parse("user.role").unwrap(),
+            },
+        ])
+    }
+
+    #[test]
+    fn every_spelling_of_an_identity_header_is_recognised() {
+        let plan = plan();
+        for name in [
+            "X-User-Id",
+            "x-user-id",
+            "X-USER-ID",
+            "x_user_id",
+            "X_User-Id",
+        ] {
+            assert!(plan.is_identity_header(name), "{name}");
+        }
+        for name in ["x-user-ids", "x-user", "xuser-id", "x-user-id2", "cookie"] {
+            assert!(!plan.is_identity_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn spoofed_lists_only_identity_headers() {
+        let found = plan().spoofed(["host", "X_USER_ROLE", "accept", "x-user-id"]);
+        assert_eq!(found, vec!["X_USER_ROLE", "x-user-id"]);
+    }
+
+    #[test]
+    fn values_skip_missing_and_unprintable_fields() {
+        let session = Session {
+            doc: serde_json::json!({"user": {"id": "1\n2", "role": "admin"}}),
+            ttl_ms: None,
+        };
+        let values = plan().values(&session);
+        assert_eq!(values.len(), 1);
+        assert_eq!(values[0].0, "x-user-role");
+        assert_eq!(values[0].1, "admin");
+    }
+}

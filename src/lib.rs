@@ -1,0 +1,16 @@
+//! sessiongate: an edge reverse proxy that lets a request reach an app only
+//! when it carries a session the app itself keeps in Redis. For each request
+//! the pipeline routes on a normalised path, extracts the credential (a plain
+//! or express-signed cookie, or a bearer token), resolves it in Redis, checks
+//! the route's roles, strips every client-sent copy of the identity headers
+//! and sets them from the session before Pingora forwards the request.
+
+pub mod config;
+pub mod credential;
+pub mod identity;
+pub mod manage;
+pub mod pipeline;
+pub mod policy;
+pub mod proxy;
+pub mod reject;
+pub mod session;

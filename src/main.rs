@@ -1,0 +1,156 @@
+//! The `sessiongate` command: run the gateway, or check a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use sessiongate::config;
+use sessiongate::manage::{self, ManageError, Manager};
+
+#[derive(Parser)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "Session-enforcing reverse proxy for Redis-backed app sessions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with the given configuration.
+    Run {
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration, print every problem, and exit non-zero if any.
+    Check {
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+    },
+    /// Create, show or revoke sessions in the configured Redis.
+    Session {
+        #[arg(short, long, default_value = "proxy.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: SessionAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionAction {
+    /// Write a session the gateway (and an express-session app) accepts; print its cookie.
+    Create {
+        /// The user id, stored as `user.id`.
+        #[arg(long)]
+        user: String,
+        /// Extra `user.<key>` fields, e.g. `--field role=admin`.
+        #[arg(long = "field", value_name = "KEY=VALUE")]
+        fields: Vec<String>,
+        /// How long the session lives.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print a session and its remaining lifetime.
+    Show { id: String },
+    /// Delete a session; it is refused from the next request on.
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams, {} identity headers)",
+                    config.display(),
+                    cfg.routes.len(),
+                    cfg.upstreams.len(),
+                    cfg.identity.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Session { config, action } => {
+            let cfg = match config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            match session_command(&cfg, action) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sessiongate: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Run { config } => {
+            let cfg = match config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            match sessiongate::proxy::service::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sessiongate: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn session_command(cfg: &config::Config, action: SessionAction) -> Result<(), ManageError> {
+    let mut manager = Manager::connect(cfg)?;
+    match action {
+        SessionAction::Create { user, fields, ttl } => {
+            let fields = fields
+                .iter()
+                .map(|f| manage::parse_field(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let created = manager.create(&user, &fields, manage::parse_ttl(&ttl)?)?;
+            let base = cfg
+                .server
+                .listen
+                .first()
+                .map(|l| l.replace("0.0.0.0", "127.0.0.1"))
+                .unwrap_or_else(|| "127.0.0.1:8080".into());
+            println!("session: {}", created.id);
+            println!("cookie:  {}", created.cookie);
+            println!("curl -H 'Cookie: {}' http://{base}/", created.cookie);
+        }
+        SessionAction::Show { id } => {
+            let (doc, ttl) = manager.show(&id)?;
+            let doc = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            println!("{doc}");
+            println!("ttl: {ttl}s");
+        }
+        SessionAction::Revoke { id } => {
+            manager.revoke(&id)?;
+            println!("revoked");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The request pipeline as plain async code, free of Pingora: route, extract,
+//! resolve, authorize. `decide` turns a request head into an `Outcome`; the
+//! Pingora glue in `proxy` only writes that outcome out.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::config::{Access, BearerMode, Config, CookieFormat, Route};
+use crate::credential::bearer::bearer_token;
+use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
+use crate::credential::{Credential, CredentialSource};
+use crate::identity::IdentityPlan;
+use crate::policy::{normalise_path, prefix_matches};
+use crate::reject::{login_url, AuthFailure, Rejection};
+use crate::session::{Session, SessionStore, StoreError};
+
+/// What happened to a request, as counted in metrics and access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Forwarded,
+    Public,
+    Unauthenticated,
+    Forbidden,
+    StoreError,
+    /// Refused before authentication: bad path, no route, oversized headers.
+    Invalid,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Forwarded => "forwarded",
+            Decision::Public => "public",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::Forbidden => "forbidden",
+            Decision::StoreError => "store_error",
+            Decision::Invalid => "invalid",
+        }
+    }
+}
+
+/// The pipeline's verdict on one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Forward to the route's upstream, with these identity headers set.
+    Forward {
+        route: usize,
+        identity: Vec<(HeaderName, HeaderValue)>,
+        decision: Decision,
+    },
+    Reject {
+        route: Option<usize>,
+        rejection: Rejection,
+    },
+}
+
+impl Outcome {
+    pub fn decision(&self) -> Decision {
+        match self {
+            Outcome::Forward { decision, .. } => *decision,
+            Outcome::Reject { rejection, .. } => match rejection {
+                Rejection::Unauthenticated { .. } => Decision::Unauthenticated,
+                Rejection::Forbidden => Decision::Forbidden,
+                Rejection::StoreUnavailable => Decision::StoreError,
+                Rejection::BadPath(_) | Rejection::HeadersTooLarge | Rejection::NoRoute => {
+                    Decision::Invalid
+                }
+            },
+        }
+    }
+}
+
+/// Everything compiled from one configuration that a request needs.
+pub struct Pipeline {
+    pub config: Config,
+    pub identity: IdentityPlan,
+    verifier: Option<ExpressVerifier>,
+    store: Arc<dyn SessionStore>,
+    /// One round-robin cursor per upstream.
+    cursors: Vec<AtomicUsize>,
+}
+
+enum Resolved {
+    Valid(Session),
+    Invalid(AuthFailure),
+}
+
+/// A credential that was present but unusable is treated as absent, but the
+/// reason is kept for the logs.
+enum Extracted {
+    Found(Credential),
+    Absent { bearer: bool, reason: AuthFailure },
+}
+
+impl Pipeline {
+    pub fn new(config: Config, store: Arc<dyn SessionStore>) -> Pipeline {
+        let verifier = (config.session.cookie_format == CookieFormat::Express)
+            .then(|| ExpressVerifier::new(&config.session.secrets));
+        Pipeline {
+            identity: IdentityPlan::new(&config.identity),
+            cursors: config
+                .upstreams
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            verifier,
+            store,
+            config,
+        }
+    }
+
+    pub fn route(&self, index: usize) -> &Route {
+        &self.config.routes[index]
+    }
+
+    /// The next address of the route's upstream, round robin.
+    pub fn upstream_addr(&self, route: usize) -> std::net::SocketAddr {
+        let upstream = self.config.routes[route].upstream;
+        let addrs = &self.config.upstreams[upstream].addrs;
+        let n = self.cursors[upstream].fetch_add(1, Ordering::Relaxed);
+        addrs[n % addrs.len()]
+    }
+
+    pub async fn decide(&self, req: &Parts) -> Outcome {
+        let reject = |route, rejection| Outcome::Reject { route, rejection };
+
+        if header_bytes(req) > self.config.server.max_request_header_bytes {
+            return reject(None, Rejection::HeadersTooLarge);
+        }
+        let path = match normalise_path(req.uri.path()) {
+            Ok(path) => path,
+            Err(e) => return reject(None, Rejection::BadPath(e)),
+        };
+        let Some(index) = self.find_route(request_host(req), &path) else {
+            return reject(None, Rejection::NoRoute);
+        };
+        let route = &self.config.routes[index];
+        if route.access == Access::Public {
+            return Outcome::Forward {
+                route: index,
+                identity: Vec::new(),
+                decision: Decision::Public,
+            };
+        }
+
+        let unauthenticated = |reason: AuthFailure, bearer: bool| {
+            let login = route
+                .login_redirect
+                .as_deref()
+                .filter(|_| !bearer && wants_html(req))
+                .map(|login| login_url(login, &path, req.uri.query()));
+            reject(
+                Some(index),
+                Rejection::Unauthenticated {
+                    reason,
+                    bearer,
+                    login,
+                },
+            )
+        };
+
+        let credential = match self.extract(req) {
+            Extracted::Found(c) => c,
+            Extracted::Absent { bearer, reason } => return unauthenticated(reason, bearer),
+        };
+        let bearer = credential.source == CredentialSource::Bearer;
+        let session = match self.resolve(&credential).await {
+            Ok(Resolved::Valid(session)) => session,
+            Ok(Resolved::Invalid(reason)) => return unauthenticated(reason, bearer),
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "session store error");
+                return reject(Some(index), Rejection::StoreUnavailable);
+            }
+        };
+        if !route.roles.is_empty()
+            && !session.has_any_of(&self.config.session.role_field, &route.roles)
+        {
+            return reject(Some(index), Rejection::Forbidden);
+        }
+        Outcome::Forward {
+            route: index,
+            identity: self.identity.values(&session),
+            decision: Decision::Forwarded,
+        }
+    }
+
+    fn find_route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.config.routes.iter().position(|r| {
+            let host_ok = match (&r.host, host) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(_), None) => false,
+            };
+            host_ok && prefix_matches(path, &r.path_prefix)
+        })
+    }
+
+    fn extract(&self, req: &Parts) -> Extracted {
+        let session = &self.config.session;
+        let cookies = req
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        let mut reason = AuthFailure::Missing;
+        if let Some(raw) = find_cookie(cookies, &session.cookie) {
+            let id = match &self.verifier {
+                Some(verifier) => verifier.verify(raw),
+                None => plain_id(raw),
+            };
+            match id {
+                Some(id) => {
+                    return Extracted::Found(Credential {
+                        id,
+                        source: CredentialSource::Cookie,
+                    })
+                }
+                None => reason = AuthFailure::BadCredential,
+            }
+        }
+        if session.bearer == BearerMode::Opaque {
+            if let Some(auth) = req.headers.get(AUTHORIZATION) {
+                return match bearer_token(auth.as_bytes()).and_then(plain_id) {
+                    Some(id) => Extracted::Found(Credential {
+                        id,
+                        source: CredentialSource::Bearer,
+                    }),
+                    None => Extracted::Absent {
+                        bearer: true,
+                        reason: AuthFailure::BadCredential,
+                    },
+                };
+            }
+        }
+        Extracted::Absent {
+            bearer: false,
+            reason,
+        }
+    }
+
+    async fn resolve(&self, credential: &Credential) -> Result<Resolved, StoreError> {
+        let session = &self.config.session;
+        let key = session.key.render(credential.id.as_str());
+        let raw = match self.store.fetch(&key, session.value).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Ok(Resolved::Invalid(AuthFailure::NotFound)),
+            Err(StoreError::WrongType) => return Ok(Resolved::Invalid(AuthFailure::Unreadable)),
+            Err(e) => return Err(e),
+        };
+        Ok(match Session::decode(raw, session.value) {
+            Ok(session) => Resolved::Valid(session),
+            Err(_) => Resolved::Invalid(AuthFailure::Unreadable),
+        })
+    }
+}
+
+/// Total size of the request head's headers, as a client would have sent them.
+fn header_bytes(req: &Parts) -> usize {
+    req.headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// The request's host without its port, from the URI (absolute form) or `Host`.
+fn request_host(req: &Parts) -> Option<&str> {
+    let authority = match req.uri.authority() {
+        Some(a) => a.as_str(),
+        None => req.headers.get(HOST)?.to_str().ok()?,
+    };
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next();
+    }
+    Some(authority.split(':').next().unwrap_or(authority))
+}
+
+/// A browser navigation: GET or HEAD that accepts HTML.
+fn wants_html(req: &Parts) -> bool {
+    (req.method == Method::GET || req.method == Method::HEAD)
+        && req
+            .headers
+            .get_all(ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
+}

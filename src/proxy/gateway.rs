@@ -1,0 +1,179 @@
+//! The Pingora glue: each `ProxyHttp` hook hands its phase to the pipeline
+//! and writes out what it decided. No policy lives here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::pipeline::{Decision, Outcome, Pipeline};
+use crate::reject::Rendered;
+
+/// The proxy. The pipeline sits behind an `ArcSwap` so a reload can replace it
+/// while each request keeps the one it started with.
+pub struct Gateway {
+    pipeline: Arc<ArcSwap<Pipeline>>,
+}
+
+impl Gateway {
+    pub fn new(pipeline: Arc<ArcSwap<Pipeline>>) -> Gateway {
+        Gateway { pipeline }
+    }
+}
+
+/// What each stage of one request found.
+pub struct RequestCtx {
+    pipeline: Arc<Pipeline>,
+    started: Instant,
+    route: Option<usize>,
+    decision: Option<Decision>,
+    identity: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            pipeline: self.pipeline.load_full(),
+            started: Instant::now(),
+            route: None,
+            decision: None,
+            identity: Vec::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let outcome = ctx.pipeline.decide(session.req_header()).await;
+        ctx.decision = Some(outcome.decision());
+        match outcome {
+            Outcome::Forward {
+                route, identity, ..
+            } => {
+                ctx.route = Some(route);
+                ctx.identity = identity;
+                Ok(false)
+            }
+            Outcome::Reject { route, rejection } => {
+                ctx.route = route;
+                respond(session, rejection.render()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        let addr = ctx.pipeline.upstream_addr(route);
+        Ok(Box::new(HttpPeer::new(addr, false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let plan = &ctx.pipeline.identity;
+        let spoofed = plan.spoofed(upstream_request.headers.keys().map(|n| n.as_str()));
+        for name in spoofed {
+            upstream_request.remove_header(name.as_str());
+        }
+        for (name, value) in ctx.identity.drain(..) {
+            upstream_request.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (status, body): (u16, &'static str) = match e.etype() {
+            ErrorType::HTTPStatus(code) => (*code, ""),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
+                504,
+                r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#,
+            ),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (
+                    502,
+                    r#"{"error":"bad_gateway","message":"the upstream could not be reached"}"#,
+                ),
+                ErrorSource::Downstream => (0, ""),
+                _ => (500, r#"{"error":"internal","message":"internal error"}"#),
+            },
+        };
+        if status > 0 {
+            if let Ok(status) = http::StatusCode::from_u16(status) {
+                let rendered = Rendered {
+                    status,
+                    headers: Vec::new(),
+                    body,
+                };
+                if let Err(err) = respond(session, rendered).await {
+                    tracing::debug!(error = %err, "could not write the error response");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |resp| resp.status.as_u16());
+        let route = ctx.route.map(|r| ctx.pipeline.route(r).name.as_str());
+        tracing::debug!(
+            target: "sessiongate::access",
+            method = %session.req_header().method,
+            status,
+            route = route.unwrap_or("-"),
+            decision = ctx.decision.map_or("error", Decision::as_str),
+            duration_us = ctx.started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+}
+
+/// Writes a complete small response, keeping the connection open.
+async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
+    let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))?;
+    if !rendered.body.is_empty() {
+        resp.insert_header("content-type", "application/json")?;
+    }
+    resp.insert_header("content-length", rendered.body.len())?;
+    resp.insert_header("cache-control", "no-store")?;
+    for (name, value) in rendered.headers {
+        resp.insert_header(name, value)?;
+    }
+    let head_only = rendered.body.is_empty() || session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from_static(rendered.body.as_bytes())), true)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Builds and runs the Pingora server from our own configuration: Pingora's
+//! settings are embedded in `proxy.toml` and Pingora never parses the command line.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use pingora::listeners::TcpSocketOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::proxy::gateway::Gateway;
+use crate::session::{RedisStore, SessionStore};
+
+/// A listen address ready for Pingora. Port 0 is resolved here to a real port
+/// that stays reserved (an unlistened `SO_REUSEPORT` socket) until Pingora binds
+/// it too, so the port printed at start is the one served, with no race.
+pub struct ListenAddr {
+    pub addr: SocketAddr,
+    pub reuse_port: bool,
+    _reservation: Option<Socket>,
+}
+
+pub fn prepare_listen(addr: &str) -> anyhow::Result<ListenAddr> {
+    let requested = addr
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve listen address {addr}"))?
+        .next()
+        .with_context(|| format!("listen address {addr} resolves to nothing"))?;
+    if requested.port() != 0 {
+        return Ok(ListenAddr {
+            addr: requested,
+            reuse_port: false,
+            _reservation: None,
+        });
+    }
+    let socket = Socket::new(
+        Domain::for_address(requested),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&requested.into())?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .context("reserved listen address is not an IP address")?;
+    Ok(ListenAddr {
+        addr,
+        reuse_port: true,
+        _reservation: Some(socket),
+    })
+}
+
+/// Redacts the password of a Redis URL for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{}{masked}{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn seconds(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Checks Redis, builds the server and serves until a shutdown signal.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let store = RedisStore::new(&config.redis)?;
+    let redis_url = redact_url(&config.redis.url);
+    startup_check(&config)
+        .with_context(|| format!("redis at {redis_url} did not answer PING; refusing to start"))?;
+
+    let server_settings = config.server.clone();
+    let conf = ServerConf {
+        threads: server_settings.threads,
+        grace_period_seconds: Some(seconds(server_settings.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(seconds(server_settings.graceful_shutdown_timeout)),
+        pid_file: server_settings.pid_file.clone(),
+        upgrade_sock: server_settings.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let pipeline = Arc::new(ArcSwap::from_pointee(Pipeline::new(
+        config,
+        store as Arc<dyn SessionStore>,
+    )));
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(pipeline),
+        "sessiongate",
+    );
+    let mut reserved = Vec::new();
+    for addr in &server_settings.listen {
+        let listen = prepare_listen(addr)?;
+        let mut options = TcpSocketOptions::default();
+        options.so_reuseport = Some(listen.reuse_port);
+        service.add_tcp_with_settings(&listen.addr.to_string(), options);
+        println!("sessiongate listening on http://{}", listen.addr);
+        reserved.push(listen);
+    }
+    tracing::info!(redis = %redis_url, "sessiongate starting");
+    server.add_service(service);
+    server.run_forever();
+}
+
+/// One real Redis round trip before serving, on a throwaway runtime.
+fn startup_check(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let store = RedisStore::new(&config.redis)?;
+    runtime.block_on(async { store.ping().await })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h/1"), "rediss://:***@h/1");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+    }
+
+    #[test]
+    fn port_zero_is_reserved_and_reported() {
+        let listen = prepare_listen("127.0.0.1:0").unwrap();
+        assert_ne!(listen.addr.port(), 0);
+        assert!(listen.reuse_port);
+        let fixed = prepare_listen("127.0.0.1:8088").unwrap();
+        assert_eq!(fixed.addr.port(), 8088);
+        assert!(!fixed.reuse_port);
+    }
+}

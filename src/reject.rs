@@ -1,0 +1,170 @@
+//! Every way a request can be refused, as typed values, and the one place
+//! that turns them into responses.
+
+use http::StatusCode;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::policy::PathRejected;
+
+/// Why a request carried no usable session. Logged, never shown to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No cookie and no bearer token.
+    Missing,
+    /// A credential that does not parse or whose signature does not verify.
+    BadCredential,
+    /// A well-formed id whose session key does not exist (logged out, expired, made up).
+    NotFound,
+    /// The key exists but its value is not a readable session.
+    Unreadable,
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::BadCredential => "bad_signature",
+            AuthFailure::NotFound => "not_found",
+            AuthFailure::Unreadable => "unreadable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    BadPath(PathRejected),
+    HeadersTooLarge,
+    NoRoute,
+    Unauthenticated {
+        reason: AuthFailure,
+        /// A bearer token was presented (adds `WWW-Authenticate: Bearer`).
+        bearer: bool,
+        /// Where a browser should be sent instead, with `return_to` built in.
+        login: Option<String>,
+    },
+    Forbidden,
+    StoreUnavailable,
+}
+
+/// A response ready to be written: status, extra headers, JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub status: StatusCode,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: &'static str,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::BadPath(_) => StatusCode::BAD_REQUEST,
+            Rejection::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::Unauthenticated { login: Some(_), .. } => StatusCode::FOUND,
+            Rejection::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Rejection::Forbidden => StatusCode::FORBIDDEN,
+            Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn render(&self) -> Rendered {
+        let mut headers = Vec::new();
+        let body = match self {
+            Rejection::BadPath(_) => r#"{"error":"bad_request","message":"invalid request path"}"#,
+            Rejection::HeadersTooLarge => {
+                r#"{"error":"headers_too_large","message":"request headers are too large"}"#
+            }
+            Rejection::NoRoute => r#"{"error":"not_found","message":"no route for this request"}"#,
+            Rejection::Unauthenticated {
+                login: Some(url), ..
+            } => {
+                headers.push(("location", url.clone()));
+                ""
+            }
+            Rejection::Unauthenticated { bearer, .. } => {
+                if *bearer {
+                    headers.push(("www-authenticate", r#"Bearer error="invalid_token""#.into()));
+                }
+                r#"{"error":"unauthenticated","message":"a valid session is required"}"#
+            }
+            Rejection::Forbidden => {
+                r#"{"error":"forbidden","message":"this session may not access this resource"}"#
+            }
+            Rejection::StoreUnavailable => {
+                headers.push(("retry-after", "1".into()));
+                r#"{"error":"unavailable","message":"sessions cannot be checked right now, retry shortly"}"#
+            }
+        };
+        Rendered {
+            status: self.status(),
+            headers,
+            body,
+        }
+    }
+}
+
+/// Characters kept as they are in a `return_to` value (RFC 3986 unreserved and `/`).
+const RETURN_TO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// The login URL with the original request as a relative `return_to`.
+///
+/// `path` must be the normalised path (it starts with exactly one `/`, so the
+/// app cannot be tricked into an open redirect to `//evil.example`).
+pub fn login_url(login: &str, path: &str, query: Option<&str>) -> String {
+    let mut original = String::with_capacity(path.len() + 1 + query.map_or(0, str::len));
+    original.push_str(path);
+    if let Some(q) = query {
+        original.push('?');
+        original.push_str(q);
+    }
+    let sep = if login.contains('?') { '&' } else { '?' };
+    format!(
+        "{login}{sep}return_to={}",
+        utf8_percent_encode(&original, RETURN_TO)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_url_carries_a_relative_encoded_return_to() {
+        assert_eq!(
+            login_url("/login", "/app/x", Some("a=1&b=2")),
+            "/login?return_to=/app/x%3Fa%3D1%26b%3D2"
+        );
+        assert_eq!(
+            login_url("https://id.example/login?app=1", "/", None),
+            "https://id.example/login?app=1&return_to=/"
+        );
+    }
+
+    #[test]
+    fn store_errors_ask_to_retry_and_bearer_failures_say_so() {
+        let r = Rejection::StoreUnavailable.render();
+        assert_eq!(r.status, 503);
+        assert!(r.headers.contains(&("retry-after", "1".into())));
+        let r = Rejection::Unauthenticated {
+            reason: AuthFailure::NotFound,
+            bearer: true,
+            login: None,
+        }
+        .render();
+        assert_eq!(r.status, 401);
+        assert_eq!(r.headers[0].0, "www-authenticate");
+        let r = Rejection::Unauthenticated {
+            reason: AuthFailure::Missing,
+            bearer: false,
+            login: Some("/login?return_to=/".into()),
+        }
+        .render();
+        assert_eq!(r.status, 302);
+        assert_eq!(r.headers, vec![("location", "/login?return_to=/".into())]);
+    }
+}

@@ -1,0 +1,134 @@
+//! Turns what Redis holds (a JSON string or a hash) into a `Session` whose
+//! fields are read by dotted path.
+
+use serde_json::{Map, Value};
+
+use crate::config::{FieldPath, ValueFormat};
+use crate::session::store::RawSession;
+
+/// A resolved, valid session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub doc: Value,
+    /// Milliseconds the key has left in Redis; `None` when it never expires.
+    pub ttl_ms: Option<u64>,
+}
+
+/// The stored value could not be read as a session (e.g. not JSON).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the stored session is not valid {0}")]
+pub struct SessionUnreadable(&'static str);
+
+impl Session {
+    pub fn decode(raw: RawSession, format: ValueFormat) -> Result<Session, SessionUnreadable> {
+        let doc = match (raw.value, format) {
+            (crate::session::store::RawValue::String(bytes), ValueFormat::Json) => {
+                let doc: Value =
+                    serde_json::from_slice(&bytes).map_err(|_| SessionUnreadable("JSON"))?;
+                if !doc.is_object() {
+                    return Err(SessionUnreadable("JSON object"));
+                }
+                doc
+            }
+            (crate::session::store::RawValue::Hash(fields), ValueFormat::Hash) => Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect::<Map<String, Value>>(),
+            ),
+            (_, ValueFormat::Json) => return Err(SessionUnreadable("JSON")),
+            (_, ValueFormat::Hash) => return Err(SessionUnreadable("hash")),
+        };
+        Ok(Session {
+            doc,
+            ttl_ms: raw.ttl_ms,
+        })
+    }
+
+    /// The field at `path` as header-ready text: strings as they are, numbers
+    /// and booleans printed; objects, arrays and null have no text.
+    pub fn text(&self, path: &FieldPath) -> Option<String> {
+        scalar_text(path.lookup(&self.doc)?)
+    }
+
+    /// Whether the field at `path` is one of `allowed` (a string field, or any
+    /// element of an array field).
+    pub fn has_any_of(&self, path: &FieldPath, allowed: &[String]) -> bool {
+        match path.lookup(&self.doc) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(scalar_text)
+                .any(|v| allowed.contains(&v)),
+            Some(value) => scalar_text(value).is_some_and(|v| allowed.contains(&v)),
+            None => false,
+        }
+    }
+}
+
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::store::RawValue;
+
+    fn json(text: &str) -> RawSession {
+        RawSession {
+            value: RawValue::String(text.as_bytes().to_vec()),
+            ttl_ms: Some(1000),
+        }
+    }
+
+    fn path(p: &str) -> FieldPath {
+        FieldPath::parse(p).unwrap()
+    }
+
+    #[test]
+    fn reads_express_session_fields_by_dotted_path() {
+        let s = Session::decode(
+            json(r#"{"cookie":{},"user":{"id":"1001","n":7,"admin":true,"o":{}}}"#),
+            ValueFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(s.text(&path("user.id")).as_deref(), Some("1001"));
+        assert_eq!(s.text(&path("user.n")).as_deref(), Some("7"));
+        assert_eq!(s.text(&path("user.admin")).as_deref(), Some("true"));
+        assert_eq!(s.text(&path("user.o")), None);
+        assert_eq!(s.text(&path("user.missing")), None);
+        assert_eq!(s.ttl_ms, Some(1000));
+    }
+
+    #[test]
+    fn roles_match_strings_and_arrays() {
+        let s = Session::decode(
+            json(r#"{"user":{"role":"admin","roles":["a","b"]}}"#),
+            ValueFormat::Json,
+        )
+        .unwrap();
+        let allowed = vec!["b".to_owned(), "admin".to_owned()];
+        assert!(s.has_any_of(&path("user.role"), &allowed));
+        assert!(s.has_any_of(&path("user.roles"), &allowed));
+        assert!(!s.has_any_of(&path("user.roles"), &["c".to_owned()]));
+        assert!(!s.has_any_of(&path("user.none"), &allowed));
+    }
+
+    #[test]
+    fn rejects_values_that_are_not_json_objects() {
+        assert!(Session::decode(json("not json"), ValueFormat::Json).is_err());
+        assert!(Session::decode(json("[1,2]"), ValueFormat::Json).is_err());
+        let hash = RawSession {
+            value: RawValue::Hash(vec![("userId".into(), "9".into())]),
+            ttl_ms: None,
+        };
+        assert!(Session::decode(hash.clone(), ValueFormat::Json).is_err());
+        let s = Session::decode(hash, ValueFormat::Hash).unwrap();
+        assert_eq!(s.text(&path("userId")).as_deref(), Some("9"));
+    }
+}

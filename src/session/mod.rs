@@ -1,0 +1,8 @@
+//! Sessions: what a resolved session looks like (`codec`) and where it is
+//! read from (`store`).
+
+pub mod codec;
+pub mod store;
+
+pub use codec::Session;
+pub use store::{RawSession, RedisStore, SessionStore, StoreError};

@@ -1,0 +1,116 @@
+//! The real `sessiongate` binary, started on a config written for the test,
+//! listening on a port the gateway chose itself (port 0). Killed when dropped;
+//! its log is printed if the test failed.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    child: Child,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sessiongate")
+}
+
+impl TestGateway {
+    /// Starts the gateway with `config` (a complete proxy.toml; `listen` should be port 0).
+    pub fn start(config: &str) -> TestGateway {
+        Self::try_start(config).unwrap_or_else(|log| panic!("gateway did not start:\n{log}"))
+    }
+
+    /// Like `start`, but returns the gateway's output when it does not come up.
+    pub fn try_start(config: &str) -> Result<TestGateway, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("proxy.toml");
+        std::fs::write(&config_path, with_private_paths(config, dir.path())).expect("write config");
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info,sessiongate=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sessiongate");
+
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("sessiongate listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let read_log = |child: &mut Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut text = String::new();
+            let _ = std::fs::File::open(&log_path).and_then(|mut f| f.read_to_string(&mut text));
+            text
+        };
+        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("listen address"),
+            Err(_) => return Err(read_log(&mut child)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                return Err(read_log(&mut child));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(TestGateway {
+            addr,
+            config_path,
+            child,
+            log_path,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Gives each gateway its own pid file and upgrade socket so tests can run in parallel.
+fn with_private_paths(config: &str, dir: &Path) -> String {
+    if config.contains("pid_file") {
+        return config.to_owned();
+    }
+    config.replacen(
+        "[server]\n",
+        &format!(
+            "[server]\npid_file = \"{}\"\nupgrade_sock = \"{}\"\n",
+            dir.join("gateway.pid").display(),
+            dir.join("upgrade.sock").display()
+        ),
+        1,
+    )
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- sessiongate log ----\n{}\n---- end ----", self.log());
+        }
+    }
+}
