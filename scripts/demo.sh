@@ -54,7 +54,7 @@ cookie=$("$bin" session create -c proxy.toml --user 1001 --field email=alice@exa
   --field role=admin --ttl 1h | sed -n 's/^cookie: *//p')
 viewer=$("$bin" session create -c proxy.toml --user 2002 --field role=viewer | sed -n 's/^cookie: *//p')
 
-run() { echo; echo "\$ $*"; "$@"; echo; }
+run() { echo; echo "\$ $(printf "%q " "$@")"; "$@"; echo; }
 echo
 echo "== sessiongate on $gw  (redis $REDIS_URL, upstream $UPSTREAM_ADDR)"
 echo "== without a session: 401"
