@@ -4,10 +4,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST};
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderValue, Method};
 
 use crate::config::{Access, BearerMode, Config, CookieFormat, Route};
 use crate::credential::bearer::bearer_token;
@@ -16,6 +17,7 @@ use crate::credential::{Credential, CredentialSource};
 use crate::identity::IdentityPlan;
 use crate::policy::{normalise_path, prefix_matches};
 use crate::reject::{login_url, AuthFailure, Rejection};
+use crate::session::cache::{Lookup, LookupSource, Principal, SessionCache};
 use crate::session::{Session, SessionStore, StoreError};
 
 /// What happened to a request, as counted in metrics and access logs.
@@ -49,7 +51,8 @@ pub enum Outcome {
     /// Forward to the route's upstream, with these identity headers set.
     Forward {
         route: usize,
-        identity: Vec<(HeaderName, HeaderValue)>,
+        /// The session's principal; `None` on public routes.
+        principal: Option<Arc<Principal>>,
         decision: Decision,
     },
     Reject {
@@ -80,13 +83,9 @@ pub struct Pipeline {
     pub identity: IdentityPlan,
     verifier: Option<ExpressVerifier>,
     store: Arc<dyn SessionStore>,
+    cache: Arc<SessionCache>,
     /// One round-robin cursor per upstream.
     cursors: Vec<AtomicUsize>,
-}
-
-enum Resolved {
-    Valid(Session),
-    Invalid(AuthFailure),
 }
 
 /// A credential that was present but unusable is treated as absent, but the
@@ -97,7 +96,7 @@ enum Extracted {
 }
 
 impl Pipeline {
-    pub fn new(config: Config, store: Arc<dyn SessionStore>) -> Pipeline {
+    pub fn new(config: Config, store: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Pipeline {
         let verifier = (config.session.cookie_format == CookieFormat::Express)
             .then(|| ExpressVerifier::new(&config.session.secrets));
         Pipeline {
@@ -109,6 +108,7 @@ impl Pipeline {
                 .collect(),
             verifier,
             store,
+            cache,
             config,
         }
     }
@@ -142,7 +142,7 @@ impl Pipeline {
         if route.access == Access::Public {
             return Outcome::Forward {
                 route: index,
-                identity: Vec::new(),
+                principal: None,
                 decision: Decision::Public,
             };
         }
@@ -168,22 +168,20 @@ impl Pipeline {
             Extracted::Absent { bearer, reason } => return unauthenticated(reason, bearer),
         };
         let bearer = credential.source == CredentialSource::Bearer;
-        let session = match self.resolve(&credential).await {
-            Ok(Resolved::Valid(session)) => session,
-            Ok(Resolved::Invalid(reason)) => return unauthenticated(reason, bearer),
+        let principal = match self.resolve(&credential).await {
+            Ok((Lookup::Found(principal), _)) => principal,
+            Ok((Lookup::Invalid(reason), _)) => return unauthenticated(reason, bearer),
             Err(e) => {
                 tracing::warn!(route = %route.name, error = %e, "session store error");
                 return reject(Some(index), Rejection::StoreUnavailable);
             }
         };
-        if !route.roles.is_empty()
-            && !session.has_any_of(&self.config.session.role_field, &route.roles)
-        {
+        if !route.roles.is_empty() && !principal.roles.iter().any(|r| route.roles.contains(r)) {
             return reject(Some(index), Rejection::Forbidden);
         }
         Outcome::Forward {
             route: index,
-            identity: self.identity.values(&session),
+            principal: Some(principal),
             decision: Decision::Forwarded,
         }
     }
@@ -242,19 +240,37 @@ impl Pipeline {
         }
     }
 
-    async fn resolve(&self, credential: &Credential) -> Result<Resolved, StoreError> {
-        let session = &self.config.session;
-        let key = session.key.render(credential.id.as_str());
-        let raw = match self.store.fetch(&key, session.value).await {
+    /// The session behind a cookie or opaque token: from the cache when it
+    /// holds it, else from Redis (and then cached).
+    async fn resolve(&self, credential: &Credential) -> Result<(Lookup, LookupSource), StoreError> {
+        let key = self.config.session.key.render(credential.id.as_str());
+        self.cache
+            .get_or_load(&key, || self.load_session(&key))
+            .await
+    }
+
+    async fn load_session(&self, key: &str) -> Result<Lookup, StoreError> {
+        let format = self.config.session.value;
+        let raw = match self.store.fetch(key, format).await {
             Ok(Some(raw)) => raw,
-            Ok(None) => return Ok(Resolved::Invalid(AuthFailure::NotFound)),
-            Err(StoreError::WrongType) => return Ok(Resolved::Invalid(AuthFailure::Unreadable)),
+            Ok(None) => return Ok(Lookup::Invalid(AuthFailure::NotFound)),
+            Err(StoreError::WrongType) => return Ok(Lookup::Invalid(AuthFailure::Unreadable)),
             Err(e) => return Err(e),
         };
-        Ok(match Session::decode(raw, session.value) {
-            Ok(session) => Resolved::Valid(session),
-            Err(_) => Resolved::Invalid(AuthFailure::Unreadable),
+        Ok(match Session::decode(raw, format) {
+            Ok(session) => Lookup::Found(Arc::new(self.principal(&session))),
+            Err(_) => Lookup::Invalid(AuthFailure::Unreadable),
         })
+    }
+
+    /// Extracts what requests need from a session document.
+    pub fn principal(&self, session: &Session) -> Principal {
+        self.cache.principal(
+            self.identity.values(session),
+            session.texts(&self.config.session.role_field),
+            None,
+            session.ttl_ms.map(Duration::from_millis),
+        )
     }
 }
 

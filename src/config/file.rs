@@ -17,6 +17,7 @@ pub struct File {
     pub identity: Option<Identity>,
     pub upstream: Option<Vec<Upstream>>,
     pub route: Option<Vec<Route>>,
+    pub cache: Option<Cache>,
     /// `[admin]`: reserved, accepted but not read yet.
     pub admin: Option<toml::Value>,
     /// `[jwt]`: reserved, accepted but not read yet.
@@ -86,4 +87,14 @@ pub struct Route {
 #[derive(Debug, Default, Deserialize)]
 pub struct OnUnauthenticated {
     pub redirect: Option<String>,
+}
+
+/// `[cache]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Cache {
+    pub enabled: Option<bool>,
+    pub max_entries: Option<i64>,
+    pub max_age: Option<String>,
+    pub negative_ttl: Option<String>,
+    pub configure_notifications: Option<bool>,
 }

@@ -19,6 +19,36 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `[[route]]`, in file order; the first match wins.
     pub routes: Vec<Route>,
+    /// `[cache]`: the in-process session cache.
+    pub cache: CacheSettings,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// `enabled` (default true).
+    pub enabled: bool,
+    /// `max_entries` (default 100000).
+    pub max_entries: u64,
+    /// `max_age`: no entry is served longer than this, whatever its TTL (default 30s).
+    pub max_age: std::time::Duration,
+    /// `negative_ttl`: how long an unknown id is remembered (default 1s; 0 turns it off).
+    pub negative_ttl: std::time::Duration,
+    /// `configure_notifications`: turn on the keyspace events the cache needs
+    /// with CONFIG SET at start (default true).
+    pub configure_notifications: bool,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: true,
+            max_entries: 100_000,
+            max_age: std::time::Duration::from_secs(30),
+            negative_ttl: std::time::Duration::from_secs(1),
+            configure_notifications: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +140,13 @@ impl KeyTemplate {
             prefix: prefix.to_owned(),
             suffix: suffix.to_owned(),
         })
+    }
+
+    /// Whether `key` could have been rendered from this template.
+    pub fn matches(&self, key: &str) -> bool {
+        key.len() > self.prefix.len() + self.suffix.len()
+            && key.starts_with(&self.prefix)
+            && key.ends_with(&self.suffix)
     }
 
     pub fn render(&self, value: &str) -> String {

@@ -16,8 +16,8 @@ use toml::Spanned;
 
 use super::file;
 use super::model::{
-    Access, BearerMode, Config, CookieFormat, FieldPath, IdentityHeader, KeyTemplate,
-    RedisSettings, Route, ServerSettings, SessionSettings, Upstream, ValueFormat,
+    Access, BearerMode, CacheSettings, Config, CookieFormat, FieldPath, IdentityHeader,
+    KeyTemplate, RedisSettings, Route, ServerSettings, SessionSettings, Upstream, ValueFormat,
 };
 
 /// One problem in the configuration file.
@@ -842,6 +842,7 @@ impl<'r, 't> Checker<'r, 't> {
         let identity = self.identity();
         let (upstreams, names) = self.upstreams();
         let routes = self.routes(names.as_deref());
+        let cache = self.cache();
         Some(Config {
             server: server?,
             redis: redis?,
@@ -849,6 +850,7 @@ impl<'r, 't> Checker<'r, 't> {
             identity: identity?,
             upstreams: upstreams?,
             routes: routes?,
+            cache: cache?,
         })
     }
 
@@ -950,6 +952,46 @@ impl<'r, 't> Checker<'r, 't> {
             pid_file,
             upgrade_sock,
             max_request_header_bytes,
+        })
+    }
+
+    fn cache(&mut self) -> Option<CacheSettings> {
+        let path = [Seg::Key("cache".to_owned())];
+        let defaults = CacheSettings::default();
+        if self.lookup(&path).is_none() {
+            return Some(defaults);
+        }
+        let f: file::Cache = self.section(&path)?;
+        let max_entries = match f.max_entries {
+            None => defaults.max_entries,
+            Some(n) => match u64::try_from(n) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.error(&sub(&path, "max_entries"), "must be at least 1");
+                    defaults.max_entries
+                }
+            },
+        };
+        let max_age = self.duration(
+            &sub(&path, "max_age"),
+            f.max_age.as_deref(),
+            defaults.max_age,
+            false,
+        );
+        let negative_ttl = self.duration(
+            &sub(&path, "negative_ttl"),
+            f.negative_ttl.as_deref(),
+            defaults.negative_ttl,
+            true,
+        );
+        Some(CacheSettings {
+            enabled: f.enabled.unwrap_or(defaults.enabled),
+            max_entries,
+            max_age,
+            negative_ttl,
+            configure_notifications: f
+                .configure_notifications
+                .unwrap_or(defaults.configure_notifications),
         })
     }
 

@@ -15,6 +15,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::pipeline::{Decision, Outcome, Pipeline};
 use crate::reject::Rendered;
+use crate::session::cache::Principal;
 
 /// The proxy. The pipeline sits behind an `ArcSwap` so a reload can replace it
 /// while each request keeps the one it started with.
@@ -34,7 +35,7 @@ pub struct RequestCtx {
     started: Instant,
     route: Option<usize>,
     decision: Option<Decision>,
-    identity: Vec<(http::HeaderName, http::HeaderValue)>,
+    principal: Option<Arc<Principal>>,
 }
 
 #[async_trait]
@@ -47,7 +48,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             route: None,
             decision: None,
-            identity: Vec::new(),
+            principal: None,
         }
     }
 
@@ -56,10 +57,10 @@ impl ProxyHttp for Gateway {
         ctx.decision = Some(outcome.decision());
         match outcome {
             Outcome::Forward {
-                route, identity, ..
+                route, principal, ..
             } => {
                 ctx.route = Some(route);
-                ctx.identity = identity;
+                ctx.principal = principal;
                 Ok(false)
             }
             Outcome::Reject { route, rejection } => {
@@ -93,8 +94,10 @@ impl ProxyHttp for Gateway {
         for name in spoofed {
             upstream_request.remove_header(name.as_str());
         }
-        for (name, value) in ctx.identity.drain(..) {
-            upstream_request.insert_header(name, value)?;
+        if let Some(principal) = &ctx.principal {
+            for (name, value) in &principal.identity {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::proxy::gateway::Gateway;
+use crate::session::cache::{spawn_invalidator, KeyFilter, SessionCache};
 use crate::session::{RedisStore, SessionStore};
 
 /// A listen address ready for Pingora. Port 0 is resolved here to a real port
@@ -97,9 +98,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let cache = SessionCache::new(config.cache.clone());
+    let session_keys = config.session.key.clone();
+    let filter: KeyFilter = Box::new(move |key| session_keys.matches(key));
+    let client = redis::Client::open(config.redis.url.as_str())?;
+    spawn_invalidator(cache.clone(), client, filter)?;
     let pipeline = Arc::new(ArcSwap::from_pointee(Pipeline::new(
         config,
         store as Arc<dyn SessionStore>,
+        cache,
     )));
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -51,6 +51,16 @@ impl Session {
         scalar_text(path.lookup(&self.doc)?)
     }
 
+    /// The texts of the field at `path`: one for a scalar, one per scalar
+    /// element of an array, none otherwise.
+    pub fn texts(&self, path: &FieldPath) -> Vec<String> {
+        match path.lookup(&self.doc) {
+            Some(Value::Array(items)) => items.iter().filter_map(scalar_text).collect(),
+            Some(value) => scalar_text(value).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Whether the field at `path` is one of `allowed` (a string field, or any
     /// element of an array field).
     pub fn has_any_of(&self, path: &FieldPath, allowed: &[String]) -> bool {

@@ -1,6 +1,7 @@
 //! Sessions: what a resolved session looks like (`codec`) and where it is
 //! read from (`store`).
 
+pub mod cache;
 pub mod codec;
 pub mod store;
 

@@ -40,7 +40,6 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--notify-keyspace-events", "KEA"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -1,0 +1,278 @@
+//! The session cache against a real redis-server: hits spare Redis, and any
+//! client's DEL, overwrite or expiry takes effect within milliseconds, while
+//! express-session's EXPIRE (`touch`) on every request leaves entries alone.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::{get, EchoUpstream, RedisServer, TestGateway};
+
+fn config(redis: &RedisServer, upstream: &EchoUpstream, cache: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{url}"
+command_timeout = "200ms"
+
+[session]
+cookie = "sid"
+cookie_format = "plain"
+key = "sess:{{id}}"
+
+[identity.headers]
+"X-User-Id" = "user.id"
+"X-User-Role" = "user.role"
+
+[cache]
+{cache}
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#,
+        url = redis.url(),
+        upstream = upstream.addr,
+    )
+}
+
+/// How many GETs Redis has served (its own command statistics).
+fn gets(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+struct Setup {
+    redis: RedisServer,
+    _upstream: EchoUpstream,
+    gateway: TestGateway,
+}
+
+fn setup(cache: &str) -> Setup {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gateway = TestGateway::start(&config(&redis, &upstream, cache));
+    let s = Setup {
+        redis,
+        _upstream: upstream,
+        gateway,
+    };
+    if !cache.contains("enabled = false") {
+        wait_until_live(&s);
+    }
+    s
+}
+
+/// The cache serves nothing until its invalidation channel is subscribed;
+/// wait for that so the assertions below are about the live cache.
+fn wait_until_live(s: &Setup) {
+    let _: () = s
+        .redis
+        .conn()
+        .set("sess:probe", r#"{"user":{"id":"p"}}"#)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        get(s.gateway.addr, "/", &[("Cookie", "sid=probe")]);
+        let before = gets(&s.redis);
+        get(s.gateway.addr, "/", &[("Cookie", "sid=probe")]);
+        if gets(&s.redis) == before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cache never went live:\n{}",
+            s.gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status(s: &Setup, id: &str) -> u16 {
+    get(s.gateway.addr, "/", &[("Cookie", &format!("sid={id}"))]).status
+}
+
+/// Polls until `id` gets `want`, for at most `limit`; returns how long it took.
+fn eventually(s: &Setup, id: &str, want: u16, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if status(s, id) == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{id} did not become {want} within {limit:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cached_session_is_served_without_asking_redis() {
+    let s = setup("");
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex("sess:a", r#"{"user":{"id":"1","role":"admin"}}"#, 60)
+        .unwrap();
+    assert_eq!(status(&s, "a"), 200);
+    let after_first = gets(&s.redis);
+    for _ in 0..20 {
+        let resp = get(s.gateway.addr, "/", &[("Cookie", "sid=a")]);
+        assert_eq!(resp.echoed("X-User-Id"), vec!["1"]);
+    }
+    assert_eq!(gets(&s.redis), after_first, "hits must not reach redis");
+}
+
+#[test]
+fn del_and_unlink_by_any_client_revoke_within_milliseconds() {
+    let s = setup("");
+    for (id, command) in [("d", "DEL"), ("u", "UNLINK")] {
+        let _: () = s
+            .redis
+            .conn()
+            .set_ex(format!("sess:{id}"), r#"{"user":{"id":"1"}}"#, 60)
+            .unwrap();
+        assert_eq!(status(&s, id), 200);
+        assert_eq!(status(&s, id), 200);
+        let _: () = redis::cmd(command)
+            .arg(format!("sess:{id}"))
+            .query(&mut s.redis.conn())
+            .unwrap();
+        let took = eventually(&s, id, 401, Duration::from_millis(100));
+        eprintln!("{command}: refused after {took:?}");
+    }
+}
+
+#[test]
+fn an_overwritten_session_is_served_as_overwritten() {
+    let s = setup("");
+    let mut conn = s.redis.conn();
+    let _: () = conn
+        .set_ex("sess:o", r#"{"user":{"id":"1","role":"admin"}}"#, 60)
+        .unwrap();
+    assert_eq!(
+        get(s.gateway.addr, "/", &[("Cookie", "sid=o")]).echoed("X-User-Role"),
+        vec!["admin"]
+    );
+    let _: () = conn
+        .set_ex("sess:o", r#"{"user":{"id":"1","role":"viewer"}}"#, 60)
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let role = get(s.gateway.addr, "/", &[("Cookie", "sid=o")]).echoed("X-User-Role");
+        if role == vec!["viewer"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "still {role:?}"
+        );
+    }
+}
+
+#[test]
+fn express_touch_does_not_evict_but_expiry_does() {
+    let s = setup("");
+    let mut conn = s.redis.conn();
+    let _: () = conn.set_ex("sess:t", r#"{"user":{"id":"1"}}"#, 60).unwrap();
+    assert_eq!(status(&s, "t"), 200);
+    let before = gets(&s.redis);
+    for _ in 0..5 {
+        let _: () = conn.expire("sess:t", 120).unwrap();
+        assert_eq!(status(&s, "t"), 200);
+    }
+    assert_eq!(gets(&s.redis), before, "EXPIRE must not empty the cache");
+
+    // A key that expires in Redis stops working when it does.
+    let _: () = conn
+        .pset_ex("sess:short", r#"{"user":{"id":"2"}}"#, 300)
+        .unwrap();
+    assert_eq!(status(&s, "short"), 200);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(status(&s, "short"), 401);
+}
+
+#[test]
+fn unknown_ids_are_kept_off_redis_briefly_but_a_fresh_login_works_at_once() {
+    let s = setup(r#"negative_ttl = "10s""#);
+    assert_eq!(status(&s, "new"), 401);
+    let before = gets(&s.redis);
+    for _ in 0..10 {
+        assert_eq!(status(&s, "new"), 401);
+    }
+    assert_eq!(
+        gets(&s.redis),
+        before,
+        "repeated unknown ids must not each reach redis"
+    );
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex("sess:new", r#"{"user":{"id":"9"}}"#, 60)
+        .unwrap();
+    eventually(&s, "new", 200, Duration::from_millis(100));
+}
+
+#[test]
+fn with_the_cache_off_every_request_reads_redis() {
+    let s = setup("enabled = false");
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex("sess:a", r#"{"user":{"id":"1"}}"#, 60)
+        .unwrap();
+    let before = gets(&s.redis);
+    for _ in 0..5 {
+        assert_eq!(status(&s, "a"), 200);
+    }
+    assert_eq!(gets(&s.redis), before + 5);
+}
+
+#[test]
+fn when_the_invalidation_channel_drops_the_cache_is_not_trusted() {
+    let mut s = setup("");
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex("sess:a", r#"{"user":{"id":"1"}}"#, 60)
+        .unwrap();
+    assert_eq!(status(&s, "a"), 200);
+    assert_eq!(status(&s, "a"), 200);
+    // Redis restarts empty: the session is gone, and no DEL was ever published.
+    s.redis.restart();
+    let started = Instant::now();
+    loop {
+        let code = status(&s, "a");
+        assert_ne!(
+            code, 200,
+            "a session missing from redis was served from the cache"
+        );
+        if code == 401 && started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(code == 401 || code == 503, "{code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once the channel is back, caching resumes.
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex("sess:b", r#"{"user":{"id":"2"}}"#, 60)
+        .unwrap();
+    wait_until_live(&s);
+}
