@@ -9,6 +9,11 @@ use tracing_subscriber::EnvFilter;
 use sessiongate::config;
 use sessiongate::manage::{self, ManageError, Manager};
 
+// jemalloc: less fragmentation than glibc malloc under many threads and
+// many small, short-lived allocations (request heads, header values).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sessiongate",

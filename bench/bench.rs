@@ -1,0 +1,666 @@
+//! The sessiongate benchmark: starts redis-server, a fast upstream and the
+//! release gateway, and measures in one run, in alternating rounds, what an
+//! auth check costs against a pass-through baseline; then how fast a
+//! revocation takes effect under load, and the memory a full cache costs.
+//! Run it with `bench/run.sh` (it builds in release and installs wrk).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+const COOKIE: &str = "connect.sid=s%3Af_5LIkvq0w7x3xnfNxnfddr11Uabkx0o.HvwJ5voNwgXc4lZElJJ%2BXwMDSsuiQ6Be2bgQL7N6lT0";
+const SESSION_KEY: &str = "sess:f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o";
+const SESSION_VALUE: &str = r#"{"cookie":{"originalMaxAge":86400000,"expires":"2026-11-23T06:09:29.370Z","secure":false,"httpOnly":true,"path":"/","sameSite":"lax"},"user":{"id":"1001","email":"alice@example.test","role":"admin","name":"Alice Example"}}"#;
+
+struct Opts {
+    mode: String,
+    duration: u64,
+    rounds: usize,
+    connections: usize,
+    trials: usize,
+    sessions: usize,
+    idle: usize,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        mode: "all".into(),
+        duration: 5,
+        rounds: 3,
+        connections: 64,
+        trials: 200,
+        sessions: 100_000,
+        idle: 10_000,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--mode" => o.mode = value,
+            "--duration" => o.duration = value.parse().expect("--duration seconds"),
+            "--rounds" => o.rounds = value.parse().expect("--rounds N"),
+            "--connections" => o.connections = value.parse().expect("--connections N"),
+            "--trials" => o.trials = value.parse().expect("--trials N"),
+            "--sessions" => o.sessions = value.parse().expect("--sessions N"),
+            "--idle" => o.idle = value.parse().expect("--idle N"),
+            other => panic!("unknown argument {other}; see bench/run.sh"),
+        }
+        i += 2;
+    }
+    o
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills its process on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pinned(cpu: &str, program: &str) -> Command {
+    if cpus() > 1 && Command::new("taskset").arg("-V").output().is_ok() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", cpu, program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn start_redis(dir: &std::path::Path) -> (Proc, String) {
+    let port = free_port();
+    let child = pinned("1", "redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.get_connection().is_err() {
+        assert!(Instant::now() < deadline, "redis did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), url)
+}
+
+/// A minimal keep-alive HTTP/1.1 upstream answering "ok" on a tokio runtime.
+fn start_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut filled = 0;
+                    loop {
+                        match sock.read(&mut buf[filled..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => filled += n,
+                        }
+                        // Answer every complete request head in the buffer (no bodies in this bench).
+                        while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                            let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
+                            if sock.write_all(resp).await.is_err() {
+                                return;
+                            }
+                            buf.copy_within(end + 4..filled, 0);
+                            filled -= end + 4;
+                        }
+                        if filled == buf.len() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+fn gateway_config(
+    redis_url: &str,
+    upstream: SocketAddr,
+    cache: bool,
+    max_entries: usize,
+    dir: &std::path::Path,
+    tag: &str,
+) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+pid_file = "{dir}/{tag}.pid"
+upgrade_sock = "{dir}/{tag}.sock"
+
+[redis]
+url = "{redis_url}"
+command_timeout = "500ms"
+
+[session]
+cookie = "connect.sid"
+cookie_format = "express"
+secrets = ["fixture-secret-current", "fixture-secret-previous"]
+bearer = "opaque"
+key = "sess:{{id}}"
+
+[cache]
+enabled = {cache}
+max_entries = {max_entries}
+
+[identity.headers]
+"X-User-Id" = "user.id"
+"X-User-Email" = "user.email"
+"X-User-Role" = "user.role"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+name = "public"
+path_prefix = "/public/"
+upstream = "app"
+access = "public"
+
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+"#,
+        dir = dir.display()
+    )
+}
+
+struct Gateway {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> Gateway {
+    let path = dir.join(format!("{tag}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut child = pinned("0", bin)
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start sessiongate");
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("sessiongate listening on http://") {
+            addr = Some(a.parse().unwrap());
+            break;
+        }
+    }
+    let addr: SocketAddr = addr.expect("gateway did not start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gateway not listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Gateway {
+        proc: Proc(child),
+        addr,
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us: f64,
+    rss_mb: f64,
+    errors: u64,
+}
+
+fn parse_ms(text: &str) -> f64 {
+    let text = text.trim();
+    let (num, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(url: &str, headers: &[&str], o: &Opts, pid: Option<u32>) -> Sample {
+    let cpu_before = pid.map(cpu_seconds);
+    let mut cmd = pinned("1", "wrk");
+    cmd.args([
+        "-t1",
+        "-c",
+        &o.connections.to_string(),
+        "-d",
+        &format!("{}s", o.duration),
+        "--latency",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cpu = pid.map(|p| cpu_seconds(p) - cpu_before.unwrap_or(0.0));
+    let mut s = Sample::default();
+    let mut total = 0.0;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            s.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            s.p50_ms = parse_ms(v);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            s.p99_ms = parse_ms(v);
+        } else if t.contains("requests in") {
+            total = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            s.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if t.starts_with("Socket errors:") {
+            s.errors += t
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    if let (Some(cpu), true) = (cpu, total > 0.0) {
+        s.cpu_us = cpu * 1e6 / total;
+    }
+    if let Some(p) = pid {
+        s.rss_mb = rss_mb(p);
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let cached = start_gateway(
+        bin,
+        &gateway_config(redis_url, upstream, true, 100_000, dir, "cached"),
+        dir,
+        "cached",
+    );
+    let uncached = start_gateway(
+        bin,
+        &gateway_config(redis_url, upstream, false, 1, dir, "uncached"),
+        dir,
+        "uncached",
+    );
+    let cookie = format!("Cookie: {COOKIE}");
+    let cases: Vec<(&str, String, Vec<&str>, Option<u32>)> = vec![
+        (
+            "direct to upstream",
+            format!("http://{upstream}/public/x"),
+            vec![],
+            None,
+        ),
+        (
+            "gateway, public route",
+            format!("http://{}/public/x", cached.addr),
+            vec![],
+            Some(cached.proc.0.id()),
+        ),
+        (
+            "gateway, auth + cache",
+            format!("http://{}/app", cached.addr),
+            vec![cookie.as_str()],
+            Some(cached.proc.0.id()),
+        ),
+        (
+            "gateway, auth, no cache",
+            format!("http://{}/app", uncached.addr),
+            vec![cookie.as_str()],
+            Some(uncached.proc.0.id()),
+        ),
+    ];
+    // Warm up each target once (connections, cache) before measuring.
+    let warm = Opts {
+        duration: 1,
+        mode: String::new(),
+        ..*o
+    };
+    for (_, url, headers, pid) in &cases {
+        wrk(url, headers, &warm, *pid);
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    for round in 0..o.rounds {
+        for (i, (name, url, headers, pid)) in cases.iter().enumerate() {
+            let s = wrk(url, headers, o, *pid);
+            eprintln!("round {}: {name:<24} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  cpu {:.1} us/req  errors {}", round + 1, s.rps, s.p50_ms, s.p99_ms, s.cpu_us, s.errors);
+            samples[i].push(s);
+        }
+    }
+    println!("\n## Throughput ({} rounds x {} s, {} connections, gateway on 1 thread pinned to CPU 0; wrk, upstream and redis on CPU 1)", o.rounds, o.duration, o.connections);
+    println!("| target | req/s | p50 ms | p99 ms | gateway CPU us/req | gateway RSS MB | non-2xx/errors |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut rps = Vec::new();
+    let mut cpu = Vec::new();
+    for (i, (name, ..)) in cases.iter().enumerate() {
+        let col = |f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+        let errors: u64 = samples[i].iter().map(|s| s.errors).sum();
+        let (r, c) = (col(|s| s.rps), col(|s| s.cpu_us));
+        rps.push(r);
+        cpu.push(c);
+        println!(
+            "| {name} | {r:.0} | {:.3} | {:.3} | {} | {} | {errors} |",
+            col(|s| s.p50_ms),
+            col(|s| s.p99_ms),
+            if i == 0 {
+                "-".into()
+            } else {
+                format!("{c:.1}")
+            },
+            if i == 0 {
+                "-".into()
+            } else {
+                format!("{:.1}", col(|s| s.rss_mb))
+            }
+        );
+    }
+    println!("\nratios (medians):");
+    println!(
+        "- public route / direct:            {:.3}x req/s",
+        rps[1] / rps[0]
+    );
+    println!("- auth + cache / public route:      {:.3}x req/s, {:.3}x CPU per request  (target >= 0.95x)", rps[2] / rps[1], cpu[2] / cpu[1]);
+    println!("- auth, no cache / public route:    {:.3}x req/s, {:.3}x CPU per request  (target >= 0.85x)", rps[3] / rps[1], cpu[3] / cpu[1]);
+}
+
+/// A keep-alive client for precise single requests.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+    fn get(&mut self, path: &str, cookie: &str) -> u16 {
+        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: b\r\nAccept: application/json\r\nCookie: {cookie}\r\n\r\n").unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body).unwrap();
+        status
+    }
+}
+
+fn revocation(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let gw = start_gateway(
+        bin,
+        &gateway_config(redis_url, upstream, true, 100_000, dir, "revocation"),
+        dir,
+        "revocation",
+    );
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    // Background load on another session for the whole measurement.
+    let load_url = format!("http://{}/app", gw.addr);
+    let cookie = format!("Cookie: {COOKIE}");
+    let mut load = pinned("1", "wrk")
+        .args([
+            "-t1",
+            "-c",
+            &o.connections.to_string(),
+            "-d",
+            "3600s",
+            "-H",
+            &cookie,
+            &load_url,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Proc)
+        .expect("wrk");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut http = Conn::open(gw.addr);
+    let mut times = Vec::new();
+    for i in 0..o.trials {
+        let id = format!("rev{i}");
+        let _: () = conn
+            .set_ex(format!("sess:{id}"), SESSION_VALUE, 600)
+            .unwrap();
+        let signed = sign(&id);
+        let mut ok = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while ok < 3 && Instant::now() < deadline {
+            if http.get("/app", &signed) == 200 {
+                ok += 1;
+            }
+        }
+        let started = Instant::now();
+        let _: () = conn.del(format!("sess:{id}")).unwrap();
+        loop {
+            let status = http.get("/app", &signed);
+            if status == 401 {
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                times.push(f64::INFINITY);
+                break;
+            }
+        }
+    }
+    let _ = load.0.kill();
+    drop(load);
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        times[((times.len() as f64 * p).ceil() as usize)
+            .saturating_sub(1)
+            .min(times.len() - 1)]
+    };
+    println!(
+        "\n## Revocation under load ({} trials, {} background connections on another session)",
+        times.len(),
+        o.connections
+    );
+    println!("time from DEL issued to the first 401 on the revoked session's cookie:");
+    println!(
+        "- p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms  (target p99 <= 10 ms)",
+        pct(0.50),
+        pct(0.99),
+        times[times.len() - 1]
+    );
+}
+
+/// The express cookie for `id`, signed with the bench config's first secret.
+fn sign(id: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"fixture-secret-current").unwrap();
+    mac.update(id.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD_NO_PAD.encode(mac.finalize().into_bytes());
+    let value = format!("s:{id}.{sig}");
+    let encoded = percent_encoding::utf8_percent_encode(&value, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    format!("connect.sid={encoded}")
+}
+
+fn memory(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let gw = start_gateway(
+        bin,
+        &gateway_config(redis_url, upstream, true, o.sessions + 1000, dir, "memory"),
+        dir,
+        "memory",
+    );
+    let pid = gw.proc.0.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let start_rss = rss_mb(pid);
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    for chunk in (0..o.sessions).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.set_ex(format!("sess:mem{i:06}"), SESSION_VALUE, 3600)
+                .ignore();
+        }
+        let _: () = pipe.query(&mut conn).unwrap();
+    }
+    // Resolve every session once through the gateway so each is cached.
+    let threads = 4;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let addr = gw.addr;
+            let n = o.sessions;
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                let mut ok = 0;
+                for i in (t..n).step_by(threads) {
+                    if c.get("/app", &sign(&format!("mem{i:06}"))) == 200 {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let cached_rss = rss_mb(pid);
+    // Idle keep-alive connections, each having made one request.
+    let mut idle = Vec::with_capacity(o.idle);
+    for _ in 0..o.idle {
+        match TcpStream::connect(gw.addr) {
+            Ok(s) => {
+                let mut s = s;
+                let _ = s.write_all(b"GET /public/x HTTP/1.1\r\nHost: b\r\n\r\n");
+                idle.push(s);
+            }
+            Err(e) => {
+                eprintln!("stopped opening connections at {}: {e}", idle.len());
+                break;
+            }
+        }
+    }
+    for s in &mut idle {
+        let mut buf = [0u8; 512];
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let _ = s.read(&mut buf);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let final_rss = rss_mb(pid);
+    println!("\n## Memory");
+    println!("- gateway RSS at start: {start_rss:.1} MB");
+    println!(
+        "- after {ok} distinct sessions resolved and cached ({:.1} s): {cached_rss:.1} MB",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "- plus {} idle keep-alive connections: {final_rss:.1} MB  (target <= 64 MB)",
+        idle.len()
+    );
+}
+
+fn main() {
+    let o = opts();
+    let bin =
+        std::env::var("SESSIONGATE_BIN").unwrap_or_else(|_| "target/release/sessiongate".into());
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_url) = start_redis(dir.path());
+    let mut conn = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = conn.set_ex(SESSION_KEY, SESSION_VALUE, 3600).unwrap();
+    let upstream = start_upstream();
+    println!("# sessiongate benchmark ({} CPUs, binary {bin})", cpus());
+    if o.mode == "all" || o.mode == "throughput" {
+        throughput(&o, &bin, dir.path(), &redis_url, upstream);
+    }
+    if o.mode == "all" || o.mode == "revocation" {
+        revocation(&o, &bin, dir.path(), &redis_url, upstream);
+    }
+    if o.mode == "all" || o.mode == "memory" {
+        memory(&o, &bin, dir.path(), &redis_url, upstream);
+    }
+}
