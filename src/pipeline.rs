@@ -168,7 +168,8 @@ impl Pipeline {
             Extracted::Absent { bearer, reason } => return unauthenticated(reason, bearer),
         };
         let bearer = credential.source == CredentialSource::Bearer;
-        let principal = match self.resolve(&credential).await {
+        let key = self.config.session.key.render(credential.id.as_str());
+        let principal = match self.resolve(&key).await {
             Ok((Lookup::Found(principal), _)) => principal,
             Ok((Lookup::Invalid(reason), _)) => return unauthenticated(reason, bearer),
             Err(e) => {
@@ -179,6 +180,7 @@ impl Pipeline {
         if !route.roles.is_empty() && !principal.roles.iter().any(|r| route.roles.contains(r)) {
             return reject(Some(index), Rejection::Forbidden);
         }
+        self.slide(key, &principal);
         Outcome::Forward {
             route: index,
             principal: Some(principal),
@@ -242,11 +244,30 @@ impl Pipeline {
 
     /// The session behind a cookie or opaque token: from the cache when it
     /// holds it, else from Redis (and then cached).
-    async fn resolve(&self, credential: &Credential) -> Result<(Lookup, LookupSource), StoreError> {
-        let key = self.config.session.key.render(credential.id.as_str());
-        self.cache
-            .get_or_load(&key, || self.load_session(&key))
-            .await
+    async fn resolve(&self, key: &str) -> Result<(Lookup, LookupSource), StoreError> {
+        self.cache.get_or_load(key, || self.load_session(key)).await
+    }
+
+    /// Sliding expiry: once a session's remaining TTL has fallen more than
+    /// `touch_after` below `ttl`, reset it, off the request's path. The
+    /// principal is marked first, so concurrent requests do not touch again.
+    fn slide(&self, key: String, principal: &Principal) {
+        let Some(sliding) = self.config.session.sliding else {
+            return;
+        };
+        let Some(remaining) = self.cache.remaining(principal) else {
+            return;
+        };
+        if sliding.ttl.saturating_sub(remaining) <= sliding.touch_after {
+            return;
+        }
+        self.cache.touched(principal, sliding.ttl);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch(&key, sliding.ttl).await {
+                tracing::warn!(error = %e, "sliding expiry: could not reset a session's TTL");
+            }
+        });
     }
 
     async fn load_session(&self, key: &str) -> Result<Lookup, StoreError> {

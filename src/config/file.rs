@@ -54,6 +54,7 @@ pub struct Session {
     pub key: Option<String>,
     pub value: Option<String>,
     pub role_field: Option<String>,
+    pub sliding: Option<Sliding>,
 }
 
 /// `[identity]`
@@ -97,4 +98,11 @@ pub struct Cache {
     pub max_age: Option<String>,
     pub negative_ttl: Option<String>,
     pub configure_notifications: Option<bool>,
+}
+
+/// `[session] sliding = { ttl = "24h", touch_after = "5m" }`
+#[derive(Debug, Default, Deserialize)]
+pub struct Sliding {
+    pub ttl: Option<String>,
+    pub touch_after: Option<String>,
 }

@@ -118,6 +118,15 @@ pub struct SessionSettings {
     pub value: ValueFormat,
     /// `role_field`: where a route's `roles` are looked up (default `user.role`).
     pub role_field: FieldPath,
+    /// `sliding`: reset a used session's TTL, at most once per `touch_after`.
+    pub sliding: Option<Sliding>,
+}
+
+/// Sliding expiry: a session in use is kept alive for `ttl` after its last use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sliding {
+    pub ttl: Duration,
+    pub touch_after: Duration,
 }
 
 /// A Redis key with one `{placeholder}`, split at load time so building a key

@@ -17,7 +17,8 @@ use toml::Spanned;
 use super::file;
 use super::model::{
     Access, BearerMode, CacheSettings, Config, CookieFormat, FieldPath, IdentityHeader,
-    KeyTemplate, RedisSettings, Route, ServerSettings, SessionSettings, Upstream, ValueFormat,
+    KeyTemplate, RedisSettings, Route, ServerSettings, SessionSettings, Sliding, Upstream,
+    ValueFormat,
 };
 
 /// One problem in the configuration file.
@@ -1130,7 +1131,9 @@ impl<'r, 't> Checker<'r, 't> {
                 format!("{role_text:?} is not a dotted field path (e.g. \"user.role\")"),
             );
         }
+        let sliding = self.sliding(&sub(&path, "sliding"), f.sliding);
         Some(SessionSettings {
+            sliding: sliding?,
             cookie,
             cookie_format: cookie_format?,
             secrets,
@@ -1139,6 +1142,31 @@ impl<'r, 't> Checker<'r, 't> {
             value: value?,
             role_field: role_field?,
         })
+    }
+
+    /// `sliding = { ttl, touch_after }`: both durations, touch_after below ttl.
+    fn sliding(&mut self, path: &[Seg], f: Option<file::Sliding>) -> Option<Option<Sliding>> {
+        let Some(f) = f else { return Some(None) };
+        let ttl_path = sub(path, "ttl");
+        let ttl = match f.ttl {
+            None => {
+                self.missing_key(&ttl_path);
+                return None;
+            }
+            Some(t) => self.duration(&ttl_path, Some(&t), Duration::ZERO, false),
+        };
+        let touch_path = sub(path, "touch_after");
+        let touch_after = self.duration(
+            &touch_path,
+            f.touch_after.as_deref(),
+            Duration::from_secs(60).min(ttl / 2),
+            true,
+        );
+        if !ttl.is_zero() && touch_after >= ttl {
+            self.error(&touch_path, "must be shorter than `ttl`");
+            return None;
+        }
+        Some(Some(Sliding { ttl, touch_after }))
     }
 
     fn identity(&mut self) -> Option<Vec<IdentityHeader>> {

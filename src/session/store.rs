@@ -58,6 +58,8 @@ pub trait SessionStore: Send + Sync {
         -> Result<Option<RawSession>, StoreError>;
     /// A round trip that proves the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Resets `key`'s TTL to `ttl` if it still exists (sliding expiry).
+    async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 /// Redis through a multiplexed, self-reconnecting connection.
@@ -172,6 +174,18 @@ impl SessionStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_timeout(|mut conn| async move {
             redis::cmd("PING").query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.with_timeout(|mut conn| async move {
+            redis::cmd("PEXPIRE")
+                .arg(key)
+                .arg(ms)
+                .query_async::<bool>(&mut conn)
+                .await
         })
         .await
     }
