@@ -357,13 +357,13 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
         (
             "direct to upstream",
             format!("http://{upstream}/public/x"),
-            vec![],
+            vec![cookie.as_str()],
             None,
         ),
         (
             "gateway, public route",
             format!("http://{}/public/x", cached.addr),
-            vec![],
+            vec![cookie.as_str()],
             Some(cached.proc.0.id()),
         ),
         (
@@ -379,6 +379,8 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
             Some(uncached.proc.0.id()),
         ),
     ];
+    // Every target gets the same request bytes (the session cookie included),
+    // so the ratios isolate what the auth check itself costs.
     // Warm up each target once (connections, cache) before measuring.
     let warm = Opts {
         duration: 1,

@@ -9,7 +9,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 use sha2::Sha256;
 use std::borrow::Cow;
 use std::fmt;
-use subtle::{Choice, ConstantTimeEq};
+use subtle::ConstantTimeEq;
 
 use super::SessionId;
 
@@ -82,9 +82,8 @@ pub fn plain_id(raw: &str) -> Option<SessionId> {
 /// Verifies express-session signed cookies against a fixed list of secrets.
 ///
 /// Keeps one HMAC-SHA256 instance per secret, already keyed, and clones it per
-/// check (cheaper than keying again). Every secret is always tried, and the
-/// results are combined in constant time, so timing does not tell which secret
-/// (if any) matched.
+/// check (cheaper than keying again). Secrets are tried in order until one
+/// matches; each signature comparison is constant time.
 #[derive(Clone)]
 pub struct ExpressVerifier {
     keyed: Vec<Hmac<Sha256>>,
@@ -121,20 +120,18 @@ impl ExpressVerifier {
     pub fn verify(&self, raw: &str) -> Option<SessionId> {
         let decoded = percent_decode_str(raw).decode_utf8().ok()?;
         let (id, sig) = split_signed(&decoded)?;
-        let mut ok = Choice::from(0);
-        for mac in &self.keyed {
+        // Each comparison is constant time. Stopping at the first matching
+        // secret only tells a client which secret signed its own valid cookie
+        // (the current one, almost always), and saves an HMAC per request.
+        let valid = self.keyed.iter().any(|mac| {
             let tag = mac
                 .clone()
                 .chain_update(id.as_bytes())
                 .finalize()
                 .into_bytes();
-            ok |= tag.as_slice().ct_eq(&sig);
-        }
-        if bool::from(ok) {
-            Some(SessionId::new(id.to_owned()))
-        } else {
-            None
-        }
+            bool::from(tag.as_slice().ct_eq(&sig))
+        });
+        valid.then(|| SessionId::new(id.to_owned()))
     }
 }
 
