@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use pingora::listeners::TcpSocketOptions;
+use pingora::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -16,6 +17,9 @@ use crate::pipeline::Pipeline;
 use crate::proxy::gateway::Gateway;
 use crate::session::cache::{spawn_invalidator, KeyFilter, SessionCache};
 use crate::session::{RedisStore, SessionStore};
+
+/// Per-connection read buffer of the public listener.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// A listen address ready for Pingora. Port 0 is resolved here to a real port
 /// that stays reserved (an unlistened `SO_REUSEPORT` socket) until Pingora binds
@@ -118,7 +122,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let listen = prepare_listen(addr)?;
         let mut options = TcpSocketOptions::default();
         options.so_reuseport = Some(listen.reuse_port);
-        service.add_tcp_with_settings(&listen.addr.to_string(), options);
+        // Pingora's default 64 KiB read buffer per connection is most of what an
+        // idle keep-alive connection costs; request heads are small.
+        let buffers = L4BufferSettings {
+            read: Some(READ_BUFFER_BYTES),
+            write: None,
+        };
+        service.add_listener(
+            ListenerConfig::tcp(listen.addr.to_string())
+                .tcp_socket_options(options)
+                .l4_buffer(buffers),
+        );
         println!("sessiongate listening on http://{}", listen.addr);
         reserved.push(listen);
     }
