@@ -33,6 +33,7 @@ gateway_port=$(free_port 8080)
 export REDIS_URL="redis://127.0.0.1:$redis_port/0"
 export UPSTREAM_ADDR="127.0.0.1:$upstream_port"
 export LISTEN_ADDR="127.0.0.1:$gateway_port"
+export ADMIN_ADDR="127.0.0.1:$(free_port 9100)"
 export SESSION_SECRET="demo-secret-change-me"
 
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \

@@ -8,7 +8,9 @@
 pub mod config;
 pub mod credential;
 pub mod identity;
+pub mod logout;
 pub mod manage;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use sessiongate::config;
-use sessiongate::manage::{self, ManageError, Manager};
+use sessiongate::manage::{self, Lifetime, ManageError, Manager};
 
 // jemalloc: less fragmentation than glibc malloc under many threads and
 // many small, short-lived allocations (request heads, header values).
@@ -31,13 +31,23 @@ enum Command {
     Run {
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
+        /// Take the listening sockets over from a running sessiongate (binary
+        /// upgrade): start this, then send SIGQUIT to the old process.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate a configuration, then tell the running gateway (the pid in
+    /// `[server] pid_file`) to reload it (SIGHUP).
+    Reload {
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
     },
     /// Validate a configuration, print every problem, and exit non-zero if any.
     Check {
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
     },
-    /// Create, show or revoke sessions in the configured Redis.
+    /// Create, show, list or revoke sessions in the configured Redis.
     Session {
         #[arg(short, long, default_value = "proxy.toml", global = true)]
         config: PathBuf,
@@ -64,6 +74,17 @@ enum SessionAction {
     Show { id: String },
     /// Delete a session; it is refused from the next request on.
     Revoke { id: String },
+    /// End every session (and token) of a user, found through `user_sessions_key`.
+    RevokeUser {
+        /// The user id, as stored at `user_field`.
+        user: String,
+    },
+    /// List a user's session (and token) ids with their remaining lifetime.
+    List {
+        /// The user id, as stored at `user_field`.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,7 +129,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Reload { config } => match config::load(&config) {
+            Ok(cfg) => match sessiongate::proxy::reload::signal_reload(&cfg.server.pid_file) {
+                Ok(pid) => {
+                    println!("{}: ok; sent SIGHUP to process {pid}", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sessiongate: {e:#}");
+                    ExitCode::from(1)
+                }
+            },
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, upgrade } => {
             let cfg = match config::load(&config) {
                 Ok(cfg) => cfg,
                 Err(errors) => {
@@ -116,7 +153,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match sessiongate::proxy::service::run(cfg) {
+            match sessiongate::proxy::service::run(cfg, &config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sessiongate: {e:#}");
@@ -128,6 +165,12 @@ fn main() -> ExitCode {
 }
 
 fn session_command(cfg: &config::Config, action: SessionAction) -> Result<(), ManageError> {
+    // A configuration problem is reported as such even when Redis is down.
+    match &action {
+        SessionAction::RevokeUser { .. } => manage::user_sessions(cfg, "revoke-user").map(drop)?,
+        SessionAction::List { .. } => manage::user_sessions(cfg, "list").map(drop)?,
+        _ => {}
+    }
     let mut manager = Manager::connect(cfg)?;
     match action {
         SessionAction::Create { user, fields, ttl } => {
@@ -155,6 +198,33 @@ fn session_command(cfg: &config::Config, action: SessionAction) -> Result<(), Ma
         SessionAction::Revoke { id } => {
             manager.revoke(&id)?;
             println!("revoked");
+        }
+        SessionAction::RevokeUser { user } => {
+            let revoked = manager.revoke_user(&user)?;
+            if cfg.session.user_tokens_key.is_some() && cfg.jwt.is_some() {
+                println!(
+                    "ended {} sessions and {} tokens",
+                    revoked.sessions, revoked.tokens
+                );
+            } else {
+                println!("ended {} sessions", revoked.sessions);
+            }
+        }
+        SessionAction::List { user } => {
+            let listed = manager.list(&user)?;
+            let stale = listed
+                .iter()
+                .filter(|l| l.lifetime == Lifetime::Stale)
+                .count();
+            for item in &listed {
+                let lifetime = match item.lifetime {
+                    Lifetime::Expires(ms) => format!("ttl {}s", ms.div_ceil(1000)),
+                    Lifetime::Persistent => "no expiry".to_owned(),
+                    Lifetime::Stale => "stale (its key is gone; left in the set)".to_owned(),
+                };
+                println!("{:<7} {}  {lifetime}", item.kind.as_str(), item.id);
+            }
+            println!("{} live, {stale} stale", listed.len() - stale);
         }
     }
     Ok(())

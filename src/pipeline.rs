@@ -15,8 +15,10 @@ use crate::credential::bearer::bearer_token;
 use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
 use crate::credential::{Credential, CredentialSource};
 use crate::identity::IdentityPlan;
+use crate::logout::{Caller, Logout, LogoutScope};
+use crate::metrics::PipelineMetrics;
 use crate::policy::{normalise_path, prefix_matches};
-use crate::reject::{login_url, AuthFailure, Rejection};
+use crate::reject::{login_url, AuthFailure, Rejection, Rendered};
 use crate::session::cache::{Lookup, LookupSource, Principal, SessionCache};
 use crate::session::{Session, SessionStore, StoreError};
 
@@ -30,6 +32,8 @@ pub enum Decision {
     StoreError,
     /// Refused before authentication: bad path, no route, oversized headers.
     Invalid,
+    /// A logout answered by the gateway (`logout_path`, `logout_all_path`).
+    LoggedOut,
 }
 
 impl Decision {
@@ -41,6 +45,7 @@ impl Decision {
             Decision::Forbidden => "forbidden",
             Decision::StoreError => "store_error",
             Decision::Invalid => "invalid",
+            Decision::LoggedOut => "logged_out",
         }
     }
 }
@@ -59,12 +64,17 @@ pub enum Outcome {
         route: Option<usize>,
         rejection: Rejection,
     },
+    /// Answered by the gateway itself, before routing (logout).
+    Respond {
+        decision: Decision,
+        rendered: Rendered,
+    },
 }
 
 impl Outcome {
     pub fn decision(&self) -> Decision {
         match self {
-            Outcome::Forward { decision, .. } => *decision,
+            Outcome::Forward { decision, .. } | Outcome::Respond { decision, .. } => *decision,
             Outcome::Reject { rejection, .. } => match rejection {
                 Rejection::Unauthenticated { .. } => Decision::Unauthenticated,
                 Rejection::Forbidden => Decision::Forbidden,
@@ -86,6 +96,10 @@ pub struct Pipeline {
     cache: Arc<SessionCache>,
     /// One round-robin cursor per upstream.
     cursors: Vec<AtomicUsize>,
+    /// `logout_path` / `logout_all_path`, when configured.
+    logout: Option<Logout>,
+    /// Metric handles for this configuration's routes and upstreams.
+    pub metrics: PipelineMetrics,
 }
 
 /// A credential that was present but unusable is treated as absent, but the
@@ -109,6 +123,8 @@ impl Pipeline {
             verifier,
             store,
             cache,
+            logout: Logout::new(&config, config.jwt.as_ref().map(|jwt| jwt.key.clone())),
+            metrics: PipelineMetrics::new(&config),
             config,
         }
     }
@@ -135,6 +151,13 @@ impl Pipeline {
             Ok(path) => path,
             Err(e) => return reject(None, Rejection::BadPath(e)),
         };
+        if let Some((logout, scope)) = self
+            .logout
+            .as_ref()
+            .and_then(|l| l.matches(&path).map(|scope| (l, scope)))
+        {
+            return self.logout(req, logout, scope).await;
+        }
         let Some(index) = self.find_route(request_host(req), &path) else {
             return reject(None, Rejection::NoRoute);
         };
@@ -165,7 +188,21 @@ impl Pipeline {
 
         let credential = match self.extract(req) {
             Extracted::Found(c) => c,
-            Extracted::Absent { bearer, reason } => return unauthenticated(reason, bearer),
+            // No usable cookie: a bearer JWT, when `bearer = "jwt"`.
+            Extracted::Absent { bearer, reason } => match self.jwt_bearer(req) {
+                None => return unauthenticated(reason, bearer),
+                Some(None) => return unauthenticated(AuthFailure::BadCredential, true),
+                Some(Some(token)) => {
+                    return match self.resolve_token(token).await {
+                        Ok(Lookup::Found(principal)) => self.authorize(index, principal),
+                        Ok(Lookup::Invalid(reason)) => unauthenticated(reason, true),
+                        Err(e) => {
+                            tracing::warn!(route = %route.name, error = %e, "session store error");
+                            reject(Some(index), Rejection::StoreUnavailable)
+                        }
+                    };
+                }
+            },
         };
         let bearer = credential.source == CredentialSource::Bearer;
         let key = self.config.session.key.render(credential.id.as_str());
@@ -185,6 +222,44 @@ impl Pipeline {
             route: index,
             principal: Some(principal),
             decision: Decision::Forwarded,
+        }
+    }
+
+    /// `POST logout_path` / `logout_all_path`: ends the caller's session (or
+    /// every session of its user) and clears the cookie; other methods get 405.
+    async fn logout(&self, req: &Parts, logout: &Logout, scope: LogoutScope) -> Outcome {
+        if req.method != Method::POST {
+            return Outcome::Respond {
+                decision: Decision::Invalid,
+                rendered: Logout::method_not_allowed(),
+            };
+        }
+        // The caller as a request would be authenticated: the cookie, else the
+        // bearer token. A JWT must verify (an expired one ends nothing).
+        let caller = match self.extract(req) {
+            Extracted::Found(credential) => Some(Caller::Session(credential.id)),
+            Extracted::Absent { .. } => match (self.jwt_bearer(req), &self.config.jwt) {
+                (Some(Some(token)), Some(jwt)) => {
+                    jwt.verifier.verify(token).ok().map(|token| Caller::Token {
+                        id: token.id,
+                        claims: token.claims,
+                    })
+                }
+                _ => None,
+            },
+        };
+        match logout.end(scope, caller, &*self.store, &self.cache).await {
+            Ok(_) => Outcome::Respond {
+                decision: Decision::LoggedOut,
+                rendered: logout.done(),
+            },
+            Err(e) => {
+                tracing::warn!(scope = scope.as_str(), error = %e, "logout: session store error");
+                Outcome::Reject {
+                    route: None,
+                    rejection: Rejection::StoreUnavailable,
+                }
+            }
         }
     }
 
@@ -270,6 +345,71 @@ impl Pipeline {
         });
     }
 
+    /// With `bearer = "jwt"`, the `Authorization` header: `None` without one,
+    /// `Some(None)` when it is not a usable bearer token, else the token.
+    fn jwt_bearer<'r>(&self, req: &'r Parts) -> Option<Option<&'r str>> {
+        if self.config.session.bearer != BearerMode::Jwt {
+            return None;
+        }
+        let auth = req.headers.get(AUTHORIZATION)?;
+        Some(
+            bearer_token(auth.as_bytes())
+                .filter(|t| t.len() <= crate::credential::jwt::MAX_TOKEN_LEN),
+        )
+    }
+
+    /// A bearer JWT: verified against `[jwt]`, then its token key must exist
+    /// in Redis. Not cached: the principal comes from the token's claims as
+    /// well as from the key's value, and two tokens may share a token id.
+    async fn resolve_token(&self, token: &str) -> Result<Lookup, StoreError> {
+        use crate::config::ValueFormat;
+        use crate::credential::jwt::JwtRejected;
+
+        let Some(jwt) = &self.config.jwt else {
+            return Ok(Lookup::Invalid(AuthFailure::BadCredential));
+        };
+        let verified = match jwt.verifier.verify(token) {
+            Ok(verified) => verified,
+            Err(e) => {
+                tracing::debug!(reason = e.as_str(), "bearer token refused: {e}");
+                return Ok(Lookup::Invalid(match e {
+                    JwtRejected::Expired => AuthFailure::Expired,
+                    _ => AuthFailure::BadCredential,
+                }));
+            }
+        };
+        let key = jwt.key.render(verified.id.as_str());
+        let mut fetched = self.store.fetch(&key, ValueFormat::Json).await;
+        if let Err(StoreError::WrongType) = fetched {
+            // An app that keeps its token keys as hashes.
+            fetched = self.store.fetch(&key, ValueFormat::Hash).await;
+        }
+        let raw = match fetched {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Ok(Lookup::Invalid(AuthFailure::Revoked)),
+            Err(StoreError::WrongType) => return Ok(Lookup::Invalid(AuthFailure::Unreadable)),
+            Err(e) => return Err(e),
+        };
+        let session = Session::from_token(verified.claims, raw);
+        Ok(Lookup::Found(Arc::new(self.principal(&session))))
+    }
+
+    /// The route's roles against a resolved principal; forward when they allow it.
+    fn authorize(&self, index: usize, principal: Arc<Principal>) -> Outcome {
+        let route = &self.config.routes[index];
+        if !route.roles.is_empty() && !principal.roles.iter().any(|r| route.roles.contains(r)) {
+            return Outcome::Reject {
+                route: Some(index),
+                rejection: Rejection::Forbidden,
+            };
+        }
+        Outcome::Forward {
+            route: index,
+            principal: Some(principal),
+            decision: Decision::Forwarded,
+        }
+    }
+
     async fn load_session(&self, key: &str) -> Result<Lookup, StoreError> {
         let format = self.config.session.value;
         let raw = match self.store.fetch(key, format).await {
@@ -289,7 +429,12 @@ impl Pipeline {
         self.cache.principal(
             self.identity.values(session),
             session.texts(&self.config.session.role_field),
-            None,
+            // The user the access log shows.
+            self.config
+                .admin
+                .access_log_user
+                .then(|| session.text(&self.config.session.user_field))
+                .flatten(),
             session.ttl_ms.map(Duration::from_millis),
         )
     }

@@ -17,6 +17,10 @@ pub enum AuthFailure {
     NotFound,
     /// The key exists but its value is not a readable session.
     Unreadable,
+    /// A bearer JWT whose `exp` (with the leeway) has passed; its signature verified.
+    Expired,
+    /// A verified bearer JWT whose token key is gone from Redis (logged out).
+    Revoked,
 }
 
 impl AuthFailure {
@@ -26,6 +30,8 @@ impl AuthFailure {
             AuthFailure::BadCredential => "bad_signature",
             AuthFailure::NotFound => "not_found",
             AuthFailure::Unreadable => "unreadable",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Revoked => "revoked",
         }
     }
 }

@@ -18,10 +18,10 @@ pub struct File {
     pub upstream: Option<Vec<Upstream>>,
     pub route: Option<Vec<Route>>,
     pub cache: Option<Cache>,
-    /// `[admin]`: reserved, accepted but not read yet.
-    pub admin: Option<toml::Value>,
-    /// `[jwt]`: reserved, accepted but not read yet.
-    pub jwt: Option<toml::Value>,
+    /// `[admin]`: the admin listener (metrics, health) and the access log.
+    pub admin: Option<Admin>,
+    /// `[jwt]`: how bearer JWTs are verified (`[session] bearer = "jwt"`).
+    pub jwt: Option<Jwt>,
 }
 
 /// `[server]`
@@ -55,6 +55,14 @@ pub struct Session {
     pub value: Option<String>,
     pub role_field: Option<String>,
     pub sliding: Option<Sliding>,
+    pub logout_path: Option<String>,
+    pub logout_all_path: Option<String>,
+    pub logout_redirect: Option<String>,
+    pub user_field: Option<String>,
+    pub user_sessions_key: Option<String>,
+    pub user_tokens_key: Option<String>,
+    pub cookie_path: Option<String>,
+    pub cookie_domain: Option<String>,
 }
 
 /// `[identity]`
@@ -105,4 +113,34 @@ pub struct Cache {
 pub struct Sliding {
     pub ttl: Option<String>,
     pub touch_after: Option<String>,
+}
+
+/// `[jwt]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Jwt {
+    pub algorithms: Option<Vec<String>>,
+    pub secret: Option<String>,
+    pub public_key_file: Option<String>,
+    pub jwks_file: Option<String>,
+    pub id_claim: Option<String>,
+    pub key: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Admin {
+    pub listen: Option<String>,
+    pub metrics_basic_auth: Option<BasicAuth>,
+    pub access_log: Option<bool>,
+    pub access_log_user: Option<bool>,
+}
+
+/// `[admin] metrics_basic_auth = { username = "...", password = "..." }`
+#[derive(Debug, Default, Deserialize)]
+pub struct BasicAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
 }

@@ -21,6 +21,20 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[cache]`: the in-process session cache.
     pub cache: CacheSettings,
+    /// `[admin]`: the admin listener and the access log (defaults when absent).
+    pub admin: AdminSettings,
+    /// `[jwt]`: present exactly when `[session] bearer = "jwt"`.
+    pub jwt: Option<JwtSettings>,
+}
+
+/// `[jwt]`, compiled: the algorithm allowlist, the decoding keys (read from
+/// their files at load time) and the claim checks, plus the token key.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// Verifies tokens and extracts the `id_claim`.
+    pub verifier: std::sync::Arc<crate::credential::jwt::JwtVerifier>,
+    /// `key`: the Redis key that must exist for a token to be valid (default `token:{id}`).
+    pub key: KeyTemplate,
 }
 
 /// `[cache]`
@@ -120,6 +134,22 @@ pub struct SessionSettings {
     pub role_field: FieldPath,
     /// `sliding`: reset a used session's TTL, at most once per `touch_after`.
     pub sliding: Option<Sliding>,
+    /// `logout_path`: `POST` here ends the caller's session (answered by the gateway).
+    pub logout_path: Option<String>,
+    /// `logout_all_path`: `POST` here ends every session of the caller's user.
+    pub logout_all_path: Option<String>,
+    /// `logout_redirect`: after a logout answer 303 to this URL instead of 204.
+    pub logout_redirect: Option<String>,
+    /// `user_field`: where the user id is in a session (default `user.id`).
+    pub user_field: FieldPath,
+    /// `user_sessions_key`: a Redis set of the user's session ids, e.g. `user:{user}:sessions`.
+    pub user_sessions_key: Option<KeyTemplate>,
+    /// `user_tokens_key`: a Redis set of the user's token ids (JWT), e.g. `user:{user}:tokens`.
+    pub user_tokens_key: Option<KeyTemplate>,
+    /// `cookie_path`: the `Path` the session cookie is cleared with (default `/`).
+    pub cookie_path: String,
+    /// `cookie_domain`: the `Domain` the session cookie is cleared with (default none).
+    pub cookie_domain: Option<String>,
 }
 
 /// Sliding expiry: a session in use is kept alive for `ttl` after its last use.
@@ -237,4 +267,46 @@ pub struct Route {
     pub roles: Vec<String>,
     /// `on_unauthenticated = { redirect = "/login" }`: where browsers are sent.
     pub login_redirect: Option<String>,
+}
+
+/// `[admin]`: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
+/// access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// `listen`: the admin listener's `host:port` (port may be 0); none: no listener.
+    pub listen: Option<String>,
+    /// `metrics_basic_auth`: when set, `/metrics` requires these credentials.
+    pub metrics_basic_auth: Option<BasicAuth>,
+    /// `access_log`: one JSON line per request on stdout (default true).
+    pub access_log: bool,
+    /// `access_log_user`: include the user id (`[session] user_field`) in
+    /// access log lines (default true).
+    pub access_log_user: bool,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: None,
+            metrics_basic_auth: None,
+            access_log: true,
+            access_log_user: true,
+        }
+    }
+}
+
+/// HTTP basic credentials. `Debug` never prints the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }

@@ -16,9 +16,9 @@ use toml::Spanned;
 
 use super::file;
 use super::model::{
-    Access, BearerMode, CacheSettings, Config, CookieFormat, FieldPath, IdentityHeader,
-    KeyTemplate, RedisSettings, Route, ServerSettings, SessionSettings, Sliding, Upstream,
-    ValueFormat,
+    Access, AdminSettings, BasicAuth, BearerMode, CacheSettings, Config, CookieFormat, FieldPath,
+    IdentityHeader, KeyTemplate, RedisSettings, Route, ServerSettings, SessionSettings, Sliding,
+    Upstream, ValueFormat,
 };
 
 /// One problem in the configuration file.
@@ -122,6 +122,10 @@ pub fn parse(
         root: &root,
         errors: Vec::new(),
         quiet: HashSet::new(),
+        base: Path::new(source_name)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
     };
     let config = checker.check();
 
@@ -466,6 +470,22 @@ fn is_listen_addr(addr: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
+/// Whether two listen addresses would be the same socket (port 0 never is:
+/// each gets its own free port).
+fn same_listener(a: &str, b: &str) -> bool {
+    let port = |s: &str| s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    if port(a).is_none_or(|p| p == 0) || port(a) != port(b) {
+        return false;
+    }
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(x), Ok(y)) => x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified(),
+        _ => false,
+    }
+}
+
 fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs = match addr.parse::<SocketAddr>() {
         Ok(sa) => vec![sa],
@@ -558,6 +578,37 @@ fn normalize_host(host: &str) -> Result<String, String> {
     Ok(name.to_ascii_lowercase())
 }
 
+/// A cookie attribute value (`Path`): no separators, spaces or control characters.
+fn is_cookie_attribute(value: &str) -> bool {
+    !value
+        .chars()
+        .any(|c| c == ';' || c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// The `[session]` keys of logout and per-user sets, as written.
+struct LifecycleKeys {
+    logout_path: Option<String>,
+    logout_all_path: Option<String>,
+    logout_redirect: Option<String>,
+    user_field: Option<String>,
+    user_sessions_key: Option<String>,
+    user_tokens_key: Option<String>,
+    cookie_path: Option<String>,
+    cookie_domain: Option<String>,
+}
+
+/// The validated `[session]` keys of logout and per-user sets.
+struct Lifecycle {
+    logout_path: Option<String>,
+    logout_all_path: Option<String>,
+    logout_redirect: Option<String>,
+    user_field: FieldPath,
+    user_sessions_key: Option<KeyTemplate>,
+    user_tokens_key: Option<KeyTemplate>,
+    cookie_path: String,
+    cookie_domain: Option<String>,
+}
+
 fn is_valid_redirect(target: &str) -> bool {
     if target.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
@@ -585,6 +636,8 @@ struct Checker<'r, 't> {
     /// Paths whose absence is already explained (a type error removed the
     /// key, or an unknown key was suggested as this one).
     quiet: HashSet<String>,
+    /// The configuration file's directory: key files are relative to it.
+    base: std::path::PathBuf,
 }
 
 const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
@@ -750,6 +803,9 @@ impl<'r, 't> Checker<'r, 't> {
                 Some([.., Seg::Key(parent)]) if parent == "on_unauthenticated" => {
                     fields_of::<file::OnUnauthenticated>()
                 }
+                Some([.., Seg::Key(parent)]) if parent == "metrics_basic_auth" => {
+                    fields_of::<file::BasicAuth>()
+                }
                 _ => &[],
             };
             self.unknown_key(&[base, relative.as_slice()].concat(), candidates);
@@ -844,6 +900,8 @@ impl<'r, 't> Checker<'r, 't> {
         let (upstreams, names) = self.upstreams();
         let routes = self.routes(names.as_deref());
         let cache = self.cache();
+        let jwt = self.jwt();
+        let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         Some(Config {
             server: server?,
             redis: redis?,
@@ -852,6 +910,8 @@ impl<'r, 't> Checker<'r, 't> {
             upstreams: upstreams?,
             routes: routes?,
             cache: cache?,
+            jwt: jwt?,
+            admin: admin?,
         })
     }
 
@@ -953,6 +1013,83 @@ impl<'r, 't> Checker<'r, 't> {
             pid_file,
             upgrade_sock,
             max_request_header_bytes,
+        })
+    }
+
+    /// `[admin]`: optional; without it there is no admin listener and the
+    /// access log is on.
+    fn admin(&mut self, public: &[String]) -> Option<AdminSettings> {
+        let path = [Seg::Key("admin".to_owned())];
+        let defaults = AdminSettings::default();
+        if self.lookup(&path).is_none() {
+            return Some(defaults);
+        }
+        let f: file::Admin = self.section(&path)?;
+        let mut ok = true;
+
+        let listen_path = sub(&path, "listen");
+        let listen = match f.listen {
+            Some(addr) if !is_listen_addr(&addr) => {
+                self.error(&listen_path, format!("{addr:?} is not a host:port address"));
+                ok = false;
+                None
+            }
+            Some(addr) => {
+                if let Some(i) = public.iter().position(|p| same_listener(p, &addr)) {
+                    self.error(
+                        &listen_path,
+                        format!(
+                            "{addr:?} is also a public listen address (server.listen[{i}]); \
+                             the admin listener needs its own"
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(addr)
+            }
+            None => None,
+        };
+
+        let auth_path = sub(&path, "metrics_basic_auth");
+        let metrics_basic_auth = match f.metrics_basic_auth {
+            None => None,
+            Some(auth) => {
+                let user_path = sub(&auth_path, "username");
+                let pass_path = sub(&auth_path, "password");
+                match &auth.username {
+                    None => self.missing_key(&user_path),
+                    Some(u) if u.is_empty() => self.error(&user_path, "must not be empty"),
+                    Some(u) if u.contains(':') || u.chars().any(char::is_control) => {
+                        self.error(&user_path, "must not contain `:` or control characters")
+                    }
+                    Some(_) => {}
+                }
+                match &auth.password {
+                    None => self.missing_key(&pass_path),
+                    Some(p) if p.is_empty() => self.error(&pass_path, "must not be empty"),
+                    Some(_) => {}
+                }
+                if listen.is_none() && !self.quiet.contains(&fmt_path(&listen_path)) {
+                    self.error(&auth_path, "has no effect without `listen`");
+                }
+                match (auth.username, auth.password) {
+                    (Some(username), Some(password)) => Some(BasicAuth { username, password }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+
+        if !ok {
+            return None;
+        }
+        Some(AdminSettings {
+            listen,
+            metrics_basic_auth,
+            access_log: f.access_log.unwrap_or(defaults.access_log),
+            access_log_user: f.access_log_user.unwrap_or(defaults.access_log_user),
         })
     }
 
@@ -1106,9 +1243,6 @@ impl<'r, 't> Checker<'r, 't> {
                 ("jwt", BearerMode::Jwt),
             ],
         );
-        if bearer == Some(BearerMode::Jwt) {
-            self.error(&bearer_path, "bearer = \"jwt\" is not supported yet");
-        }
         let key_text = f.key.unwrap_or_else(|| "sess:{id}".to_owned());
         let key = KeyTemplate::parse(&key_text, "{id}");
         if key.is_none() {
@@ -1131,8 +1265,28 @@ impl<'r, 't> Checker<'r, 't> {
                 format!("{role_text:?} is not a dotted field path (e.g. \"user.role\")"),
             );
         }
+        let lifecycle = LifecycleKeys {
+            logout_path: f.logout_path,
+            logout_all_path: f.logout_all_path,
+            logout_redirect: f.logout_redirect,
+            user_field: f.user_field,
+            user_sessions_key: f.user_sessions_key,
+            user_tokens_key: f.user_tokens_key,
+            cookie_path: f.cookie_path,
+            cookie_domain: f.cookie_domain,
+        };
+        let lifecycle = self.lifecycle(&path, lifecycle, &cookie);
         let sliding = self.sliding(&sub(&path, "sliding"), f.sliding);
+        let lifecycle = lifecycle?;
         Some(SessionSettings {
+            logout_path: lifecycle.logout_path,
+            logout_all_path: lifecycle.logout_all_path,
+            logout_redirect: lifecycle.logout_redirect,
+            user_field: lifecycle.user_field,
+            user_sessions_key: lifecycle.user_sessions_key,
+            user_tokens_key: lifecycle.user_tokens_key,
+            cookie_path: lifecycle.cookie_path,
+            cookie_domain: lifecycle.cookie_domain,
             sliding: sliding?,
             cookie,
             cookie_format: cookie_format?,
@@ -1142,6 +1296,396 @@ impl<'r, 't> Checker<'r, 't> {
             value: value?,
             role_field: role_field?,
         })
+    }
+
+    /// The `[session]` keys of logout and of the per-user id sets.
+    fn lifecycle(&mut self, path: &[Seg], f: LifecycleKeys, cookie: &str) -> Option<Lifecycle> {
+        let mut ok = true;
+        let logout_path = f.logout_path.as_deref().and_then(|p| {
+            let checked = self.exact_path(&sub(path, "logout_path"), p);
+            ok &= checked.is_some();
+            checked
+        });
+        let all_path = sub(path, "logout_all_path");
+        let logout_all_path = f.logout_all_path.as_deref().and_then(|p| {
+            let checked = self.exact_path(&all_path, p);
+            ok &= checked.is_some();
+            checked
+        });
+        if logout_all_path.is_some() && logout_all_path == logout_path {
+            self.error(&all_path, "must differ from `logout_path`");
+            ok = false;
+        }
+
+        let redirect_path = sub(path, "logout_redirect");
+        let logout_redirect = match f.logout_redirect.clone() {
+            Some(target) if !is_valid_redirect(&target) => {
+                self.error(
+                    &redirect_path,
+                    format!(
+                        "{target:?} must be a path starting with \"/\" (not \"//\") or an \
+                         absolute http(s) URL"
+                    ),
+                );
+                ok = false;
+                None
+            }
+            Some(_) if f.logout_path.is_none() && f.logout_all_path.is_none() => {
+                self.error(
+                    &redirect_path,
+                    "has no effect without `logout_path` or `logout_all_path`",
+                );
+                ok = false;
+                None
+            }
+            other => other,
+        };
+
+        let user_text = f.user_field.as_deref().unwrap_or("user.id");
+        let user_field = FieldPath::parse(user_text);
+        if user_field.is_none() {
+            self.error(
+                &sub(path, "user_field"),
+                format!("{user_text:?} is not a dotted field path (e.g. \"user.id\")"),
+            );
+        }
+
+        let mut user_set = |key: &str| -> Option<Option<KeyTemplate>> {
+            let Some(text) = (match key {
+                "user_sessions_key" => f.user_sessions_key.as_deref(),
+                _ => f.user_tokens_key.as_deref(),
+            }) else {
+                return Some(None);
+            };
+            let template = KeyTemplate::parse(text, "{user}");
+            if template.is_none() {
+                self.error(
+                    &sub(path, key),
+                    format!("{text:?} must contain `{{user}}` exactly once"),
+                );
+            }
+            template.map(Some)
+        };
+        let user_sessions_key = user_set("user_sessions_key");
+        let user_tokens_key = user_set("user_tokens_key");
+        let jwt = [Seg::Key("jwt".to_owned())];
+        if f.user_tokens_key.is_some() && self.lookup(&jwt).is_none() {
+            self.error(
+                &sub(path, "user_tokens_key"),
+                "lists token ids, which only exist with bearer = \"jwt\" and a [jwt] table \
+                 (their keys are its `key`)",
+            );
+            ok = false;
+        }
+        if f.logout_all_path.is_some()
+            && f.user_sessions_key.is_none()
+            && f.user_tokens_key.is_none()
+        {
+            self.error(
+                &all_path,
+                "needs `user_sessions_key` (the Redis set of each user's session ids) to find \
+                 the user's sessions",
+            );
+            ok = false;
+        }
+
+        let host_prefixed = cookie.starts_with("__Host-");
+        let cookie_path_path = sub(path, "cookie_path");
+        let cookie_path = f.cookie_path.clone().unwrap_or_else(|| "/".to_owned());
+        if !cookie_path.starts_with('/') || !is_cookie_attribute(&cookie_path) {
+            self.error(
+                &cookie_path_path,
+                format!(
+                    "{cookie_path:?} must start with \"/\" and hold no `;`, `,`, spaces or \
+                     control characters"
+                ),
+            );
+            ok = false;
+        } else if host_prefixed && cookie_path != "/" {
+            self.error(&cookie_path_path, "a `__Host-` cookie must have Path=/");
+            ok = false;
+        }
+        let domain_path = sub(path, "cookie_domain");
+        let cookie_domain = f.cookie_domain.clone();
+        if let Some(domain) = &cookie_domain {
+            let bare = domain.strip_prefix('.').unwrap_or(domain);
+            let valid = !bare.is_empty()
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !valid {
+                self.error(&domain_path, format!("{domain:?} is not a domain name"));
+                ok = false;
+            } else if host_prefixed {
+                self.error(&domain_path, "a `__Host-` cookie cannot have a Domain");
+                ok = false;
+            }
+        }
+
+        let lifecycle = Lifecycle {
+            logout_path,
+            logout_all_path,
+            logout_redirect,
+            user_field: user_field?,
+            user_sessions_key: user_sessions_key?,
+            user_tokens_key: user_tokens_key?,
+            cookie_path,
+            cookie_domain,
+        };
+        ok.then_some(lifecycle)
+    }
+
+    /// A path matched exactly (after normalisation): absolute, plain and normal.
+    fn exact_path(&mut self, path: &[Seg], text: &str) -> Option<String> {
+        if !text.starts_with('/') {
+            self.error(path, format!("{text:?} must start with \"/\""));
+            return None;
+        }
+        if text.contains(['?', '#']) || text.contains(char::is_whitespace) {
+            self.error(
+                path,
+                format!("{text:?} must be a plain path (no query, fragment or spaces)"),
+            );
+            return None;
+        }
+        match crate::policy::normalise_path(text) {
+            Ok(normal) if normal == text => Some(text.to_owned()),
+            Ok(normal) => {
+                self.error(
+                    path,
+                    format!("{text:?} is not a normalised path; write {normal:?}"),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(path, format!("{text:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `[jwt]`: required by, and only used with, `[session] bearer = "jwt"`.
+    /// Key files are read (relative to the configuration file) and parsed here,
+    /// so a bad key is a configuration error, not a failure per request.
+    fn jwt(&mut self) -> Option<Option<super::model::JwtSettings>> {
+        use crate::credential::jwt;
+        use jsonwebtoken::AlgorithmFamily;
+
+        let path = [Seg::Key("jwt".to_owned())];
+        let bearer_path = [
+            Seg::Key("session".to_owned()),
+            Seg::Key("bearer".to_owned()),
+        ];
+        let wants_jwt = self
+            .lookup(&bearer_path)
+            .is_some_and(|v| v.get_ref().as_str() == Some("jwt"));
+        if self.lookup(&path).is_none() {
+            if wants_jwt {
+                self.error(
+                    &bearer_path,
+                    "bearer = \"jwt\" needs a [jwt] table (its `algorithms`, and a `secret`, \
+                     `public_key_file` or `jwks_file`)",
+                );
+                return None;
+            }
+            return Some(None);
+        }
+        if !wants_jwt {
+            let offset = self.position(&path, true);
+            self.error_at(
+                offset,
+                &path,
+                "[jwt] is only used with [session] bearer = \"jwt\"",
+            );
+        }
+        let f: file::Jwt = self.section(&path)?;
+
+        let algs_path = sub(&path, "algorithms");
+        self.string_list(&algs_path, f.algorithms.as_deref(), "algorithm");
+        let names = f.algorithms.unwrap_or_default();
+        let mut algorithms = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match jwt::algorithm(name) {
+                Some(alg) if algorithms.contains(&alg) => {}
+                Some(alg) => algorithms.push(alg),
+                None if name.eq_ignore_ascii_case("none") => self.error(
+                    &idx(&algs_path, i),
+                    "\"none\" (unsigned tokens) is never accepted",
+                ),
+                None => {
+                    let known: Vec<&str> = jwt::ALGORITHMS.iter().map(|(n, _)| *n).collect();
+                    self.error(
+                        &idx(&algs_path, i),
+                        format!(
+                            "unknown algorithm {name:?}, expected some of {}",
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        // Whether the key settings are sound enough to say which algorithm lacks a key.
+        let mut keys_ok = !algorithms.is_empty();
+
+        // The secret is never echoed.
+        let secret_path = sub(&path, "secret");
+        let hmac = algorithms
+            .iter()
+            .any(|a| a.family() == AlgorithmFamily::Hmac);
+        let secret = match f.secret {
+            Some(s) if s.is_empty() => {
+                self.error(&secret_path, "must not be empty");
+                keys_ok = false;
+                None
+            }
+            Some(_) if !hmac && !algorithms.is_empty() => {
+                self.error(
+                    &secret_path,
+                    "is set but `algorithms` lists no HS algorithm",
+                );
+                None
+            }
+            Some(s) => Some(s.into_bytes()),
+            None => {
+                if hmac {
+                    self.missing(
+                        &secret_path,
+                        "missing required key `secret` (`algorithms` lists an HS algorithm)",
+                    );
+                    keys_ok = false;
+                }
+                None
+            }
+        };
+
+        let pem_path = sub(&path, "public_key_file");
+        let public_key = match f.public_key_file {
+            None => None,
+            Some(file) => match self.key_file(&pem_path, &file, jwt::public_key_from_pem) {
+                Some(key) => {
+                    if !algorithms.is_empty() && !algorithms.iter().any(|a| key.fits(*a)) {
+                        self.error(
+                            &pem_path,
+                            format!(
+                                "{file:?} holds {}, which none of `algorithms` uses",
+                                key.kind().describe()
+                            ),
+                        );
+                    }
+                    Some(key)
+                }
+                None => {
+                    keys_ok = false;
+                    None
+                }
+            },
+        };
+        let jwks_path = sub(&path, "jwks_file");
+        let jwks = match f.jwks_file {
+            None => None,
+            Some(file) => match self.key_file(&jwks_path, &file, jwt::jwks_keys) {
+                Some(keys) => {
+                    let fits = keys.iter().any(|k| algorithms.iter().any(|a| k.fits(*a)));
+                    if !algorithms.is_empty() && !fits {
+                        self.error(
+                            &jwks_path,
+                            format!("{file:?} holds no key that any of `algorithms` uses"),
+                        );
+                    }
+                    Some(keys)
+                }
+                None => {
+                    keys_ok = false;
+                    None
+                }
+            },
+        };
+
+        let id_claim = self.non_empty(&sub(&path, "id_claim"), f.id_claim, "tokenId");
+        let key_text = f.key.unwrap_or_else(|| "token:{id}".to_owned());
+        let key = KeyTemplate::parse(&key_text, "{id}");
+        if key.is_none() {
+            self.error(
+                &sub(&path, "key"),
+                format!("{key_text:?} must contain `{{id}}` exactly once"),
+            );
+        }
+        let mut optional = |name: &str, value: Option<String>| match value {
+            Some(v) if v.is_empty() => {
+                self.error(&sub(&path, name), "must not be empty");
+                None
+            }
+            other => other,
+        };
+        let issuer = optional("issuer", f.issuer);
+        let audience = optional("audience", f.audience);
+        let leeway_path = sub(&path, "leeway");
+        let leeway = self.duration(
+            &leeway_path,
+            f.leeway.as_deref(),
+            Duration::from_secs(30),
+            true,
+        );
+        if leeway > jwt::MAX_LEEWAY {
+            self.error(&leeway_path, "must be at most 1h");
+        }
+
+        let verifier = jwt::JwtVerifier::new(jwt::JwtOptions {
+            algorithms,
+            secret,
+            public_key,
+            jwks,
+            id_claim,
+            issuer,
+            audience,
+            leeway,
+        });
+        if keys_ok {
+            for (i, name) in names.iter().enumerate() {
+                match jwt::algorithm(name) {
+                    Some(alg) if !verifier.has_key_for(alg) => self.error(
+                        &idx(&algs_path, i),
+                        format!(
+                            "{name} is listed but no key can verify it; set `public_key_file` \
+                             or `jwks_file`"
+                        ),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        Some(Some(super::model::JwtSettings {
+            verifier: std::sync::Arc::new(verifier),
+            key: key?,
+        }))
+    }
+
+    /// Reads the file `file` names (relative to the configuration file's
+    /// directory) and parses it; problems are reported at `path`.
+    fn key_file<T>(
+        &mut self,
+        path: &[Seg],
+        file: &str,
+        parse: fn(&[u8]) -> Result<T, String>,
+    ) -> Option<T> {
+        if file.is_empty() {
+            self.error(path, "must not be empty");
+            return None;
+        }
+        let full = self.base.join(file);
+        match std::fs::read(&full) {
+            Err(e) => {
+                self.error(path, format!("cannot read {}: {e}", full.display()));
+                None
+            }
+            Ok(bytes) => match parse(&bytes) {
+                Ok(parsed) => Some(parsed),
+                Err(message) => {
+                    self.error(path, format!("{} {message}", full.display()));
+                    None
+                }
+            },
+        }
     }
 
     /// `sliding = { ttl, touch_after }`: both durations, touch_after below ttl.
@@ -1811,9 +2355,242 @@ upstream = "ap"
 
     #[test]
     fn admin_and_jwt_tables_are_accepted() {
-        let text =
-            minimal("\n[admin]\nlisten = \"127.0.0.1:9100\"\nanything = 1\n\n[jwt]\nfoo = 2\n");
+        let text = minimal("\n[admin]\nlisten = \"127.0.0.1:9100\"\n");
         assert!(parse("proxy.toml", &text, &no_env).is_ok());
+    }
+
+    #[test]
+    fn admin_table_is_checked() {
+        let config = parse("proxy.toml", &minimal(""), &no_env).unwrap();
+        assert_eq!(config.admin, AdminSettings::default());
+        assert!(config.admin.access_log && config.admin.access_log_user);
+
+        let text = minimal(
+            "\n[admin]\nlisten = \"127.0.0.1:0\"\naccess_log_user = false\nmetrics_basic_auth = { username = \"prom\", password = \"pw\" }\n",
+        );
+        let admin = parse("proxy.toml", &text, &no_env).unwrap().admin;
+        assert_eq!(admin.listen.as_deref(), Some("127.0.0.1:0"));
+        assert!(!admin.access_log_user);
+        assert_eq!(admin.metrics_basic_auth.unwrap().password, "pw");
+
+        let text = minimal(
+            "\n[admin]\nlistn = \"127.0.0.1:9100\"\nmetrics_basic_auth = { username = \"a:b\", pasword = \"x\" }\n",
+        )
+        .replace("127.0.0.1:0", "127.0.0.1:9100");
+        let got: Vec<String> = errors(&text)
+            .iter()
+            .map(|e| format!("{}:{} {}: {}", e.line, e.column, e.path, e.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "19:1 admin.listn: unknown key `listn`; did you mean `listen`?",
+                "20:35 admin.metrics_basic_auth.username: must not contain `:` or control characters",
+                "20:42 admin.metrics_basic_auth.pasword: unknown key `pasword`; did you mean `password`?",
+            ],
+            "{got:#?}"
+        );
+
+        let text =
+            minimal("\n[admin]\nmetrics_basic_auth = { username = \"a\", password = \"b\" }\n");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].path, "admin.metrics_basic_auth");
+        assert_eq!(errs[0].message, "has no effect without `listen`");
+
+        let text = minimal("\n[admin]\nlisten = \"0.0.0.0:9100\"\n")
+            .replace("127.0.0.1:0", "127.0.0.1:9100");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!((errs[0].line, errs[0].path.as_str()), (19, "admin.listen"));
+        assert!(errs[0].message.contains("server.listen[0]"));
+        assert!(same_listener("localhost:80", "LOCALHOST:80"));
+        assert!(!same_listener("127.0.0.1:0", "127.0.0.1:0"));
+        assert!(!same_listener("127.0.0.1:80", "127.0.0.2:80"));
+    }
+
+    /// A config with `bearer = "jwt"`; `jwt` is the body of its [jwt] table,
+    /// which starts on line 20.
+    fn with_jwt(jwt: &str) -> String {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n\n\
+             [session]\ncookie_format = \"plain\"\nbearer = \"jwt\"\n\n[[upstream]]\nname = \"app\"\n\
+             addrs = [\"127.0.0.1:3000\"]\n\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\n\n\
+             [jwt]\n{jwt}"
+        )
+    }
+
+    fn jwt_fixture() -> serde_json::Value {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/jwt.json"
+        ))
+        .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn jwt_table_compiles_keys_from_files_next_to_the_config() {
+        let fx = jwt_fixture();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        let pem = fx["rs256_public_key_pem"].as_str().unwrap();
+        std::fs::write(dir.path().join("keys/key.pem"), pem).unwrap();
+        std::fs::write(dir.path().join("jwks.json"), fx["jwks"].to_string()).unwrap();
+        let text = with_jwt(
+            "algorithms = [\"HS256\", \"RS256\"]\nsecret = \"${JWT_SECRET}\"\n\
+             public_key_file = \"keys/key.pem\"\njwks_file = \"jwks.json\"\n",
+        );
+        let source = dir.path().join("proxy.toml");
+        let env = |name: &str| (name == "JWT_SECRET").then(|| "fixture-jwt-hs256-secret".into());
+        let config = parse(&source.display().to_string(), &text, &env).unwrap();
+        assert_eq!(config.session.bearer, BearerMode::Jwt);
+        let jwt = config.jwt.expect("jwt settings");
+        assert_eq!(jwt.key.render("abc"), "token:abc");
+        assert_eq!(jwt.verifier.id_claim(), "tokenId");
+        for case in fx["valid"].as_array().unwrap() {
+            let token = case["token"].as_str().unwrap();
+            let verified = jwt.verifier.verify(token).unwrap();
+            assert_eq!(
+                jwt.key.render(verified.id.as_str()),
+                case["redis_key"].as_str().unwrap()
+            );
+        }
+        // The secret never shows in the compiled configuration's Debug.
+        assert!(!format!("{:?}", jwt.verifier).contains("fixture-jwt-hs256-secret"));
+
+        let custom = with_jwt(
+            "algorithms = [\"HS512\"]\nsecret = \"s\"\nid_claim = \"jti\"\nkey = \"app:{id}:tok\"\n\
+             issuer = \"https://id.example\"\naudience = \"api\"\nleeway = \"0s\"\n",
+        );
+        let jwt = parse("proxy.toml", &custom, &no_env).unwrap().jwt.unwrap();
+        assert_eq!(jwt.key.render("1"), "app:1:tok");
+        assert_eq!(jwt.verifier.id_claim(), "jti");
+    }
+
+    #[test]
+    fn jwt_mistakes_are_reported_with_their_keys_and_lines() {
+        let text = with_jwt(
+            "algorithms = [\"HS256\", \"none\", \"RS257\", \"ES256\"]\n\
+             public_key_file = \"/nonexistent/key.pem\"\nkey = \"token\"\nleeway = \"2h\"\n\
+             issuer = \"\"\nextra = 1\n",
+        );
+        let got: Vec<String> = errors(&text)
+            .iter()
+            .map(|e| format!("{}:{} {}", e.line, e.column, e.path))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "19:1 jwt.secret",
+                "20:24 jwt.algorithms[1]",
+                "20:32 jwt.algorithms[2]",
+                "21:19 jwt.public_key_file",
+                "22:7 jwt.key",
+                "23:10 jwt.leeway",
+                "24:10 jwt.issuer",
+                "25:1 jwt.extra",
+            ],
+            "{got:#?}"
+        );
+        let errs = errors(&text);
+        assert!(
+            errs[1].message.contains("never accepted"),
+            "{}",
+            errs[1].message
+        );
+        assert!(
+            errs[2].message.contains("unknown algorithm"),
+            "{}",
+            errs[2].message
+        );
+        assert!(
+            errs[3].message.contains("cannot read"),
+            "{}",
+            errs[3].message
+        );
+    }
+
+    #[test]
+    fn bearer_jwt_and_the_jwt_table_go_together() {
+        let text = with_jwt("");
+        let without_table = text.split("\n[jwt]\n").next().unwrap().to_owned();
+        let errs = errors(&without_table);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!((errs[0].path.as_str(), errs[0].line), ("session.bearer", 9));
+        assert!(errs[0].message.contains("needs a [jwt] table"));
+
+        let opaque = with_jwt("algorithms = [\"HS256\"]\nsecret = \"s\"\n")
+            .replace("bearer = \"jwt\"", "bearer = \"opaque\"");
+        let errs = errors(&opaque);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!((errs[0].path.as_str(), errs[0].line), ("jwt", 19));
+    }
+
+    #[test]
+    fn every_listed_algorithm_needs_a_key_that_fits_it() {
+        let errs = errors(&with_jwt("algorithms = [\"RS256\"]\n"));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].path, "jwt.algorithms[0]");
+        assert!(errs[0].message.contains("no key can verify it"));
+
+        let errs = errors(&with_jwt("algorithms = []\n"));
+        assert_eq!(errs[0].path, "jwt.algorithms");
+
+        let dir = tempfile::tempdir().unwrap();
+        let fx = jwt_fixture();
+        let pem = dir.path().join("rsa.pem");
+        std::fs::write(&pem, fx["rs256_public_key_pem"].as_str().unwrap()).unwrap();
+        let private = dir.path().join("private.pem");
+        std::fs::write(
+            &private,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).unwrap();
+        let cases = [
+            (
+                format!(
+                    "algorithms = [\"ES256\"]\npublic_key_file = {:?}\n",
+                    pem.display()
+                ),
+                "jwt.public_key_file",
+                "none of `algorithms` uses",
+            ),
+            (
+                format!(
+                    "algorithms = [\"RS256\"]\npublic_key_file = {:?}\n",
+                    private.display()
+                ),
+                "jwt.public_key_file",
+                "private key",
+            ),
+            (
+                format!(
+                    "algorithms = [\"RS256\"]\njwks_file = {:?}\n",
+                    jwks.display()
+                ),
+                "jwt.jwks_file",
+                "no RSA, EC",
+            ),
+            (
+                format!(
+                    "algorithms = [\"RS256\"]\npublic_key_file = {:?}\nsecret = \"s\"\n",
+                    pem.display()
+                ),
+                "jwt.secret",
+                "lists no HS algorithm",
+            ),
+        ];
+        for (body, path, message) in cases {
+            let errs = errors(&with_jwt(&body));
+            assert!(
+                errs.iter()
+                    .any(|e| e.path == path && e.message.contains(message)),
+                "{body}: {errs:#?}"
+            );
+        }
     }
 
     #[test]
@@ -1912,7 +2689,7 @@ on_unauthenticated = { redirect = "//evil.example", colour = "red" }
                 "3:11 server.threads: expected an integer, found a string",
                 "6:7 redis.url: must start with redis://, rediss://, unix:// or redis+unix://",
                 "9:17 session.cookie_format: unknown value \"expres\", expected one of \"express\", \"plain\"",
-                "10:10 session.bearer: bearer = \"jwt\" is not supported yet",
+                "10:10 session.bearer: bearer = \"jwt\" needs a [jwt] table (its `algorithms`, and a `secret`, `public_key_file` or `jwks_file`)",
                 "14:10 upstream[0].addrs[0]: \"127.0.0.1\" has no port (expected host:port)",
                 "17:15 route[0].path_prefix: \"api\" must start with \"/\"",
                 "20:19 route[0].roles[1]: expected a string, found an integer",
@@ -1972,6 +2749,97 @@ on_unauthenticated = { redirect = "//evil.example", colour = "red" }
         assert!(fields_of::<file::Server>().contains(&"listen"));
         assert!(fields_of::<file::File>().contains(&"admin"));
         assert_eq!(fields_of::<file::OnUnauthenticated>(), ["redirect"]);
+    }
+
+    #[test]
+    fn logout_and_user_set_keys() {
+        let config = parse("proxy.toml", &minimal(""), &no_env).unwrap();
+        let session = &config.session;
+        assert_eq!(session.logout_path, None);
+        assert_eq!(session.user_field.to_string(), "user.id");
+        assert_eq!(session.user_sessions_key, None);
+        assert_eq!(session.cookie_path, "/");
+        assert_eq!(session.cookie_domain, None);
+
+        let text = minimal("").replace(
+            "secrets = [\"s3cret\"]",
+            "secrets = [\"s\"]\nlogout_path = \"/auth/logout\"\nlogout_all_path = \"/auth/all\"\n\
+             logout_redirect = \"/bye\"\nuser_field = \"passport.user\"\n\
+             user_sessions_key = \"u:{user}:s\"\ncookie_path = \"/app\"\ncookie_domain = \".ex.test\"",
+        );
+        let session = parse("proxy.toml", &text, &no_env).unwrap().session;
+        assert_eq!(session.logout_path.as_deref(), Some("/auth/logout"));
+        assert_eq!(session.logout_all_path.as_deref(), Some("/auth/all"));
+        assert_eq!(session.logout_redirect.as_deref(), Some("/bye"));
+        assert_eq!(session.user_field.to_string(), "passport.user");
+        assert_eq!(
+            session.user_sessions_key.map(|k| k.render("7")),
+            Some("u:7:s".to_owned())
+        );
+        assert_eq!(session.cookie_path, "/app");
+        assert_eq!(session.cookie_domain.as_deref(), Some(".ex.test"));
+
+        let text = minimal("").replace(
+            "secrets = [\"s3cret\"]",
+            "secrets = [\"s\"]\nlogout_path = \"/a/../out\"\nlogout_all_path = \"out-all\"\n\
+             logout_redirect = \"//evil.example\"\nuser_field = \"user..id\"\n\
+             user_sessions_key = \"u:{id}\"\nuser_tokens_key = \"t:{user}\"\n\
+             cookie_path = \"app\"\ncookie_domain = \"a b\"",
+        );
+        let got: Vec<String> = errors(&text)
+            .iter()
+            .map(|e| format!("{}:{} {}", e.line, e.column, e.path))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "9:15 session.logout_path",
+                "10:19 session.logout_all_path",
+                "11:19 session.logout_redirect",
+                "12:14 session.user_field",
+                "13:21 session.user_sessions_key",
+                "14:19 session.user_tokens_key",
+                "15:15 session.cookie_path",
+                "16:17 session.cookie_domain",
+            ]
+        );
+
+        // logout_all_path needs a set to find the user's sessions; the two paths differ.
+        let text = minimal("").replace(
+            "secrets = [\"s3cret\"]",
+            "secrets = [\"s\"]\nlogout_path = \"/out\"\nlogout_all_path = \"/out\"",
+        );
+        let errs = errors(&text);
+        let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs.iter().all(|e| e.path == "session.logout_all_path"));
+        assert!(messages.contains(&"must differ from `logout_path`"));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("needs `user_sessions_key`")));
+
+        let text = minimal("").replace(
+            "secrets = [\"s3cret\"]",
+            "secrets = [\"s\"]\ncookie = \"__Host-sid\"\ncookie_domain = \"ex.test\"\n\
+             logout_redirect = \"/bye\"",
+        );
+        let got: Vec<(String, String)> = errors(&text)
+            .into_iter()
+            .map(|e| (e.path, e.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "session.cookie_domain".to_owned(),
+                    "a `__Host-` cookie cannot have a Domain".to_owned()
+                ),
+                (
+                    "session.logout_redirect".to_owned(),
+                    "has no effect without `logout_path` or `logout_all_path`".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod bearer;
 pub mod cookie;
+pub mod jwt;
 
 use std::fmt;
 

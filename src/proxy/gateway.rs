@@ -14,6 +14,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::pipeline::{Decision, Outcome, Pipeline};
+use crate::proxy::access::{self, Finished, Observed};
 use crate::reject::Rendered;
 use crate::session::cache::Principal;
 
@@ -36,6 +37,8 @@ pub struct RequestCtx {
     route: Option<usize>,
     decision: Option<Decision>,
     principal: Option<Arc<Principal>>,
+    /// The rejection reason and upstream timing, for metrics and the access log.
+    observed: Observed,
 }
 
 #[async_trait]
@@ -49,6 +52,7 @@ impl ProxyHttp for Gateway {
             route: None,
             decision: None,
             principal: None,
+            observed: Observed::default(),
         }
     }
 
@@ -65,7 +69,12 @@ impl ProxyHttp for Gateway {
             }
             Outcome::Reject { route, rejection } => {
                 ctx.route = route;
+                ctx.observed.rejected(&rejection);
                 respond(session, rejection.render()).await?;
+                Ok(true)
+            }
+            Outcome::Respond { rendered, .. } => {
+                respond(session, rendered).await?;
                 Ok(true)
             }
         }
@@ -80,7 +89,20 @@ impl ProxyHttp for Gateway {
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let addr = ctx.pipeline.upstream_addr(route);
+        ctx.observed
+            .upstream_chosen(ctx.pipeline.route(route).upstream);
         Ok(Box::new(HttpPeer::new(addr, false, String::new())))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.observed
+            .upstream_answered(upstream_response.status.as_u16());
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -142,18 +164,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or(0, |resp| resp.status.as_u16());
-        let route = ctx.route.map(|r| ctx.pipeline.route(r).name.as_str());
-        tracing::debug!(
-            target: "sessiongate::access",
-            method = %session.req_header().method,
-            status,
-            route = route.unwrap_or("-"),
-            decision = ctx.decision.map_or("error", Decision::as_str),
-            duration_us = ctx.started.elapsed().as_micros() as u64,
-            "request"
+        access::finish(
+            session,
+            Finished {
+                pipeline: &ctx.pipeline,
+                route: ctx.route,
+                decision: ctx.decision,
+                principal: ctx.principal.as_deref(),
+                started: ctx.started,
+                observed: &ctx.observed,
+            },
         );
     }
 }
@@ -164,7 +184,10 @@ async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
     if !rendered.body.is_empty() {
         resp.insert_header("content-type", "application/json")?;
     }
-    resp.insert_header("content-length", rendered.body.len())?;
+    // A 204 has no body and must not say how long it is (RFC 9110 8.6).
+    if rendered.status != http::StatusCode::NO_CONTENT {
+        resp.insert_header("content-length", rendered.body.len())?;
+    }
     resp.insert_header("cache-control", "no-store")?;
     for (name, value) in rendered.headers {
         resp.insert_header(name, value)?;

@@ -2,6 +2,7 @@
 //! settings are embedded in `proxy.toml` and Pingora never parses the command line.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,12 +10,14 @@ use arc_swap::ArcSwap;
 use pingora::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::proxy::admin::{self, AdminApp};
 use crate::proxy::gateway::Gateway;
+use crate::proxy::reload::{self, Build, Reloader};
 use crate::session::cache::{spawn_invalidator, KeyFilter, SessionCache};
 use crate::session::{RedisStore, SessionStore};
 
@@ -84,7 +87,9 @@ fn seconds(d: std::time::Duration) -> u64 {
 }
 
 /// Checks Redis, builds the server and serves until a shutdown signal.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// `config_path` is re-read on SIGHUP; `upgrade` takes the listening sockets
+/// over from a running old process (Pingora's graceful upgrade).
+pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let store = RedisStore::new(&config.redis)?;
     let redis_url = redact_url(&config.redis.url);
     startup_check(&config)
@@ -99,7 +104,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         upgrade_sock: server_settings.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(reload::pingora_opt(upgrade), conf);
     server.bootstrap();
 
     let cache = SessionCache::new(config.cache.clone());
@@ -107,14 +112,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let filter: KeyFilter = Box::new(move |key| session_keys.matches(key));
     let client = redis::Client::open(config.redis.url.as_str())?;
     spawn_invalidator(cache.clone(), client, filter)?;
-    let pipeline = Arc::new(ArcSwap::from_pointee(Pipeline::new(
-        config,
-        store as Arc<dyn SessionStore>,
-        cache,
-    )));
+    let build: Build = {
+        let (store, cache) = (store.clone() as Arc<dyn SessionStore>, cache.clone());
+        Box::new(move |config| Pipeline::new(config, store.clone(), cache.clone()))
+    };
+    let (admin_settings, redis_settings) = (config.admin.clone(), config.redis.clone());
+    let pipeline = Arc::new(ArcSwap::from_pointee(build(config)));
+    crate::metrics::config_loaded();
+    let reloader = Reloader::new(config_path.to_owned(), pipeline.clone(), build, Some(cache));
+    reload::watch_sighup(reloader)?;
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(pipeline),
+        Gateway::new(pipeline.clone()),
         "sessiongate",
     );
     let mut reserved = Vec::new();
@@ -136,9 +145,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         println!("sessiongate listening on http://{}", listen.addr);
         reserved.push(listen);
     }
+    if let Some(addr) = &admin_settings.listen {
+        let listen = prepare_listen(addr)?;
+        let app = AdminApp::new(pipeline, RedisStore::new(&redis_settings)?);
+        server.add_service(admin::service(&listen, app));
+        println!("sessiongate admin listening on http://{}", listen.addr);
+        reserved.push(listen);
+    }
+    let _pid_file = reload::write_pid_file(&server_settings.pid_file);
     tracing::info!(redis = %redis_url, "sessiongate starting");
     server.add_service(service);
-    server.run_forever();
+    server.run(RunArgs::default());
+    Ok(())
 }
 
 /// One real Redis round trip before serving, on a throwaway runtime.

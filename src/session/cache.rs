@@ -3,7 +3,7 @@
 //! deletes, overwrites or expires their key (Redis keyspace notifications).
 //! While the notification channel is down the cache is bypassed, never trusted.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use crate::config::CacheSettings;
+use crate::metrics::{self, LookupResult};
 use crate::reject::AuthFailure;
 use crate::session::StoreError;
 
@@ -163,9 +164,7 @@ impl SessionCache {
     }
 
     fn stripe(&self, key: &str) -> &AtomicU64 {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        &self.stripes[(self.hasher.hash_one(key) as usize) % STRIPES]
     }
 
     fn version(&self, key: &str) -> (u64, u64) {
@@ -190,8 +189,10 @@ impl SessionCache {
             return load().await.map(|l| (l, LookupSource::Redis));
         }
         if let Some(hit) = self.entries.get(key).await {
+            metrics::session_lookup(LookupSource::Cache, LookupResult::Hit);
             return Ok((hit, LookupSource::Cache));
         }
+        metrics::session_lookup(LookupSource::Cache, LookupResult::Miss);
         let before = self.version(key);
         let negative = !self.settings.negative_ttl.is_zero();
         let result = self
@@ -234,6 +235,7 @@ impl SessionCache {
     pub async fn invalidate(&self, key: &str) {
         self.stripe(key).fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate(key).await;
+        metrics::cache_invalidations(1);
     }
 
     /// Marks the invalidation channel up or down; either way nothing cached before survives.
@@ -243,6 +245,9 @@ impl SessionCache {
             self.live.store(false, Ordering::Release);
         }
         self.entries.invalidate_all();
+        if !live {
+            metrics::set_cache_entries(0);
+        }
         if live {
             self.live.store(true, Ordering::Release);
         }
@@ -397,6 +402,8 @@ async fn listen(
                 }
             }
             _ = heartbeat.tick() => {
+                cache.entries.run_pending_tasks().await;
+                metrics::set_cache_entries(cache.entry_count());
                 // A frozen or partitioned Redis keeps the socket open; a ping proves it answers.
                 match tokio::time::timeout(Duration::from_secs(1), sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}

@@ -45,6 +45,33 @@ impl Session {
         })
     }
 
+    /// The session of a verified bearer JWT: `{"claims": {...}, "session": v}`,
+    /// where `v` is the token key's value: a JSON object as it is, anything else
+    /// (e.g. `1`) as its raw text, a hash as an object of strings.
+    pub fn from_token(claims: Map<String, Value>, raw: RawSession) -> Session {
+        let session = match raw.value {
+            crate::session::store::RawValue::String(bytes) => {
+                match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(doc) if doc.is_object() => doc,
+                    _ => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+                }
+            }
+            crate::session::store::RawValue::Hash(fields) => Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            ),
+        };
+        let mut doc = Map::with_capacity(2);
+        doc.insert("claims".to_owned(), Value::Object(claims));
+        doc.insert("session".to_owned(), session);
+        Session {
+            doc: Value::Object(doc),
+            ttl_ms: raw.ttl_ms,
+        }
+    }
+
     /// The field at `path` as header-ready text: strings as they are, numbers
     /// and booleans printed; objects, arrays and null have no text.
     pub fn text(&self, path: &FieldPath) -> Option<String> {
@@ -127,6 +154,27 @@ mod tests {
         assert!(s.has_any_of(&path("user.roles"), &allowed));
         assert!(!s.has_any_of(&path("user.roles"), &["c".to_owned()]));
         assert!(!s.has_any_of(&path("user.none"), &allowed));
+    }
+
+    #[test]
+    fn token_sessions_hold_the_claims_and_the_keys_value() {
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"userId":"3003","role":"editor"}"#).unwrap();
+        let s = Session::from_token(claims.clone(), json(r#"{"userId":"3003","n":1}"#));
+        assert_eq!(s.text(&path("claims.role")).as_deref(), Some("editor"));
+        assert_eq!(s.text(&path("session.userId")).as_deref(), Some("3003"));
+        assert_eq!(s.ttl_ms, Some(1000));
+        for (raw, want) in [("1", "1"), ("\"x\"", "\"x\""), ("not json", "not json")] {
+            let s = Session::from_token(claims.clone(), json(raw));
+            assert_eq!(s.text(&path("session")).as_deref(), Some(want), "{raw}");
+            assert_eq!(s.text(&path("claims.userId")).as_deref(), Some("3003"));
+        }
+        let hash = RawSession {
+            value: RawValue::Hash(vec![("userId".into(), "9".into())]),
+            ttl_ms: None,
+        };
+        let s = Session::from_token(claims, hash);
+        assert_eq!(s.text(&path("session.userId")).as_deref(), Some("9"));
     }
 
     #[test]

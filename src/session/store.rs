@@ -3,13 +3,15 @@
 //! lookup and fails closed: every Redis problem is a `StoreError`, never "no session".
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use crate::config::{RedisSettings, ValueFormat};
+use crate::metrics::{self, LookupResult, StoreOp};
+use crate::session::cache::LookupSource;
 
 /// A session key's value as Redis returned it, before decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,12 @@ pub trait SessionStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Resets `key`'s TTL to `ttl` if it still exists (sliding expiry).
     async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Deletes `keys` (logout); returns how many existed.
+    async fn delete(&self, keys: &[String]) -> Result<u64, StoreError>;
+    /// The members of the set at `key` (a user's session or token ids); empty when absent.
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError>;
+    /// Removes `members` from the set at `key`; returns how many were in it.
+    async fn set_remove(&self, key: &str, members: &[String]) -> Result<u64, StoreError>;
 }
 
 /// Redis through a multiplexed, self-reconnecting connection.
@@ -121,15 +129,9 @@ impl RedisStore {
             Err(_) => Err(StoreError::Timeout(limit)),
         }
     }
-}
 
-fn ttl_from_pttl(pttl: i64) -> Option<u64> {
-    u64::try_from(pttl).ok()
-}
-
-#[async_trait]
-impl SessionStore for RedisStore {
-    async fn fetch(
+    /// GET (or HGETALL) and PTTL of `key` in one round trip.
+    async fn fetch_raw(
         &self,
         key: &str,
         format: ValueFormat,
@@ -170,12 +172,40 @@ impl SessionStore for RedisStore {
             }
         }
     }
+}
+
+fn ttl_from_pttl(pttl: i64) -> Option<u64> {
+    u64::try_from(pttl).ok()
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn fetch(
+        &self,
+        key: &str,
+        format: ValueFormat,
+    ) -> Result<Option<RawSession>, StoreError> {
+        let started = Instant::now();
+        let result = self.fetch_raw(key, format).await;
+        metrics::store_duration(StoreOp::Fetch, started.elapsed());
+        let outcome = match &result {
+            Ok(Some(_)) | Err(StoreError::WrongType) => LookupResult::Hit,
+            Ok(None) => LookupResult::Miss,
+            Err(_) => LookupResult::Error,
+        };
+        metrics::session_lookup(LookupSource::Redis, outcome);
+        result
+    }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_timeout(|mut conn| async move {
-            redis::cmd("PING").query_async::<()>(&mut conn).await
-        })
-        .await
+        let started = Instant::now();
+        let result = self
+            .with_timeout(|mut conn| async move {
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            })
+            .await;
+        metrics::store_duration(StoreOp::Ping, started.elapsed());
+        result
     }
 
     async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -185,6 +215,49 @@ impl SessionStore for RedisStore {
                 .arg(key)
                 .arg(ms)
                 .query_async::<bool>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.with_timeout(|mut conn| async move {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        let members = self
+            .with_timeout(|mut conn| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(key)
+                    .query_async::<Vec<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await?;
+        // Ids are text; a member that is not cannot name a session we accept.
+        Ok(members
+            .into_iter()
+            .filter_map(|m| String::from_utf8(m).ok())
+            .collect())
+    }
+
+    async fn set_remove(&self, key: &str, members: &[String]) -> Result<u64, StoreError> {
+        if members.is_empty() {
+            return Ok(0);
+        }
+        self.with_timeout(|mut conn| async move {
+            redis::cmd("SREM")
+                .arg(key)
+                .arg(members)
+                .query_async::<u64>(&mut conn)
                 .await
         })
         .await

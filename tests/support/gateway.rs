@@ -1,12 +1,13 @@
 //! The real `sessiongate` binary, started on a config written for the test,
 //! listening on a port the gateway chose itself (port 0). Killed when dropped;
-//! its log is printed if the test failed.
+//! its log is printed if the test failed. Its stdout (listen lines, access
+//! log) is kept for the test to read.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct TestGateway {
@@ -14,6 +15,7 @@ pub struct TestGateway {
     pub config_path: PathBuf,
     child: Child,
     log_path: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -45,12 +47,15 @@ impl TestGateway {
 
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = line.strip_prefix("sessiongate listening on http://") {
                     let _ = tx.send(addr.to_owned());
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let read_log = |child: &mut Child| {
@@ -76,6 +81,7 @@ impl TestGateway {
             config_path,
             child,
             log_path,
+            stdout: lines,
             _dir: dir,
         })
     }
@@ -86,6 +92,50 @@ impl TestGateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Every line the gateway printed on stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The access log so far: the stdout lines that are JSON objects.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.stdout()
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The admin listener's address (`sessiongate admin listening on http://ADDR`),
+    /// once it is accepting connections.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.stdout().iter().find_map(|l| {
+                l.strip_prefix("sessiongate admin listening on http://")
+                    .map(|a| a.parse::<SocketAddr>().expect("admin address"))
+            });
+            if let Some(addr) = found {
+                if TcpStream::connect(addr).is_ok() {
+                    return addr;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no admin listener:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the gateway.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.pid()).expect("pid");
+        // SAFETY: kill(2) with plain integers.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
     }
 }
 

@@ -1,0 +1,441 @@
+//! Prometheus metrics: one process-wide registry, served as text by the admin
+//! listener. Labels are bounded (route and upstream names, enums); the handles
+//! a request needs are resolved when a pipeline is built, not per request.
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::Config;
+use crate::pipeline::Decision;
+use crate::session::cache::LookupSource;
+
+/// Request latencies: from 0.5 ms (a rejection) to 10 s (a slow upstream).
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Redis round trips: from 100 µs to 1 s.
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Every `Decision`, in the order of `decision_index`.
+const DECISIONS: [Decision; 7] = [
+    Decision::Forwarded,
+    Decision::Public,
+    Decision::Unauthenticated,
+    Decision::Forbidden,
+    Decision::StoreError,
+    Decision::Invalid,
+    Decision::LoggedOut,
+];
+
+fn decision_index(decision: Decision) -> usize {
+    match decision {
+        Decision::Forwarded => 0,
+        Decision::Public => 1,
+        Decision::Unauthenticated => 2,
+        Decision::Forbidden => 3,
+        Decision::StoreError => 4,
+        Decision::Invalid => 5,
+        Decision::LoggedOut => 6,
+    }
+}
+
+/// The `route` label of requests refused before a route matched.
+pub const NO_ROUTE: &str = "-";
+
+/// The result of one session lookup, for `sessiongate_session_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    /// Found (a session, or for the cache an entry of any kind).
+    Hit,
+    /// Not there.
+    Miss,
+    /// The source could not answer.
+    Error,
+}
+
+/// A Redis operation, for `sessiongate_store_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Fetch,
+    Ping,
+}
+
+impl StoreOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Fetch => "fetch",
+            StoreOp::Ping => "ping",
+        }
+    }
+}
+
+/// How an upstream answered, for `sessiongate_upstream_responses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamClass {
+    /// 1xx (e.g. 101 Switching Protocols) and 2xx.
+    Success,
+    Redirect,
+    ClientError,
+    ServerError,
+    /// No response: refused, reset, timed out.
+    Error,
+}
+
+impl UpstreamClass {
+    pub fn from_status(status: u16) -> UpstreamClass {
+        match status {
+            300..=399 => UpstreamClass::Redirect,
+            400..=499 => UpstreamClass::ClientError,
+            500..=599 => UpstreamClass::ServerError,
+            _ => UpstreamClass::Success,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamClass::Success => "2xx",
+            UpstreamClass::Redirect => "3xx",
+            UpstreamClass::ClientError => "4xx",
+            UpstreamClass::ServerError => "5xx",
+            UpstreamClass::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const CLASSES: [UpstreamClass; 5] = [
+    UpstreamClass::Success,
+    UpstreamClass::Redirect,
+    UpstreamClass::ClientError,
+    UpstreamClass::ServerError,
+    UpstreamClass::Error,
+];
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    /// `[source][result]`, pre-resolved.
+    lookups: [[IntCounter; 3]; 2],
+    store_duration: [Histogram; 2],
+    cache_entries: IntGauge,
+    cache_invalidations: IntCounter,
+    upstream_responses: IntCounterVec,
+    upstream_duration: HistogramVec,
+    reloads_ok: IntCounter,
+    reloads_error: IntCounter,
+    last_reload_success: Gauge,
+    access_log_dropped: IntCounter,
+}
+
+/// A built-in metric definition. Names, help texts and labels are constants
+/// checked by the unit tests, so this cannot fail at run time.
+fn defined<T>(metric: prometheus::Result<T>) -> T {
+    metric.unwrap_or_else(|e| panic!("sessiongate: invalid built-in metric definition: {e}"))
+}
+
+/// Builds and registers every metric.
+fn build() -> Metrics {
+    let registry = Registry::new();
+    let reg = |c: Box<dyn prometheus::core::Collector>| {
+        if let Err(e) = registry.register(c) {
+            tracing::error!(error = %e, "could not register a metric");
+        }
+    };
+    let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+        let v = defined(IntCounterVec::new(Opts::new(name, help), labels));
+        reg(Box::new(v.clone()));
+        v
+    };
+    let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let v = defined(HistogramVec::new(opts, labels));
+        reg(Box::new(v.clone()));
+        v
+    };
+
+    let requests = counter_vec(
+        "sessiongate_requests_total",
+        "Requests by route and decision (forwarded, public, unauthenticated, forbidden, store_error, invalid).",
+        &["route", "decision"],
+    );
+    let request_duration = histogram_vec(
+        "sessiongate_request_duration_seconds",
+        "Time from the request head to the end of the response, by route.",
+        &["route"],
+        REQUEST_BUCKETS,
+    );
+    let lookups_vec = counter_vec(
+        "sessiongate_session_lookups_total",
+        "Session lookups by source (cache, redis) and result (hit, miss, error).",
+        &["source", "result"],
+    );
+    let lookups = ["cache", "redis"].map(|source| {
+        ["hit", "miss", "error"].map(|result| lookups_vec.with_label_values(&[source, result]))
+    });
+    let store_vec = histogram_vec(
+        "sessiongate_store_duration_seconds",
+        "Redis round trips by operation (fetch, ping), errors and timeouts included.",
+        &["op"],
+        STORE_BUCKETS,
+    );
+    let store_duration =
+        [StoreOp::Fetch, StoreOp::Ping].map(|op| store_vec.with_label_values(&[op.as_str()]));
+    let cache_entries = defined(IntGauge::new(
+        "sessiongate_cache_entries",
+        "Entries in the session cache (positive and negative).",
+    ));
+    reg(Box::new(cache_entries.clone()));
+    let cache_invalidations = defined(IntCounter::new(
+        "sessiongate_cache_invalidations_total",
+        "Cache entries evicted because their Redis key changed or ended.",
+    ));
+    reg(Box::new(cache_invalidations.clone()));
+    let upstream_responses = counter_vec(
+        "sessiongate_upstream_responses_total",
+        "Upstream answers by upstream and class (2xx, 3xx, 4xx, 5xx, error).",
+        &["upstream", "class"],
+    );
+    let upstream_duration = histogram_vec(
+        "sessiongate_upstream_duration_seconds",
+        "Time from choosing the upstream to its response header (or failure).",
+        &["upstream"],
+        REQUEST_BUCKETS,
+    );
+    let reloads = counter_vec(
+        "sessiongate_config_reloads_total",
+        "Configuration reloads (SIGHUP) by result (ok, error).",
+        &["result"],
+    );
+    let last_reload_success = defined(Gauge::new(
+        "sessiongate_config_last_reload_success_timestamp_seconds",
+        "Unix time the running configuration was loaded (at start or by the last good reload).",
+    ));
+    reg(Box::new(last_reload_success.clone()));
+    let build_info = defined(IntGaugeVec::new(
+        Opts::new(
+            "sessiongate_build_info",
+            "Always 1; the version label is the running sessiongate version.",
+        ),
+        &["version"],
+    ));
+    reg(Box::new(build_info.clone()));
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    let access_log_dropped = defined(IntCounter::new(
+        "sessiongate_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind.",
+    ));
+    reg(Box::new(access_log_dropped.clone()));
+
+    Metrics {
+        reloads_ok: reloads.with_label_values(&["ok"]),
+        reloads_error: reloads.with_label_values(&["error"]),
+        registry,
+        requests,
+        request_duration,
+        lookups,
+        store_duration,
+        cache_entries,
+        cache_invalidations,
+        upstream_responses,
+        upstream_duration,
+        last_reload_success,
+        access_log_dropped,
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(build);
+
+/// The text exposition of every metric (`/metrics`).
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "could not encode metrics");
+    }
+    out
+}
+
+/// The content type of `render`'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Counts one session lookup; the cache calls it with `LookupSource::Cache`,
+/// the Redis store with `LookupSource::Redis`.
+pub fn session_lookup(source: LookupSource, result: LookupResult) {
+    let s = match source {
+        LookupSource::Cache => 0,
+        LookupSource::Redis => 1,
+    };
+    let r = match result {
+        LookupResult::Hit => 0,
+        LookupResult::Miss => 1,
+        LookupResult::Error => 2,
+    };
+    METRICS.lookups[s][r].inc();
+}
+
+/// Records how long one Redis operation took.
+pub fn store_duration(op: StoreOp, elapsed: Duration) {
+    let i = match op {
+        StoreOp::Fetch => 0,
+        StoreOp::Ping => 1,
+    };
+    METRICS.store_duration[i].observe(elapsed.as_secs_f64());
+}
+
+/// Sets `sessiongate_cache_entries`.
+pub fn set_cache_entries(entries: u64) {
+    METRICS
+        .cache_entries
+        .set(i64::try_from(entries).unwrap_or(i64::MAX));
+}
+
+/// Adds `n` to `sessiongate_cache_invalidations_total`.
+pub fn cache_invalidations(n: u64) {
+    METRICS.cache_invalidations.inc_by(n);
+}
+
+/// Counts one configuration reload; a good one also sets the last-success time.
+pub fn config_reload(ok: bool) {
+    if ok {
+        METRICS.reloads_ok.inc();
+        config_loaded();
+    } else {
+        METRICS.reloads_error.inc();
+    }
+}
+
+/// Records that the running configuration was loaded now (at start).
+pub fn config_loaded() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    METRICS.last_reload_success.set(now);
+}
+
+/// Counts one access log line that could not be written.
+pub fn access_log_dropped() {
+    METRICS.access_log_dropped.inc();
+}
+
+struct RouteHandles {
+    requests: [IntCounter; 7],
+    duration: Histogram,
+}
+
+impl RouteHandles {
+    fn new(route: &str) -> RouteHandles {
+        let m = &*METRICS;
+        RouteHandles {
+            requests: DECISIONS.map(|d| m.requests.with_label_values(&[route, d.as_str()])),
+            duration: m.request_duration.with_label_values(&[route]),
+        }
+    }
+}
+
+struct UpstreamHandles {
+    responses: [IntCounter; 5],
+    duration: Histogram,
+}
+
+/// The label handles one pipeline's requests use, resolved when it is built:
+/// recording a request is two atomic adds, with no lookup by name.
+pub struct PipelineMetrics {
+    routes: Vec<RouteHandles>,
+    no_route: RouteHandles,
+    upstreams: Vec<UpstreamHandles>,
+}
+
+impl PipelineMetrics {
+    pub fn new(config: &Config) -> PipelineMetrics {
+        let m = &*METRICS;
+        PipelineMetrics {
+            routes: config
+                .routes
+                .iter()
+                .map(|r| RouteHandles::new(&r.name))
+                .collect(),
+            no_route: RouteHandles::new(NO_ROUTE),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|u| UpstreamHandles {
+                    responses: CLASSES.map(|c| {
+                        m.upstream_responses
+                            .with_label_values(&[u.name.as_str(), c.as_str()])
+                    }),
+                    duration: m.upstream_duration.with_label_values(&[u.name.as_str()]),
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts one finished request of `route` (an index into the config's routes).
+    pub fn request(&self, route: Option<usize>, decision: Decision, elapsed: Duration) {
+        let handles = route
+            .and_then(|r| self.routes.get(r))
+            .unwrap_or(&self.no_route);
+        handles.requests[decision_index(decision)].inc();
+        handles.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one upstream answer (or failure) of `upstream` (an index into
+    /// the config's upstreams).
+    pub fn upstream(&self, upstream: usize, class: UpstreamClass, elapsed: Duration) {
+        if let Some(handles) = self.upstreams.get(upstream) {
+            handles.responses[class.index()].inc();
+            handles.duration.observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_metrics_render_every_family() {
+        session_lookup(LookupSource::Redis, LookupResult::Miss);
+        store_duration(StoreOp::Ping, Duration::from_millis(1));
+        config_reload(false);
+        let text = String::from_utf8(render()).unwrap();
+        for name in [
+            "sessiongate_session_lookups_total{result=\"miss\",source=\"redis\"}",
+            "sessiongate_store_duration_seconds_bucket{op=\"ping\"",
+            "sessiongate_config_reloads_total{result=\"error\"}",
+            "sessiongate_config_reloads_total{result=\"ok\"}",
+            "sessiongate_cache_entries",
+            "sessiongate_cache_invalidations_total",
+            "sessiongate_build_info{version=\"",
+            "sessiongate_access_log_dropped_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn admin_upstream_classes() {
+        assert_eq!(UpstreamClass::from_status(101).as_str(), "2xx");
+        assert_eq!(UpstreamClass::from_status(204).as_str(), "2xx");
+        assert_eq!(UpstreamClass::from_status(302).as_str(), "3xx");
+        assert_eq!(UpstreamClass::from_status(404).as_str(), "4xx");
+        assert_eq!(UpstreamClass::from_status(503).as_str(), "5xx");
+        for (i, c) in CLASSES.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        for (i, d) in DECISIONS.iter().enumerate() {
+            assert_eq!(decision_index(*d), i);
+        }
+    }
+}

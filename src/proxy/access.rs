@@ -1,0 +1,266 @@
+//! Per-request observability: the access log (one JSON line per request on
+//! stdout, written by its own thread so a slow reader never blocks a request)
+//! and the request and upstream metrics. Never a cookie, token or session id.
+
+use std::io::Write as _;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::HOST;
+use pingora::proxy::Session;
+use serde::Serialize;
+
+use crate::metrics::{self, UpstreamClass};
+use crate::pipeline::{Decision, Pipeline};
+use crate::reject::Rejection;
+use crate::session::cache::Principal;
+
+/// Lines waiting for the writer; past this, lines are dropped (and counted).
+const QUEUE: usize = 16 * 1024;
+const MAX_PATH: usize = 2048;
+const MAX_HOST: usize = 256;
+
+/// What the access log and the metrics need beyond the pipeline's verdict.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Why the request was refused, e.g. `missing`, `bad_signature`, `forbidden`.
+    reason: Option<&'static str>,
+    /// The upstream chosen (index into the config's upstreams) and when.
+    upstream: Option<(usize, Instant)>,
+    /// The upstream's status and how long it took to send its response header.
+    answer: Option<(u16, Duration)>,
+}
+
+impl Observed {
+    /// Records why the pipeline refused the request.
+    pub fn rejected(&mut self, rejection: &Rejection) {
+        self.reason = Some(reason(rejection));
+    }
+
+    /// Records that the request is about to go to `upstream`.
+    pub fn upstream_chosen(&mut self, upstream: usize) {
+        self.upstream = Some((upstream, Instant::now()));
+        self.answer = None;
+    }
+
+    /// Records the upstream's response header.
+    pub fn upstream_answered(&mut self, status: u16) {
+        if let Some((_, started)) = self.upstream {
+            self.answer = Some((status, started.elapsed()));
+        }
+    }
+}
+
+/// The `reason` field of a refused request.
+pub fn reason(rejection: &Rejection) -> &'static str {
+    match rejection {
+        Rejection::Unauthenticated { reason, .. } => reason.as_str(),
+        Rejection::Forbidden => "forbidden",
+        Rejection::StoreUnavailable => "store_error",
+        Rejection::BadPath(_) => "bad_path",
+        Rejection::HeadersTooLarge => "headers_too_large",
+        Rejection::NoRoute => "no_route",
+    }
+}
+
+/// One finished request, as the gateway's `logging` hook sees it.
+pub struct Finished<'a> {
+    pub pipeline: &'a Pipeline,
+    pub route: Option<usize>,
+    pub decision: Option<Decision>,
+    pub principal: Option<&'a Principal>,
+    pub started: Instant,
+    pub observed: &'a Observed,
+}
+
+/// Records the request's metrics and writes its access log line.
+pub fn finish(session: &Session, f: Finished<'_>) {
+    let elapsed = f.started.elapsed();
+    // No decision: Pingora gave up before the pipeline ran (e.g. a malformed request).
+    let decision = f.decision.unwrap_or(Decision::Invalid);
+    let metrics = &f.pipeline.metrics;
+    metrics.request(f.route, decision, elapsed);
+    let upstream = f.observed.upstream.map(|(index, started)| {
+        let (class, took) = match f.observed.answer {
+            Some((status, took)) => (UpstreamClass::from_status(status), took),
+            None => (UpstreamClass::Error, started.elapsed()),
+        };
+        metrics.upstream(index, class, took);
+        (index, took)
+    });
+
+    let admin = &f.pipeline.config.admin;
+    if !admin.access_log {
+        return;
+    }
+    let req = session.req_header();
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let status = session
+        .response_written()
+        .map_or(0, |resp| resp.status.as_u16());
+    let record = Record {
+        time: Rfc3339(humantime::format_rfc3339_millis(SystemTime::now())),
+        method: req.method.as_str(),
+        host: truncate(host, MAX_HOST),
+        path: truncate(req.uri.path(), MAX_PATH),
+        status,
+        route: f
+            .route
+            .map_or(metrics::NO_ROUTE, |r| f.pipeline.route(r).name.as_str()),
+        decision: decision.as_str(),
+        reason: f.observed.reason,
+        duration_ms: millis(elapsed),
+        upstream: upstream
+            .and_then(|(i, _)| f.pipeline.config.upstreams.get(i).map(|u| u.name.as_str())),
+        upstream_ms: upstream.map(|(_, took)| millis(took)),
+        user: f
+            .principal
+            .filter(|_| admin.access_log_user)
+            .and_then(|p| p.user.as_deref()),
+    };
+    let mut line = Vec::with_capacity(320);
+    match serde_json::to_writer(&mut line, &record) {
+        Ok(()) => write_line(line),
+        Err(e) => tracing::warn!(error = %e, "could not encode an access log line"),
+    }
+}
+
+/// One access log line. Every key is always present (`null` when unknown).
+#[derive(Serialize)]
+struct Record<'a> {
+    time: Rfc3339,
+    method: &'a str,
+    host: &'a str,
+    /// Without the query string: queries carry tokens too often.
+    path: &'a str,
+    status: u16,
+    route: &'a str,
+    decision: &'a str,
+    reason: Option<&'a str>,
+    duration_ms: f64,
+    upstream: Option<&'a str>,
+    upstream_ms: Option<f64>,
+    user: Option<&'a str>,
+}
+
+/// A timestamp written straight into the line, without a `String` of its own.
+struct Rfc3339(humantime::Rfc3339Timestamp);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Milliseconds with microsecond precision.
+fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Queues `line` for the writer thread, started on first use.
+fn write_line(line: Vec<u8>) {
+    static WRITER: OnceLock<Option<SyncSender<Vec<u8>>>> = OnceLock::new();
+    let writer = WRITER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        match std::thread::Builder::new()
+            .name("sessiongate-access-log".into())
+            .spawn(move || drain(rx))
+        {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the access log writer; access log off");
+                None
+            }
+        }
+    });
+    let Some(tx) = writer else {
+        metrics::access_log_dropped();
+        return;
+    };
+    match tx.try_send(line) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => metrics::access_log_dropped(),
+    }
+}
+
+/// Writes lines as they come, flushing whenever the queue is empty.
+fn drain(rx: Receiver<Vec<u8>>) {
+    let stdout = std::io::stdout();
+    while let Ok(first) = rx.recv() {
+        let mut out = stdout.lock();
+        let mut next = Some(first);
+        while let Some(line) = next {
+            if out
+                .write_all(&line)
+                .and_then(|()| out.write_all(b"\n"))
+                .is_err()
+            {
+                metrics::access_log_dropped();
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reject::AuthFailure;
+
+    #[test]
+    fn admin_access_reasons() {
+        let unauthenticated = |reason| Rejection::Unauthenticated {
+            reason,
+            bearer: false,
+            login: None,
+        };
+        assert_eq!(
+            reason(&unauthenticated(AuthFailure::BadCredential)),
+            "bad_signature"
+        );
+        assert_eq!(reason(&unauthenticated(AuthFailure::Missing)), "missing");
+        assert_eq!(reason(&Rejection::Forbidden), "forbidden");
+        assert_eq!(reason(&Rejection::StoreUnavailable), "store_error");
+    }
+
+    #[test]
+    fn admin_access_record_shape() {
+        let record = Record {
+            time: Rfc3339(humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH)),
+            method: "GET",
+            host: "example.test",
+            path: "/a",
+            status: 200,
+            route: "app",
+            decision: "forwarded",
+            reason: None,
+            duration_ms: millis(Duration::from_micros(1500)),
+            upstream: Some("app"),
+            upstream_ms: Some(1.0),
+            user: Some("1001"),
+        };
+        let v: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["duration_ms"], 1.5);
+        assert!(v["reason"].is_null());
+        assert_eq!(truncate("héllo", 2), "h");
+    }
+}
