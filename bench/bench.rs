@@ -620,6 +620,7 @@ fn memory(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream:
         })
         .collect();
     let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    std::thread::sleep(Duration::from_secs(3));
     let cached_rss = rss_mb(pid);
     // Idle keep-alive connections, each having made one request.
     let mut idle = Vec::with_capacity(o.idle);
@@ -641,7 +642,8 @@ fn memory(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream:
         s.set_read_timeout(Some(Duration::from_secs(5))).ok();
         let _ = s.read(&mut buf);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Let the allocator return what the burst of 10k proxied requests freed.
+    std::thread::sleep(Duration::from_secs(3));
     let final_rss = rss_mb(pid);
     println!("\n## Memory");
     println!("- gateway RSS at start: {start_rss:.1} MB");

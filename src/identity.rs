@@ -110,6 +110,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever case and `_`/`-` mix a client uses, an identity header is caught.
+        #[test]
+        fn no_spelling_of_an_identity_header_survives(
+            flips in proptest::collection::vec((proptest::bool::ANY, proptest::bool::ANY), 9)
+        ) {
+            let spelled: String = "x-user-id"
+                .chars()
+                .zip(flips)
+                .map(|(c, (upper, underscore))| match c {
+                    '-' if underscore => '_',
+                    c if upper => c.to_ascii_uppercase(),
+                    c => c,
+                })
+                .collect();
+            proptest::prop_assert!(plan().is_identity_header(&spelled), "{}", spelled);
+            let found = plan().spoofed(["host", spelled.as_str()]);
+            proptest::prop_assert_eq!(found, vec![spelled.clone()]);
+        }
+
+        /// Nothing that folds to another name is mistaken for an identity header.
+        #[test]
+        fn other_headers_are_left_alone(name in "[a-zA-Z_-]{1,20}") {
+            let folded = name.to_ascii_lowercase().replace('_', "-");
+            let expected = folded == "x-user-id" || folded == "x-user-role";
+            proptest::prop_assert_eq!(plan().is_identity_header(&name), expected);
+        }
+    }
+
     #[test]
     fn spoofed_lists_only_identity_headers() {
         let found = plan().spoofed(["host", "X_USER_ROLE", "accept", "x-user-id"]);

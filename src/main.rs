@@ -14,6 +14,12 @@ use sessiongate::manage::{self, Lifetime, ManageError, Manager};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// Return freed memory to the OS within a second (a background thread purges),
+// so RSS follows load down after a burst instead of staying at its peak.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(
     name = "sessiongate",
