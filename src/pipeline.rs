@@ -214,15 +214,8 @@ impl Pipeline {
                 return reject(Some(index), Rejection::StoreUnavailable);
             }
         };
-        if !route.roles.is_empty() && !principal.roles.iter().any(|r| route.roles.contains(r)) {
-            return reject(Some(index), Rejection::Forbidden);
-        }
         self.slide(key, &principal);
-        Outcome::Forward {
-            route: index,
-            principal: Some(principal),
-            decision: Decision::Forwarded,
-        }
+        self.authorize(index, principal)
     }
 
     /// `POST logout_path` / `logout_all_path`: ends the caller's session (or
