@@ -14,5 +14,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reject;
 pub mod session;
+pub mod upstream;

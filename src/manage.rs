@@ -119,7 +119,8 @@ impl<'c> Manager<'c> {
             url: url.clone(),
             source,
         };
-        let client = redis::Client::open(config.redis.url.as_str()).map_err(unreachable)?;
+        let client =
+            crate::session::topology::blocking_client(&config.redis).map_err(unreachable)?;
         let conn = client
             .get_connection_with_timeout(config.redis.connect_timeout.max(Duration::from_secs(1)))
             .map_err(unreachable)?;

@@ -24,7 +24,7 @@ const STORE_BUCKETS: &[f64] = &[
 ];
 
 /// Every `Decision`, in the order of `decision_index`.
-const DECISIONS: [Decision; 7] = [
+const DECISIONS: [Decision; 8] = [
     Decision::Forwarded,
     Decision::Public,
     Decision::Unauthenticated,
@@ -32,6 +32,7 @@ const DECISIONS: [Decision; 7] = [
     Decision::StoreError,
     Decision::Invalid,
     Decision::LoggedOut,
+    Decision::RateLimited,
 ];
 
 fn decision_index(decision: Decision) -> usize {
@@ -43,6 +44,7 @@ fn decision_index(decision: Decision) -> usize {
         Decision::StoreError => 4,
         Decision::Invalid => 5,
         Decision::LoggedOut => 6,
+        Decision::RateLimited => 7,
     }
 }
 
@@ -126,7 +128,7 @@ struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     /// `[source][result]`, pre-resolved.
-    lookups: [[IntCounter; 3]; 2],
+    lookups: [[IntCounter; 3]; 3],
     store_duration: [Histogram; 2],
     cache_entries: IntGauge,
     cache_invalidations: IntCounter,
@@ -166,7 +168,7 @@ fn build() -> Metrics {
 
     let requests = counter_vec(
         "sessiongate_requests_total",
-        "Requests by route and decision (forwarded, public, unauthenticated, forbidden, store_error, invalid).",
+        "Requests by route and decision (forwarded, public, unauthenticated, forbidden, store_error, invalid, logged_out, rate_limited).",
         &["route", "decision"],
     );
     let request_duration = histogram_vec(
@@ -177,10 +179,10 @@ fn build() -> Metrics {
     );
     let lookups_vec = counter_vec(
         "sessiongate_session_lookups_total",
-        "Session lookups by source (cache, redis) and result (hit, miss, error).",
+        "Session lookups by source (cache, redis, stale) and result (hit, miss, error).",
         &["source", "result"],
     );
-    let lookups = ["cache", "redis"].map(|source| {
+    let lookups = ["cache", "redis", "stale"].map(|source| {
         ["hit", "miss", "error"].map(|result| lookups_vec.with_label_values(&[source, result]))
     });
     let store_vec = histogram_vec(
@@ -276,6 +278,7 @@ pub fn session_lookup(source: LookupSource, result: LookupResult) {
     let s = match source {
         LookupSource::Cache => 0,
         LookupSource::Redis => 1,
+        LookupSource::Stale => 2,
     };
     let r = match result {
         LookupResult::Hit => 0,
@@ -330,7 +333,7 @@ pub fn access_log_dropped() {
 }
 
 struct RouteHandles {
-    requests: [IntCounter; 7],
+    requests: [IntCounter; DECISIONS.len()],
     duration: Histogram,
 }
 

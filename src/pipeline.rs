@@ -10,13 +10,13 @@ use http::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST};
 use http::request::Parts;
 use http::{HeaderValue, Method};
 
-use crate::config::{Access, BearerMode, Config, CookieFormat, Route};
+use crate::config::{Access, BearerMode, Config, CookieFormat, Route, StoreErrorPolicy};
 use crate::credential::bearer::bearer_token;
 use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
 use crate::credential::{Credential, CredentialSource};
 use crate::identity::IdentityPlan;
 use crate::logout::{Caller, Logout, LogoutScope};
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{self, LookupResult, PipelineMetrics};
 use crate::policy::{normalise_path, prefix_matches};
 use crate::reject::{login_url, AuthFailure, Rejection, Rendered};
 use crate::session::cache::{Lookup, LookupSource, Principal, SessionCache};
@@ -34,6 +34,8 @@ pub enum Decision {
     Invalid,
     /// A logout answered by the gateway (`logout_path`, `logout_all_path`).
     LoggedOut,
+    /// Refused by `[rate_limit]` (429).
+    RateLimited,
 }
 
 impl Decision {
@@ -46,6 +48,7 @@ impl Decision {
             Decision::StoreError => "store_error",
             Decision::Invalid => "invalid",
             Decision::LoggedOut => "logged_out",
+            Decision::RateLimited => "rate_limited",
         }
     }
 }
@@ -59,6 +62,9 @@ pub enum Outcome {
         /// The session's principal; `None` on public routes.
         principal: Option<Arc<Principal>>,
         decision: Decision,
+        /// Redis was unreachable and the route's `on_store_error = "stale"`
+        /// let the session's last known good state in.
+        stale: bool,
     },
     Reject {
         route: Option<usize>,
@@ -79,6 +85,7 @@ impl Outcome {
                 Rejection::Unauthenticated { .. } => Decision::Unauthenticated,
                 Rejection::Forbidden => Decision::Forbidden,
                 Rejection::StoreUnavailable => Decision::StoreError,
+                Rejection::RateLimited { .. } => Decision::RateLimited,
                 Rejection::BadPath(_) | Rejection::HeadersTooLarge | Rejection::NoRoute => {
                     Decision::Invalid
                 }
@@ -100,6 +107,12 @@ pub struct Pipeline {
     logout: Option<Logout>,
     /// Metric handles for this configuration's routes and upstreams.
     pub metrics: PipelineMetrics,
+    /// `[rate_limit]` token buckets (emptied by a reload).
+    limits: crate::ratelimit::RateLimits,
+    /// Which upstream addresses are out of rotation (`health_check`).
+    health: Arc<crate::upstream::UpstreamHealth>,
+    /// Some route has `on_store_error = "stale"`: keep last-known-good records.
+    keep_last_good: bool,
 }
 
 /// A credential that was present but unusable is treated as absent, but the
@@ -125,6 +138,12 @@ impl Pipeline {
             cache,
             logout: Logout::new(&config, config.jwt.as_ref().map(|jwt| jwt.key.clone())),
             metrics: PipelineMetrics::new(&config),
+            limits: crate::ratelimit::RateLimits::new(&config.rate_limit),
+            health: crate::upstream::UpstreamHealth::new(&config.upstreams),
+            keep_last_good: config
+                .routes
+                .iter()
+                .any(|r| r.on_store_error == StoreErrorPolicy::Stale),
             config,
         }
     }
@@ -133,15 +152,69 @@ impl Pipeline {
         &self.config.routes[index]
     }
 
-    /// The next address of the route's upstream, round robin.
+    /// The next address of the route's upstream, round robin, skipping the
+    /// addresses a health check took out (unless every one of them is out).
     pub fn upstream_addr(&self, route: usize) -> std::net::SocketAddr {
         let upstream = self.config.routes[route].upstream;
         let addrs = &self.config.upstreams[upstream].addrs;
+        self.health.start(&self.config.upstreams);
         let n = self.cursors[upstream].fetch_add(1, Ordering::Relaxed);
-        addrs[n % addrs.len()]
+        (0..addrs.len())
+            .map(|k| (n + k) % addrs.len())
+            .find(|&i| self.health.is_up(upstream, i))
+            .map_or(addrs[n % addrs.len()], |i| addrs[i])
     }
 
+    /// `decide` for a request from `peer` (the connection's address), with
+    /// `[rate_limit]` applied: failed authentications per client IP (checked
+    /// before the session is looked up) and requests per user.
+    pub async fn decide_from(&self, req: &Parts, peer: Option<std::net::IpAddr>) -> Outcome {
+        let trusted = &self.config.rate_limit.trusted_proxies;
+        let client = self
+            .limits
+            .failed_auth
+            .as_ref()
+            .and_then(|_| crate::ratelimit::client_ip(req, peer, trusted))
+            .map(crate::ratelimit::client_key);
+        let outcome = self.decide_limited(req, client).await;
+        match &outcome {
+            // A credential was presented and failed: it counts against the IP.
+            Outcome::Reject {
+                route: Some(_),
+                rejection: Rejection::Unauthenticated { reason, .. },
+            } if counts_as_failed_auth(*reason) => {
+                if let (Some(limiter), Some(ip)) = (&self.limits.failed_auth, client) {
+                    let _ = limiter.take(&ip);
+                }
+                outcome
+            }
+            Outcome::Forward {
+                route,
+                principal: Some(principal),
+                ..
+            } => {
+                let over = match (&self.limits.per_user, &principal.user) {
+                    (Some(limiter), Some(user)) => limiter.take(user),
+                    _ => None,
+                };
+                match over {
+                    Some(retry_after) => Outcome::Reject {
+                        route: Some(*route),
+                        rejection: Rejection::RateLimited { retry_after },
+                    },
+                    None => outcome,
+                }
+            }
+            _ => outcome,
+        }
+    }
+
+    /// Without `[rate_limit]`'s client IP (e.g. outside Pingora).
     pub async fn decide(&self, req: &Parts) -> Outcome {
+        self.decide_limited(req, None).await
+    }
+
+    async fn decide_limited(&self, req: &Parts, client: Option<std::net::IpAddr>) -> Outcome {
         let reject = |route, rejection| Outcome::Reject { route, rejection };
 
         if header_bytes(req) > self.config.server.max_request_header_bytes {
@@ -167,7 +240,14 @@ impl Pipeline {
                 route: index,
                 principal: None,
                 decision: Decision::Public,
+                stale: false,
             };
+        }
+        // An IP over its failed-authentication budget is refused before Redis.
+        if let (Some(limiter), Some(ip)) = (&self.limits.failed_auth, client) {
+            if let Some(retry_after) = limiter.exhausted(&ip) {
+                return reject(Some(index), Rejection::RateLimited { retry_after });
+            }
         }
 
         let unauthenticated = |reason: AuthFailure, bearer: bool| {
@@ -211,6 +291,33 @@ impl Pipeline {
             Ok((Lookup::Invalid(reason), _)) => return unauthenticated(reason, bearer),
             Err(e) => {
                 tracing::warn!(route = %route.name, error = %e, "session store error");
+                if route.on_store_error == StoreErrorPolicy::Stale && e.is_unreachable() {
+                    // Only a session resolved within `stale_for` (and not
+                    // revoked since); nothing is cached or touched meanwhile.
+                    let stale = self.cache.stale(&key);
+                    let result = if stale.is_some() {
+                        LookupResult::Hit
+                    } else {
+                        LookupResult::Miss
+                    };
+                    metrics::session_lookup(LookupSource::Stale, result);
+                    if let Some(principal) = stale {
+                        return match self.authorize(index, principal) {
+                            Outcome::Forward {
+                                route,
+                                principal,
+                                decision,
+                                ..
+                            } => Outcome::Forward {
+                                route,
+                                principal,
+                                decision,
+                                stale: true,
+                            },
+                            other => other,
+                        };
+                    }
+                }
                 return reject(Some(index), Rejection::StoreUnavailable);
             }
         };
@@ -312,8 +419,17 @@ impl Pipeline {
 
     /// The session behind a cookie or opaque token: from the cache when it
     /// holds it, else from Redis (and then cached).
+    /// With a `stale` route, every answer also updates the key's last known good.
     async fn resolve(&self, key: &str) -> Result<(Lookup, LookupSource), StoreError> {
-        self.cache.get_or_load(key, || self.load_session(key)).await
+        if !self.keep_last_good {
+            return self.cache.get_or_load(key, || self.load_session(key)).await;
+        }
+        let before = self.cache.lookup_version(key);
+        let result = self.cache.get_or_load(key, || self.load_session(key)).await;
+        if let Ok((lookup, _)) = &result {
+            self.cache.remember_good(key, lookup, before);
+        }
+        result
     }
 
     /// Sliding expiry: once a session's remaining TTL has fallen more than
@@ -400,6 +516,7 @@ impl Pipeline {
             route: index,
             principal: Some(principal),
             decision: Decision::Forwarded,
+            stale: false,
         }
     }
 
@@ -422,15 +539,21 @@ impl Pipeline {
         self.cache.principal(
             self.identity.values(session),
             session.texts(&self.config.session.role_field),
-            // The user the access log shows.
-            self.config
-                .admin
-                .access_log_user
-                .then(|| session.text(&self.config.session.user_field))
-                .flatten(),
+            // The user the access log shows and `requests_per_user` counts.
+            (self.config.admin.access_log_user
+                || self.config.rate_limit.requests_per_user.is_some())
+            .then(|| session.text(&self.config.session.user_field))
+            .flatten(),
             session.ttl_ms.map(Duration::from_millis),
         )
     }
+}
+
+/// Failures that mean a credential was presented and did not work: a bad
+/// signature or format, an unknown or unreadable session, a revoked token. A
+/// missing credential and an expired (but genuinely signed) JWT do not count.
+fn counts_as_failed_auth(reason: AuthFailure) -> bool {
+    !matches!(reason, AuthFailure::Missing | AuthFailure::Expired)
 }
 
 /// Total size of the request head's headers, as a client would have sent them.

@@ -50,6 +50,10 @@ pub enum Rejection {
     },
     Forbidden,
     StoreUnavailable,
+    /// Over a `[rate_limit]` budget; `retry_after` in seconds.
+    RateLimited {
+        retry_after: u64,
+    },
 }
 
 /// A response ready to be written: status, extra headers, JSON body.
@@ -70,6 +74,7 @@ impl Rejection {
             Rejection::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Rejection::Forbidden => StatusCode::FORBIDDEN,
             Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -99,6 +104,10 @@ impl Rejection {
             Rejection::StoreUnavailable => {
                 headers.push(("retry-after", "1".into()));
                 r#"{"error":"unavailable","message":"sessions cannot be checked right now, retry shortly"}"#
+            }
+            Rejection::RateLimited { retry_after } => {
+                headers.push(("retry-after", retry_after.to_string()));
+                r#"{"error":"rate_limited","message":"too many requests, retry later"}"#
             }
         };
         Rendered {

@@ -129,6 +129,9 @@ fn a_cached_session_is_served_without_asking_redis() {
         .conn()
         .set_ex("sess:a", r#"{"user":{"id":"1","role":"admin"}}"#, 60)
         .unwrap();
+    // The SET's own keyspace event may arrive just after the first lookup
+    // cached the session and evict it once; let it land before counting.
+    std::thread::sleep(Duration::from_millis(50));
     assert_eq!(status(&s, "a"), 200);
     let after_first = gets(&s.redis);
     for _ in 0..20 {
@@ -190,6 +193,7 @@ fn express_touch_does_not_evict_but_expiry_does() {
     let s = setup("");
     let mut conn = s.redis.conn();
     let _: () = conn.set_ex("sess:t", r#"{"user":{"id":"1"}}"#, 60).unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // let the SET's own event land
     assert_eq!(status(&s, "t"), 200);
     let before = gets(&s.redis);
     for _ in 0..5 {

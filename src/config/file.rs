@@ -22,6 +22,30 @@ pub struct File {
     pub admin: Option<Admin>,
     /// `[jwt]`: how bearer JWTs are verified (`[session] bearer = "jwt"`).
     pub jwt: Option<Jwt>,
+    /// `[rate_limit]`: token buckets per client IP and per user.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RateLimit {
+    pub failed_auth_per_ip: Option<Bucket>,
+    pub requests_per_user: Option<Bucket>,
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+/// `{ burst = 20, per = "1m" }`
+#[derive(Debug, Default, Deserialize)]
+pub struct Bucket {
+    pub burst: Option<i64>,
+    pub per: Option<String>,
+}
+
+/// `health_check = { path = "/healthz", interval = "5s" }`
+#[derive(Debug, Default, Deserialize)]
+pub struct HealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
 }
 
 /// `[server]`
@@ -42,6 +66,16 @@ pub struct Redis {
     pub url: Option<String>,
     pub command_timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub mode: Option<String>,
+    pub sentinels: Option<Vec<String>>,
+    pub master: Option<String>,
+    pub nodes: Option<Vec<String>>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub tls: Option<bool>,
+    pub breaker_failures: Option<i64>,
+    pub breaker_cooldown: Option<String>,
 }
 
 /// `[session]`
@@ -78,6 +112,9 @@ pub struct Identity {
 pub struct Upstream {
     pub name: Option<String>,
     pub addrs: Option<Vec<String>>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub health_check: Option<HealthCheck>,
 }
 
 /// One `[[route]]`.
@@ -90,6 +127,7 @@ pub struct Route {
     pub access: Option<String>,
     pub roles: Option<Vec<String>>,
     pub on_unauthenticated: Option<OnUnauthenticated>,
+    pub on_store_error: Option<String>,
 }
 
 /// `on_unauthenticated = { redirect = "/login" }`
@@ -106,6 +144,7 @@ pub struct Cache {
     pub max_age: Option<String>,
     pub negative_ttl: Option<String>,
     pub configure_notifications: Option<bool>,
+    pub stale_for: Option<String>,
 }
 
 /// `[session] sliding = { ttl = "24h", touch_after = "5m" }`

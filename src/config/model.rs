@@ -25,6 +25,73 @@ pub struct Config {
     pub admin: AdminSettings,
     /// `[jwt]`: present exactly when `[session] bearer = "jwt"`.
     pub jwt: Option<JwtSettings>,
+    /// `[rate_limit]`: per client IP and per user token buckets (off by default).
+    pub rate_limit: RateLimitSettings,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// `failed_auth_per_ip`: failed authentications allowed per client IP.
+    pub failed_auth_per_ip: Option<RateLimit>,
+    /// `requests_per_user`: authenticated requests allowed per user id.
+    pub requests_per_user: Option<RateLimit>,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// `{ burst = 20, per = "1m" }`: `burst` tokens, refilled evenly over `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub per: Duration,
+}
+
+/// An IP network, e.g. `10.0.0.0/8` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = ip.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+            Some(_) => return None,
+        };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `[jwt]`, compiled: the algorithm allowlist, the decoding keys (read from
@@ -51,6 +118,10 @@ pub struct CacheSettings {
     /// `configure_notifications`: turn on the keyspace events the cache needs
     /// with CONFIG SET at start (default true).
     pub configure_notifications: bool,
+    /// `stale_for`: with a route's `on_store_error = "stale"`, how long after its
+    /// last successful resolution a session is still let in while Redis is
+    /// unreachable (default 30s).
+    pub stale_for: std::time::Duration,
 }
 
 impl Default for CacheSettings {
@@ -61,6 +132,7 @@ impl Default for CacheSettings {
             max_age: std::time::Duration::from_secs(30),
             negative_ttl: std::time::Duration::from_secs(1),
             configure_notifications: true,
+            stale_for: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +163,45 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// `connect_timeout`: how long one connection attempt may take (default 1s).
     pub connect_timeout: Duration,
+    /// `breaker_failures`: consecutive failures (timeouts, connection errors)
+    /// that open the circuit breaker (default 5).
+    pub breaker_failures: u32,
+    /// `breaker_cooldown`: how long the breaker stays open before one probe is
+    /// let through (default 1s).
+    pub breaker_cooldown: Duration,
+    /// `mode`: where the sessions live (default standalone, at `url`).
+    pub topology: RedisTopology,
+    /// `username`: ACL user for sentinel-managed masters and cluster nodes.
+    pub username: Option<String>,
+    /// `password` (or the contents of `password_file`), for sentinel-managed
+    /// masters and cluster nodes.
+    pub password: Option<String>,
+    /// `tls`: TLS to sentinels, masters and cluster nodes.
+    pub tls: bool,
+}
+
+/// `[redis] mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server at `url`.
+    Standalone,
+    /// The master named `master`, as the `sentinels` (`host:port`) report it.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+    /// A Redis Cluster reached through any of `nodes` (`host:port`).
+    Cluster { nodes: Vec<String> },
+}
+
+/// A route's `on_store_error`: what a request gets when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreErrorPolicy {
+    /// 503 with `Retry-After` (the default).
+    #[default]
+    Deny,
+    /// Let in a session resolved successfully within `[cache] stale_for`.
+    Stale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +355,20 @@ pub struct Upstream {
     pub name: String,
     /// Resolved at load time; requests are spread over them round robin.
     pub addrs: Vec<SocketAddr>,
+    /// `connect_timeout` (default 1s).
+    pub connect_timeout: Duration,
+    /// `read_timeout`: between reads of the upstream's response (default 30s).
+    pub read_timeout: Duration,
+    /// `health_check`: active checks of every address (off by default).
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `health_check = { path = "/healthz", interval = "5s" }`: an HTTP `GET path`
+/// (2xx healthy) when `path` is set, else a TCP connect, every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: Option<String>,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +392,8 @@ pub struct Route {
     pub roles: Vec<String>,
     /// `on_unauthenticated = { redirect = "/login" }`: where browsers are sent.
     pub login_redirect: Option<String>,
+    /// `on_store_error`: `deny` (503, default) or `stale`.
+    pub on_store_error: StoreErrorPolicy,
 }
 
 /// `[admin]`: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the

@@ -17,8 +17,8 @@ use toml::Spanned;
 use super::file;
 use super::model::{
     Access, AdminSettings, BasicAuth, BearerMode, CacheSettings, Config, CookieFormat, FieldPath,
-    IdentityHeader, KeyTemplate, RedisSettings, Route, ServerSettings, SessionSettings, Sliding,
-    Upstream, ValueFormat,
+    IdentityHeader, KeyTemplate, RedisSettings, RedisTopology, Route, ServerSettings,
+    SessionSettings, Sliding, StoreErrorPolicy, Upstream, ValueFormat,
 };
 
 /// One problem in the configuration file.
@@ -806,6 +806,14 @@ impl<'r, 't> Checker<'r, 't> {
                 Some([.., Seg::Key(parent)]) if parent == "metrics_basic_auth" => {
                     fields_of::<file::BasicAuth>()
                 }
+                Some([.., Seg::Key(parent)])
+                    if parent == "failed_auth_per_ip" || parent == "requests_per_user" =>
+                {
+                    fields_of::<file::Bucket>()
+                }
+                Some([.., Seg::Key(parent)]) if parent == "health_check" => {
+                    fields_of::<file::HealthCheck>()
+                }
                 _ => &[],
             };
             self.unknown_key(&[base, relative.as_slice()].concat(), candidates);
@@ -881,6 +889,35 @@ impl<'r, 't> Checker<'r, 't> {
         }
     }
 
+    /// A required, non-empty list of `host:port` servers.
+    fn servers(
+        &mut self,
+        path: &[Seg],
+        value: Option<Vec<String>>,
+        what: &str,
+    ) -> Option<Vec<String>> {
+        match value {
+            None => {
+                self.missing_key(path);
+                None
+            }
+            Some(list) if list.is_empty() => {
+                self.error(path, format!("must list at least one {what}"));
+                None
+            }
+            Some(list) => {
+                let mut ok = true;
+                for (i, server) in list.iter().enumerate() {
+                    if !is_listen_addr(server) || server.ends_with(":0") {
+                        self.error(&idx(path, i), "must be host:port");
+                        ok = false;
+                    }
+                }
+                ok.then_some(list)
+            }
+        }
+    }
+
     fn string_list(&mut self, path: &[Seg], value: Option<&[String]>, what: &str) {
         match value {
             None => self.missing_key(path),
@@ -902,6 +939,7 @@ impl<'r, 't> Checker<'r, 't> {
         let cache = self.cache();
         let jwt = self.jwt();
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
+        let rate_limit = self.rate_limit();
         Some(Config {
             server: server?,
             redis: redis?,
@@ -912,7 +950,80 @@ impl<'r, 't> Checker<'r, 't> {
             cache: cache?,
             jwt: jwt?,
             admin: admin?,
+            rate_limit: rate_limit?,
         })
+    }
+
+    /// `[rate_limit]`: two optional buckets and the trusted proxies.
+    fn rate_limit(&mut self) -> Option<super::model::RateLimitSettings> {
+        let path = [Seg::Key("rate_limit".to_owned())];
+        if self.lookup(&path).is_none() {
+            return Some(Default::default());
+        }
+        let f: file::RateLimit = self.section(&path)?;
+        let failed_auth_per_ip =
+            self.bucket(&sub(&path, "failed_auth_per_ip"), f.failed_auth_per_ip);
+        let requests_per_user = self.bucket(&sub(&path, "requests_per_user"), f.requests_per_user);
+        let proxies_path = sub(&path, "trusted_proxies");
+        let mut trusted_proxies = Vec::new();
+        let mut ok = true;
+        for (i, text) in f.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            match super::model::Cidr::parse(text) {
+                Some(cidr) => trusted_proxies.push(cidr),
+                None => {
+                    self.error(
+                        &idx(&proxies_path, i),
+                        format!("invalid network {text:?}; write e.g. \"10.0.0.0/8\" or \"127.0.0.1/32\""),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        Some(super::model::RateLimitSettings {
+            failed_auth_per_ip: failed_auth_per_ip?,
+            requests_per_user: requests_per_user?,
+            trusted_proxies,
+        })
+        .filter(|_| ok)
+    }
+
+    /// `{ burst = N, per = "1m" }`; `Some(None)` when absent.
+    fn bucket(
+        &mut self,
+        path: &[Seg],
+        f: Option<file::Bucket>,
+    ) -> Option<Option<super::model::RateLimit>> {
+        let Some(f) = f else { return Some(None) };
+        let burst_path = sub(path, "burst");
+        let burst = match f.burst {
+            None => {
+                self.missing_key(&burst_path);
+                None
+            }
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    self.error(&burst_path, "must be between 1 and 4294967295");
+                    None
+                }
+            },
+        };
+        let per_path = sub(path, "per");
+        let per = match f.per {
+            None => {
+                self.missing_key(&per_path);
+                None
+            }
+            Some(text) => {
+                let before = self.errors.len();
+                let d = self.duration(&per_path, Some(&text), Duration::ZERO, false);
+                (self.errors.len() == before).then_some(d)
+            }
+        };
+        Some(Some(super::model::RateLimit {
+            burst: burst?,
+            per: per?,
+        }))
     }
 
     fn top_level(&mut self) {
@@ -1122,7 +1233,17 @@ impl<'r, 't> Checker<'r, 't> {
             defaults.negative_ttl,
             true,
         );
+        let stale_for = self.duration(
+            &sub(&path, "stale_for"),
+            f.stale_for.as_deref(),
+            defaults.stale_for,
+            false,
+        );
+        if stale_for > Duration::from_secs(24 * 3600) {
+            self.error(&sub(&path, "stale_for"), "must be at most \"24h\"");
+        }
         Some(CacheSettings {
+            stale_for,
             enabled: f.enabled.unwrap_or(defaults.enabled),
             max_entries,
             max_age,
@@ -1141,11 +1262,37 @@ impl<'r, 't> Checker<'r, 't> {
         }
         let f: file::Redis = self.section(&path)?;
 
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Mode {
+            Standalone,
+            Sentinel,
+            Cluster,
+        }
+        let mode = self.choice(
+            &sub(&path, "mode"),
+            f.mode.as_deref(),
+            Mode::Standalone,
+            &[
+                ("standalone", Mode::Standalone),
+                ("sentinel", Mode::Sentinel),
+                ("cluster", Mode::Cluster),
+            ],
+        );
         let url_path = sub(&path, "url");
         // The URL may hold a password: never echo it.
         let url = match f.url {
-            None => {
+            None if mode == Some(Mode::Standalone) => {
                 self.missing_key(&url_path);
+                None
+            }
+            None => None,
+            Some(_) if mode != Some(Mode::Standalone) => {
+                if mode.is_some() {
+                    self.error(
+                        &url_path,
+                        "not used with this mode: list the servers in `sentinels` (sentinel) or `nodes` (cluster), credentials in `username`/`password`",
+                    );
+                }
                 None
             }
             Some(url) => {
@@ -1170,6 +1317,104 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             }
         };
+        let only = |this: &mut Self, key: &str, given: bool, modes: &str| {
+            if given {
+                this.error(&sub(&path, key), format!("only with mode = {modes}"));
+            }
+        };
+        let topology = match mode {
+            None => None,
+            Some(Mode::Standalone) => {
+                only(self, "sentinels", f.sentinels.is_some(), "\"sentinel\"");
+                only(self, "master", f.master.is_some(), "\"sentinel\"");
+                only(self, "nodes", f.nodes.is_some(), "\"cluster\"");
+                only(
+                    self,
+                    "tls",
+                    f.tls.is_some(),
+                    "\"sentinel\" or \"cluster\" (standalone: use a rediss:// url)",
+                );
+                Some(RedisTopology::Standalone)
+            }
+            Some(Mode::Sentinel) => {
+                only(self, "nodes", f.nodes.is_some(), "\"cluster\"");
+                let sentinels = self.servers(&sub(&path, "sentinels"), f.sentinels, "sentinel");
+                let master_path = sub(&path, "master");
+                let master = match f.master {
+                    None => {
+                        self.missing_key(&master_path);
+                        None
+                    }
+                    Some(m) if m.trim().is_empty() => {
+                        self.error(&master_path, "must not be empty");
+                        None
+                    }
+                    Some(m) => Some(m),
+                };
+                match (sentinels, master) {
+                    (Some(sentinels), Some(master)) => {
+                        Some(RedisTopology::Sentinel { sentinels, master })
+                    }
+                    _ => None,
+                }
+            }
+            Some(Mode::Cluster) => {
+                only(self, "sentinels", f.sentinels.is_some(), "\"sentinel\"");
+                only(self, "master", f.master.is_some(), "\"sentinel\"");
+                self.servers(&sub(&path, "nodes"), f.nodes, "node")
+                    .map(|nodes| RedisTopology::Cluster { nodes })
+            }
+        };
+        let username = match f.username {
+            Some(u) if u.is_empty() => {
+                self.error(&sub(&path, "username"), "must not be empty");
+                None
+            }
+            other => other,
+        };
+        let password = match (f.password, f.password_file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    &sub(&path, "password_file"),
+                    "set either `password` or `password_file`, not both",
+                );
+                None
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(file)) => self.key_file(&sub(&path, "password_file"), &file, |bytes| {
+                // Never echo the contents: they are a secret.
+                let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8".to_owned())?;
+                let text = text.trim_end_matches(['\r', '\n']);
+                if text.is_empty() {
+                    return Err("is empty".to_owned());
+                }
+                Ok(text.to_owned())
+            }),
+            (None, None) => None,
+        };
+        let tls = f.tls.unwrap_or(false);
+        // What logs, errors and reloads name the servers by (no credentials).
+        let url = match &topology {
+            Some(RedisTopology::Sentinel { sentinels, master }) => Some(format!(
+                "{}://{}/{master}",
+                if tls {
+                    "rediss+sentinel"
+                } else {
+                    "redis+sentinel"
+                },
+                sentinels.join(",")
+            )),
+            Some(RedisTopology::Cluster { nodes }) => Some(format!(
+                "{}://{}",
+                if tls {
+                    "rediss+cluster"
+                } else {
+                    "redis+cluster"
+                },
+                nodes.join(",")
+            )),
+            _ => url,
+        };
         let command_timeout = self.duration(
             &sub(&path, "command_timeout"),
             f.command_timeout.as_deref(),
@@ -1182,10 +1427,39 @@ impl<'r, 't> Checker<'r, 't> {
             Duration::from_secs(1),
             false,
         );
+        let breaker_failures = match f.breaker_failures {
+            None => 5,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if (1..=10_000).contains(&n) => n,
+                _ => {
+                    self.error(
+                        &sub(&path, "breaker_failures"),
+                        "must be between 1 and 10000",
+                    );
+                    5
+                }
+            },
+        };
+        let cooldown_path = sub(&path, "breaker_cooldown");
+        let breaker_cooldown = self.duration(
+            &cooldown_path,
+            f.breaker_cooldown.as_deref(),
+            Duration::from_secs(1),
+            false,
+        );
+        if breaker_cooldown > Duration::from_secs(60) {
+            self.error(&cooldown_path, "must be at most \"60s\"");
+        }
         Some(RedisSettings {
             url: url?,
+            topology: topology?,
+            username,
+            password,
+            tls,
             command_timeout,
             connect_timeout,
+            breaker_failures,
+            breaker_cooldown,
         })
     }
 
@@ -1849,8 +2123,47 @@ impl<'r, 't> Checker<'r, 't> {
                     }
                 }
             }
+            let connect_timeout = self.duration(
+                &sub(&entry, "connect_timeout"),
+                f.connect_timeout.as_deref(),
+                Duration::from_secs(1),
+                false,
+            );
+            let read_timeout = self.duration(
+                &sub(&entry, "read_timeout"),
+                f.read_timeout.as_deref(),
+                Duration::from_secs(30),
+                false,
+            );
+            let health_check = f.health_check.map(|h| {
+                let hc_path = sub(&entry, "health_check");
+                let path = h.path.filter(|p| {
+                    let good = p.starts_with('/') && !p.bytes().any(|b| b <= b' ' || b == 0x7f);
+                    if !good {
+                        self.error(
+                            &sub(&hc_path, "path"),
+                            "must start with `/` and contain no spaces or control characters",
+                        );
+                        ok = false;
+                    }
+                    good
+                });
+                let interval = self.duration(
+                    &sub(&hc_path, "interval"),
+                    h.interval.as_deref(),
+                    Duration::from_secs(5),
+                    false,
+                );
+                super::model::HealthCheck { path, interval }
+            });
             out.push(match name {
-                Some(name) if ok => Some(Upstream { name, addrs }),
+                Some(name) if ok => Some(Upstream {
+                    name,
+                    addrs,
+                    connect_timeout,
+                    read_timeout,
+                    health_check,
+                }),
                 _ => None,
             });
         }
@@ -1999,6 +2312,22 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             }
 
+            let on_store_error = self.choice(
+                &sub(&entry, "on_store_error"),
+                f.on_store_error.as_deref(),
+                StoreErrorPolicy::Deny,
+                &[
+                    ("deny", StoreErrorPolicy::Deny),
+                    ("stale", StoreErrorPolicy::Stale),
+                ],
+            );
+            if f.on_store_error.is_some() && access == Some(Access::Public) {
+                self.error(
+                    &sub(&entry, "on_store_error"),
+                    "`on_store_error` only applies to access = \"authenticated\" routes",
+                );
+            }
+
             let login_redirect = match f.on_unauthenticated {
                 None => Some(None),
                 Some(on) => {
@@ -2032,6 +2361,7 @@ impl<'r, 't> Checker<'r, 't> {
                     access: access?,
                     roles,
                     login_redirect: login_redirect?,
+                    on_store_error: on_store_error?,
                 })
             })());
         }
@@ -2654,6 +2984,49 @@ upstream = "ap"
     }
 
     #[test]
+    fn store_failure_keys() {
+        let config = parse("proxy.toml", &minimal(""), &no_env).unwrap();
+        assert_eq!(config.redis.breaker_failures, 5);
+        assert_eq!(config.redis.breaker_cooldown, Duration::from_secs(1));
+        assert_eq!(config.cache.stale_for, Duration::from_secs(30));
+        assert_eq!(config.routes[0].on_store_error, StoreErrorPolicy::Deny);
+
+        let url = "url = \"redis://127.0.0.1:6379/0\"\n";
+        let text = minimal("on_store_error = \"stale\"\n\n[cache]\nstale_for = \"5s\"\n").replace(
+            url,
+            &format!("{url}breaker_failures = 2\nbreaker_cooldown = \"250ms\"\n"),
+        );
+        let config = parse("proxy.toml", &text, &no_env).unwrap();
+        assert_eq!(config.redis.breaker_failures, 2);
+        assert_eq!(config.redis.breaker_cooldown, Duration::from_millis(250));
+        assert_eq!(config.cache.stale_for, Duration::from_secs(5));
+        assert_eq!(config.routes[0].on_store_error, StoreErrorPolicy::Stale);
+
+        let text = minimal("on_store_error = \"later\"\n\n[cache]\nstale_for = \"0s\"\n").replace(
+            url,
+            &format!("{url}breaker_failures = 0\nbreaker_cooldown = \"2m\"\n"),
+        );
+        let mut got: Vec<(usize, usize, String)> = errors(&text)
+            .into_iter()
+            .map(|e| (e.line, e.column, e.path))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (6, 20, "redis.breaker_failures".to_owned()),
+                (7, 20, "redis.breaker_cooldown".to_owned()),
+                (19, 18, "route[0].on_store_error".to_owned()),
+                (22, 13, "cache.stale_for".to_owned()),
+            ]
+        );
+        let errs = errors(&minimal(
+            "access = \"public\"\non_store_error = \"stale\"\n",
+        ));
+        assert_eq!(errs[0].path, "route[0].on_store_error", "{errs:#?}");
+    }
+
+    #[test]
     fn enum_and_type_errors() {
         let text = r#"[server]
 listen = "0.0.0.0:80"
@@ -2850,5 +3223,107 @@ on_unauthenticated = { redirect = "//evil.example", colour = "red" }
         assert!(err
             .to_string()
             .starts_with("/nonexistent/proxy.toml: cannot read"));
+    }
+
+    fn with_redis(redis: &str) -> String {
+        minimal("").replace(
+            "[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n",
+            &format!("[redis]\n{redis}\n"),
+        )
+    }
+
+    #[test]
+    fn redis_sentinel_and_cluster_modes() {
+        let text = with_redis(
+            "mode = \"sentinel\"\nsentinels = [\"10.0.0.1:26379\", \"s2:26379\"]\n\
+             master = \"mymaster\"\nusername = \"gw\"\npassword = \"pw\"",
+        );
+        let config = parse("proxy.toml", &text, &no_env).unwrap();
+        assert_eq!(
+            config.redis.topology,
+            RedisTopology::Sentinel {
+                sentinels: vec!["10.0.0.1:26379".into(), "s2:26379".into()],
+                master: "mymaster".into(),
+            }
+        );
+        assert_eq!(
+            config.redis.url,
+            "redis+sentinel://10.0.0.1:26379,s2:26379/mymaster"
+        );
+        assert_eq!(config.redis.username.as_deref(), Some("gw"));
+        assert_eq!(config.redis.password.as_deref(), Some("pw"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("redis");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let text = with_redis(&format!(
+            "mode = \"cluster\"\nnodes = [\"n1:7000\", \"n2:7001\"]\ntls = true\npassword_file = {:?}",
+            secret.display().to_string()
+        ));
+        let config = parse("proxy.toml", &text, &no_env).unwrap();
+        assert_eq!(
+            config.redis.topology,
+            RedisTopology::Cluster {
+                nodes: vec!["n1:7000".into(), "n2:7001".into()]
+            }
+        );
+        assert_eq!(config.redis.url, "rediss+cluster://n1:7000,n2:7001");
+        assert_eq!(config.redis.password.as_deref(), Some("from-file"));
+        assert!(config.redis.tls);
+
+        let config = parse("proxy.toml", &minimal(""), &no_env).unwrap();
+        assert_eq!(config.redis.topology, RedisTopology::Standalone);
+        assert!(!config.redis.tls);
+    }
+
+    #[test]
+    fn redis_mode_mistakes_name_their_keys() {
+        let render = |text: &str| -> Vec<String> {
+            errors(text)
+                .iter()
+                .map(|e| format!("{}:{} {}: {}", e.line, e.column, e.path, e.message))
+                .collect()
+        };
+        let got = render(&with_redis(
+            "mode = \"sentinel\"\nurl = \"redis://x:1\"\nnodes = [\"a:1\"]\nsentinels = [\"nope\"]",
+        ));
+        assert_eq!(got, [
+            "4:1 redis.master: missing required key `master`",
+            "6:7 redis.url: not used with this mode: list the servers in `sentinels` (sentinel) or `nodes` (cluster), credentials in `username`/`password`",
+            "7:9 redis.nodes: only with mode = \"cluster\"",
+            "8:14 redis.sentinels[0]: must be host:port",
+        ], "{got:#?}");
+        let got = render(&with_redis(
+            "mode = \"cluster\"\nnodes = []\nmaster = \"m\"",
+        ));
+        assert_eq!(
+            got,
+            [
+                "6:9 redis.nodes: must list at least one node",
+                "7:10 redis.master: only with mode = \"sentinel\"",
+            ],
+            "{got:#?}"
+        );
+        let got = render(&with_redis(
+            "url = \"redis://h:1\"\ntls = true\npassword = \"a\"\npassword_file = \"/nonexistent\"\nmode = \"ring\"",
+        ));
+        assert_eq!(got, [
+            "8:17 redis.password_file: set either `password` or `password_file`, not both",
+            "9:8 redis.mode: unknown value \"ring\", expected one of \"standalone\", \"sentinel\", \"cluster\"",
+        ], "{got:#?}");
+        let got = render(&with_redis(
+            "mode = \"sentinel\"\nsentinels = [\"s:26379\"]",
+        ));
+        assert_eq!(
+            got,
+            ["4:1 redis.master: missing required key `master`",],
+            "{got:#?}"
+        );
+        let got = render(&with_redis(
+            "url = \"redis://h:1\"\npassword_file = \"/nonexistent/redis\"",
+        ));
+        assert_eq!(got, [
+            "6:17 redis.password_file: cannot read /nonexistent/redis: No such file or directory (os error 2)",
+        ], "{got:#?}");
     }
 }

@@ -38,6 +38,12 @@ impl Observed {
         self.reason = Some(reason(rejection));
     }
 
+    /// Records that Redis was unreachable and the session's last known good
+    /// state let the request in (`on_store_error = "stale"`).
+    pub fn served_stale(&mut self) {
+        self.reason = Some("stale");
+    }
+
     /// Records that the request is about to go to `upstream`.
     pub fn upstream_chosen(&mut self, upstream: usize) {
         self.upstream = Some((upstream, Instant::now()));
@@ -61,6 +67,7 @@ pub fn reason(rejection: &Rejection) -> &'static str {
         Rejection::BadPath(_) => "bad_path",
         Rejection::HeadersTooLarge => "headers_too_large",
         Rejection::NoRoute => "no_route",
+        Rejection::RateLimited { .. } => "rate_limited",
     }
 }
 

@@ -39,6 +39,8 @@ pub struct RequestCtx {
     principal: Option<Arc<Principal>>,
     /// The rejection reason and upstream timing, for metrics and the access log.
     observed: Observed,
+    /// Connection attempts retried on another address so far.
+    retries: usize,
 }
 
 #[async_trait]
@@ -53,16 +55,27 @@ impl ProxyHttp for Gateway {
             decision: None,
             principal: None,
             observed: Observed::default(),
+            retries: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let outcome = ctx.pipeline.decide(session.req_header()).await;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let outcome = ctx.pipeline.decide_from(session.req_header(), peer).await;
         ctx.decision = Some(outcome.decision());
         match outcome {
             Outcome::Forward {
-                route, principal, ..
+                route,
+                principal,
+                stale,
+                ..
             } => {
+                if stale {
+                    ctx.observed.served_stale();
+                }
                 ctx.route = Some(route);
                 ctx.principal = principal;
                 Ok(false)
@@ -89,9 +102,38 @@ impl ProxyHttp for Gateway {
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let addr = ctx.pipeline.upstream_addr(route);
-        ctx.observed
-            .upstream_chosen(ctx.pipeline.route(route).upstream);
-        Ok(Box::new(HttpPeer::new(addr, false, String::new())))
+        let upstream = ctx.pipeline.route(route).upstream;
+        ctx.observed.upstream_chosen(upstream);
+        let settings = &ctx.pipeline.config.upstreams[upstream];
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(settings.connect_timeout);
+        peer.options.read_timeout = Some(settings.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// A connection that could not be made is retried on the next address
+    /// (the round robin moves on), once per other address, for idempotent
+    /// methods only: nothing reached the upstream, but the request body may
+    /// already be partly consumed for the others.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let others = ctx.route.map_or(0, |route| {
+            let upstream = ctx.pipeline.route(route).upstream;
+            ctx.pipeline.config.upstreams[upstream]
+                .addrs
+                .len()
+                .saturating_sub(1)
+        });
+        if ctx.retries < others && is_idempotent(&session.req_header().method) {
+            ctx.retries += 1;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_response_filter(
@@ -117,8 +159,8 @@ impl ProxyHttp for Gateway {
             upstream_request.remove_header(name.as_str());
         }
         if let Some(principal) = &ctx.principal {
-            for (name, value) in &principal.identity {
-                upstream_request.insert_header(name.clone(), value.clone())?;
+            for (name, value) in plan.headers(&principal.identity) {
+                upstream_request.insert_header(name.clone(), value)?;
             }
         }
         Ok(())
@@ -176,6 +218,14 @@ impl ProxyHttp for Gateway {
             },
         );
     }
+}
+
+/// RFC 9110 9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Writes a complete small response, keeping the connection open.

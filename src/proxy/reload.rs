@@ -100,6 +100,12 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.pid_file", o.pid_file != n.pid_file),
         ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),
         ("redis.url", old.redis.url != new.redis.url),
+        ("redis.mode", old.redis.topology != new.redis.topology),
+        (
+            "redis.username/password",
+            old.redis.username != new.redis.username || old.redis.password != new.redis.password,
+        ),
+        ("redis.tls", old.redis.tls != new.redis.tls),
         (
             "redis.command_timeout",
             old.redis.command_timeout != new.redis.command_timeout,

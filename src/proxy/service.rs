@@ -110,8 +110,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
     let cache = SessionCache::new(config.cache.clone());
     let session_keys = config.session.key.clone();
     let filter: KeyFilter = Box::new(move |key| session_keys.matches(key));
-    let client = redis::Client::open(config.redis.url.as_str())?;
-    spawn_invalidator(cache.clone(), client, filter)?;
+    spawn_invalidator(cache.clone(), config.redis.clone(), filter)?;
     let build: Build = {
         let (store, cache) = (store.clone() as Arc<dyn SessionStore>, cache.clone());
         Box::new(move |config| Pipeline::new(config, store.clone(), cache.clone()))

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::identity::IdentityValues;
 use futures_util::StreamExt;
-use http::{HeaderName, HeaderValue};
-use moka::future::Cache;
-use moka::Expiry;
+use quick_cache::sync::Cache;
 
-use crate::config::CacheSettings;
+use crate::config::{CacheSettings, RedisSettings, RedisTopology};
 use crate::metrics::{self, LookupResult};
 use crate::reject::AuthFailure;
+use crate::session::topology;
 use crate::session::StoreError;
 
 /// What the request path needs from a valid session, extracted once: the
@@ -23,7 +23,7 @@ use crate::session::StoreError;
 /// session document, so 100k of them fit in a few tens of MB.
 #[derive(Debug)]
 pub struct Principal {
-    pub identity: Vec<(HeaderName, HeaderValue)>,
+    pub identity: IdentityValues,
     pub roles: Vec<String>,
     pub user: Option<String>,
     /// When the key expires in Redis, in ms since the cache's clock base; `u64::MAX`: never.
@@ -42,13 +42,15 @@ pub enum Lookup {
 pub enum LookupSource {
     Cache,
     Redis,
+    /// A last-known-good record, served while Redis is unreachable (`on_store_error = "stale"`).
+    Stale,
 }
 
 const STRIPES: usize = 1024;
 
 pub struct SessionCache {
     settings: CacheSettings,
-    entries: Cache<String, Lookup>,
+    entries: Cache<String, Entry>,
     /// The invalidation channel is subscribed; until then nothing is read from the cache.
     live: AtomicBool,
     /// Bumped on every channel state change.
@@ -58,50 +60,37 @@ pub struct SessionCache {
     stripes: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
     base: Instant,
+    /// Last known good: per session key, the principal last resolved
+    /// successfully and when, for `on_store_error = "stale"`. Kept apart from
+    /// `entries` (which is emptied when the invalidation channel drops);
+    /// dropped on an invalidation of the key or an answer that it is invalid.
+    /// Made on first use, so it costs nothing without a `stale` route.
+    last_good: std::sync::OnceLock<Cache<String, Arc<LastGood>>>,
 }
 
-struct TtlPolicy {
-    max_age: Duration,
-    negative_ttl: Duration,
-    base: Instant,
+/// A session's last successful resolution.
+struct LastGood {
+    principal: Arc<Principal>,
+    /// When it was last resolved, in ms since the cache's clock base.
+    seen_ms: AtomicU64,
 }
 
-impl Expiry<String, Lookup> for TtlPolicy {
-    fn expire_after_create(&self, _key: &String, value: &Lookup, now: Instant) -> Option<Duration> {
-        Some(match value {
-            Lookup::Found(p) => {
-                let at = p.expires_at_ms.load(Ordering::Relaxed);
-                if at == u64::MAX {
-                    self.max_age
-                } else {
-                    let now_ms = now.saturating_duration_since(self.base).as_millis() as u64;
-                    self.max_age
-                        .min(Duration::from_millis(at.saturating_sub(now_ms)))
-                }
-            }
-            Lookup::Invalid(_) => self.negative_ttl,
-        })
-    }
-}
-
-enum LoadError {
-    Store(StoreError),
-    /// Loaded fine but must not be cached (raced with an invalidation, or not cacheable).
-    Uncached(Lookup),
+/// A cached lookup and when it stops being served (ms on the cache's clock).
+#[derive(Clone)]
+struct Entry {
+    lookup: Lookup,
+    until_ms: u64,
 }
 
 impl SessionCache {
     pub fn new(settings: CacheSettings) -> Arc<SessionCache> {
         let base = Instant::now();
-        let entries = Cache::builder()
-            .max_capacity(settings.max_entries)
-            .expire_after(TtlPolicy {
-                max_age: settings.max_age,
-                negative_ttl: settings.negative_ttl,
-                base,
-            })
-            .build();
+        // quick_cache: a few dozen bytes of bookkeeping per entry (S3-FIFO, no
+        // per-entry timers); expiry is checked on read instead.
+        let capacity = usize::try_from(settings.max_entries).unwrap_or(usize::MAX);
+        let entries = Cache::new(capacity);
         Arc::new(SessionCache {
+            last_good: std::sync::OnceLock::new(),
             settings,
             entries,
             live: AtomicBool::new(false),
@@ -122,13 +111,13 @@ impl SessionCache {
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
     /// Builds a principal whose key has `ttl` left in Redis (`None`: no expiry).
     pub fn principal(
         &self,
-        identity: Vec<(HeaderName, HeaderValue)>,
+        identity: IdentityValues,
         roles: Vec<String>,
         user: Option<String>,
         ttl: Option<Duration>,
@@ -188,53 +177,128 @@ impl SessionCache {
         if !self.is_live() {
             return load().await.map(|l| (l, LookupSource::Redis));
         }
-        if let Some(hit) = self.entries.get(key).await {
-            metrics::session_lookup(LookupSource::Cache, LookupResult::Hit);
-            return Ok((hit, LookupSource::Cache));
+        let now = self.now_ms();
+        match self.entries.get(key) {
+            Some(hit) if hit.until_ms > now => {
+                metrics::session_lookup(LookupSource::Cache, LookupResult::Hit);
+                return Ok((hit.lookup, LookupSource::Cache));
+            }
+            Some(_) => {
+                self.entries.remove_if(key, |entry| entry.until_ms <= now);
+            }
+            None => {}
         }
         metrics::session_lookup(LookupSource::Cache, LookupResult::Miss);
         let before = self.version(key);
-        let negative = !self.settings.negative_ttl.is_zero();
-        let result = self
-            .entries
-            .try_get_with(key.to_owned(), async {
-                match load().await {
-                    Err(e) => Err(LoadError::Store(e)),
-                    Ok(lookup) => {
-                        let cacheable = match &lookup {
-                            Lookup::Found(_) => true,
-                            // Only "no such key" is worth remembering; the rest is cheap to recheck.
-                            Lookup::Invalid(reason) => negative && *reason == AuthFailure::NotFound,
-                        };
-                        if cacheable && self.version(key) == before && self.is_live() {
-                            Ok(lookup)
-                        } else {
-                            Err(LoadError::Uncached(lookup))
-                        }
-                    }
-                }
-            })
-            .await;
-        match result {
-            Ok(lookup) => {
+        // Concurrent misses for one key wait on the first one's guard.
+        let guard = match self.entries.get_value_or_guard_async(key).await {
+            Ok(entry) if entry.until_ms > self.now_ms() => {
+                return Ok((entry.lookup, LookupSource::Cache));
+            }
+            Ok(_) => None,
+            Err(guard) => Some(guard),
+        };
+        let lookup = load().await?;
+        let until_ms = self.until_ms(&lookup);
+        if let (Some(guard), Some(until_ms)) = (guard, until_ms) {
+            if self.version(key) == before && self.is_live() {
+                let _ = guard.insert(Entry {
+                    lookup: lookup.clone(),
+                    until_ms,
+                });
                 // An invalidation that landed between the check above and the
                 // insert would otherwise leave this entry stale.
                 if self.version(key) != before || !self.is_live() {
-                    self.entries.invalidate(key).await;
+                    self.entries.remove(key);
                 }
-                Ok((lookup, LookupSource::Redis))
             }
-            Err(err) => match &*err {
-                LoadError::Store(e) => Err(e.clone()),
-                LoadError::Uncached(lookup) => Ok((lookup.clone(), LookupSource::Redis)),
-            },
         }
+        Ok((lookup, LookupSource::Redis))
+    }
+
+    /// Until when `lookup` may be served from the cache; `None`: not cacheable.
+    fn until_ms(&self, lookup: &Lookup) -> Option<u64> {
+        let now = self.now_ms();
+        let max_age = self.settings.max_age.as_millis() as u64;
+        match lookup {
+            Lookup::Found(p) => {
+                let at = p.expires_at_ms.load(Ordering::Relaxed);
+                Some(now.saturating_add(max_age).min(at))
+            }
+            // Only "no such key" is worth remembering; the rest is cheap to recheck.
+            Lookup::Invalid(AuthFailure::NotFound) if !self.settings.negative_ttl.is_zero() => {
+                Some(now.saturating_add(self.settings.negative_ttl.as_millis() as u64))
+            }
+            Lookup::Invalid(_) => None,
+        }
+    }
+
+    /// The version a lookup of `key` starts at; pass it to `remember_good`.
+    pub fn lookup_version(&self, key: &str) -> (u64, u64) {
+        self.version(key)
+    }
+
+    /// Records that `key` resolved to `lookup` (for the stale policy): a
+    /// principal becomes the key's last known good, anything else drops it.
+    /// A lookup that raced with an invalidation of the key records nothing.
+    pub fn remember_good(&self, key: &str, lookup: &Lookup, before: (u64, u64)) {
+        let principal = match lookup {
+            Lookup::Found(principal) => principal,
+            Lookup::Invalid(_) => {
+                if let Some(last_good) = self.last_good.get() {
+                    last_good.remove(key);
+                }
+                return;
+            }
+        };
+        let last_good = self.last_good.get_or_init(|| {
+            Cache::new(usize::try_from(self.settings.max_entries).unwrap_or(usize::MAX))
+        });
+        let stripe = self.stripe(key);
+        if stripe.load(Ordering::Acquire) != before.1 {
+            return;
+        }
+        let now = self.now_ms();
+        if let Some(good) = last_good.get(key) {
+            if Arc::ptr_eq(&good.principal, principal) {
+                good.seen_ms.store(now, Ordering::Relaxed);
+                return;
+            }
+        }
+        let good = Arc::new(LastGood {
+            principal: principal.clone(),
+            seen_ms: AtomicU64::new(now),
+        });
+        last_good.insert(key.to_owned(), good);
+        // An invalidation that landed meanwhile wins.
+        if stripe.load(Ordering::Acquire) != before.1 {
+            last_good.remove(key);
+        }
+    }
+
+    /// The principal `key` last resolved to, if that was within `stale_for`
+    /// and its Redis TTL has not run out since; never anything else.
+    pub fn stale(&self, key: &str) -> Option<Arc<Principal>> {
+        let last_good = self.last_good.get()?;
+        let good = last_good.get(key)?;
+        let now = self.now_ms();
+        let age = now.saturating_sub(good.seen_ms.load(Ordering::Relaxed));
+        if u128::from(age) > self.settings.stale_for.as_millis()
+            || good.principal.expires_at_ms.load(Ordering::Relaxed) <= now
+        {
+            last_good.remove(key);
+            return None;
+        }
+        Some(good.principal.clone())
     }
 
     /// Forgets `key`: its next lookup goes to Redis.
     pub async fn invalidate(&self, key: &str) {
         self.stripe(key).fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate(key).await;
+        if let Some(last_good) = self.last_good.get() {
+            last_good.remove(key);
+        }
+        self.entries.remove(key);
         metrics::cache_invalidations(1);
     }
 
@@ -244,7 +308,7 @@ impl SessionCache {
         if !live {
             self.live.store(false, Ordering::Release);
         }
-        self.entries.invalidate_all();
+        self.entries.clear();
         if !live {
             metrics::set_cache_entries(0);
         }
@@ -256,7 +320,10 @@ impl SessionCache {
     /// Drops every entry (e.g. after a config reload changed what a principal holds).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
+        self.entries.clear();
+        if let Some(last_good) = self.last_good.get() {
+            last_good.clear();
+        }
     }
 }
 
@@ -293,7 +360,7 @@ pub type KeyFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 /// Runs the invalidation listener on its own thread for the life of the process.
 pub fn spawn_invalidator(
     cache: Arc<SessionCache>,
-    client: redis::Client,
+    redis: RedisSettings,
     filter: KeyFilter,
 ) -> std::io::Result<()> {
     if !cache.enabled() {
@@ -312,16 +379,16 @@ pub fn spawn_invalidator(
                     return;
                 }
             };
-            runtime.block_on(invalidate_forever(cache, client, filter));
+            runtime.block_on(invalidate_forever(cache, redis, filter));
         })
         .map(|_| ())
 }
 
-async fn invalidate_forever(cache: Arc<SessionCache>, client: redis::Client, filter: KeyFilter) {
+async fn invalidate_forever(cache: Arc<SessionCache>, redis: RedisSettings, filter: KeyFilter) {
     let mut delay = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        match listen(&cache, &client, &filter).await {
+        match listen(&cache, &redis, &filter).await {
             Ok(()) => tracing::warn!(
                 "cache invalidation channel closed; bypassing the cache until it is back"
             ),
@@ -371,30 +438,57 @@ async fn ensure_notifications(client: &redis::Client, configure: bool) -> Result
         .map_err(|e| format!("CONFIG SET notify-keyspace-events {merged}: {e}"))
 }
 
+/// Subscribes to the keyspace events of every server that holds session keys
+/// (the standalone server, the sentinel-managed master, every cluster master:
+/// notifications are per node) and goes live only once all subscriptions are
+/// up. Returns (and the cache is bypassed) as soon as any of them drops, or
+/// when the master moved (failover, resharding).
 async fn listen(
     cache: &SessionCache,
-    client: &redis::Client,
+    redis: &RedisSettings,
     filter: &KeyFilter,
 ) -> Result<(), String> {
-    ensure_notifications(client, cache.settings.configure_notifications).await?;
-    let db = client.get_connection_info().redis_settings().db();
-    let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-    let channels: Vec<String> = EVENTS
-        .iter()
-        .map(|event| format!("__keyevent@{db}__:{event}"))
-        .collect();
-    pubsub
-        .subscribe(&channels)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sink, mut stream) = pubsub.split();
+    let clients = topology::notification_nodes(redis).await?;
+    let watched = topology::node_names(&clients);
+    let mut sinks = Vec::with_capacity(clients.len());
+    let mut streams = Vec::with_capacity(clients.len());
+    for client in &clients {
+        let node = client.get_connection_info().addr().to_string();
+        ensure_notifications(client, cache.settings.configure_notifications)
+            .await
+            .map_err(|e| format!("{node}: {e}"))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let mut pubsub = client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| format!("{node}: {e}"))?;
+        let channels: Vec<String> = EVENTS
+            .iter()
+            .map(|event| format!("__keyevent@{db}__:{event}"))
+            .collect();
+        pubsub
+            .subscribe(&channels)
+            .await
+            .map_err(|e| format!("{node}: {e}"))?;
+        let (sink, stream) = pubsub.split();
+        sinks.push(sink);
+        // `None` marks the end of one node's stream: any drop ends the listener.
+        streams.push(Box::pin(
+            stream
+                .map(Some)
+                .chain(futures_util::stream::once(async { None })),
+        ));
+    }
+    let mut stream = futures_util::stream::select_all(streams);
     cache.set_live(true);
-    tracing::info!("session cache live: invalidations subscribed");
+    tracing::info!(nodes = ?watched, "session cache live: invalidations subscribed");
+    let standalone = redis.topology == RedisTopology::Standalone;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+    let mut beats = 0u64;
     loop {
         tokio::select! {
             message = stream.next() => {
-                let Some(message) = message else { return Ok(()) };
+                let Some(Some(message)) = message else { return Ok(()) };
                 if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
                     if filter(key) {
                         cache.invalidate(key).await;
@@ -402,13 +496,25 @@ async fn listen(
                 }
             }
             _ = heartbeat.tick() => {
-                cache.entries.run_pending_tasks().await;
                 metrics::set_cache_entries(cache.entry_count());
                 // A frozen or partitioned Redis keeps the socket open; a ping proves it answers.
-                match tokio::time::timeout(Duration::from_secs(1), sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("ping timed out".into()),
+                for sink in &mut sinks {
+                    match tokio::time::timeout(Duration::from_secs(1), sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(_) => return Err("ping timed out".into()),
+                    }
+                }
+                // A failover or resharding moves keys to servers we do not hear:
+                // look again every second (an unreachable Sentinel changes nothing).
+                beats += 1;
+                if !standalone && beats.is_multiple_of(2) {
+                    if let Ok(now) = topology::notification_nodes(redis).await {
+                        let now = topology::node_names(&now);
+                        if now != watched {
+                            return Err(format!("the masters moved from {watched:?} to {now:?}"));
+                        }
+                    }
                 }
             }
         }
@@ -426,12 +532,13 @@ mod tests {
             max_age: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(2),
             configure_notifications: true,
+            ..CacheSettings::default()
         }
     }
 
     fn found(cache: &SessionCache, user: &str) -> Lookup {
         Lookup::Found(Arc::new(cache.principal(
-            Vec::new(),
+            IdentityValues::default(),
             Vec::new(),
             Some(user.into()),
             Some(Duration::from_secs(60)),
@@ -555,12 +662,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn last_known_good_survives_the_channel_but_not_a_revocation() {
+        let cache = SessionCache::new(CacheSettings {
+            stale_for: Duration::from_millis(100),
+            ..settings()
+        });
+        cache.set_live(true);
+        assert!(cache.stale("k").is_none(), "never resolved: nothing");
+        let before = cache.lookup_version("k");
+        let (l, _) = cache
+            .get_or_load("k", || async { Ok(found(&cache, "a")) })
+            .await
+            .unwrap();
+        cache.remember_good("k", &l, before);
+        // The channel drops: the live cache is emptied, the record stays.
+        cache.set_live(false);
+        assert_eq!(
+            cache.stale("k").and_then(|p| p.user.clone()).as_deref(),
+            Some("a")
+        );
+        // A DEL seen (invalidation) drops it.
+        cache.invalidate("k").await;
+        assert!(cache.stale("k").is_none());
+
+        // So does an answer that the key is gone.
+        cache.remember_good("k", &found(&cache, "b"), cache.lookup_version("k"));
+        assert!(cache.stale("k").is_some());
+        cache.remember_good(
+            "k",
+            &Lookup::Invalid(AuthFailure::NotFound),
+            cache.lookup_version("k"),
+        );
+        assert!(cache.stale("k").is_none());
+
+        // A lookup that raced with an invalidation records nothing.
+        let before = cache.lookup_version("k");
+        cache.invalidate("k").await;
+        cache.remember_good("k", &found(&cache, "c"), before);
+        assert!(cache.stale("k").is_none());
+
+        // Nothing older than stale_for.
+        cache.remember_good("k", &found(&cache, "d"), cache.lookup_version("k"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(cache.stale("k").is_none());
+    }
+
+    #[tokio::test]
     async fn entries_do_not_outlive_their_redis_ttl() {
         let cache = SessionCache::new(settings());
         cache.set_live(true);
         let short = || async {
             Ok(Lookup::Found(Arc::new(cache.principal(
-                Vec::new(),
+                IdentityValues::default(),
                 Vec::new(),
                 None,
                 Some(Duration::from_millis(50)),

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod codec;
 pub mod store;
+pub mod topology;
 
 pub use codec::Session;
 pub use store::{RawSession, RedisStore, SessionStore, StoreError};

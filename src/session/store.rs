@@ -2,16 +2,15 @@
 //! path needs; `RedisStore` implements it with one pipelined round trip per
 //! lookup and fails closed: every Redis problem is a `StoreError`, never "no session".
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 
 use crate::config::{RedisSettings, ValueFormat};
 use crate::metrics::{self, LookupResult, StoreOp};
 use crate::session::cache::LookupSource;
+use crate::session::topology::{Conn, Connector};
 
 /// A session key's value as Redis returned it, before decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +36,18 @@ pub enum StoreError {
     /// The key exists but holds another type than the configured `value`.
     #[error("the session key holds the wrong Redis type")]
     WrongType,
+    /// The circuit breaker is open: Redis failed repeatedly, so it is not
+    /// asked again until the cool-down ends.
+    #[error("redis is unavailable: circuit breaker open after {0} consecutive failures")]
+    BreakerOpen(u32),
+}
+
+impl StoreError {
+    /// Whether Redis could not answer at all (timeout, connection error,
+    /// breaker open), as opposed to answering something unexpected.
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(self, StoreError::WrongType)
+    }
 }
 
 impl StoreError {
@@ -76,44 +87,49 @@ pub trait SessionStore: Send + Sync {
 /// and a failed attempt is retried by the next request, so the gateway starts
 /// serving 200s again as soon as Redis is back without a restart.
 pub struct RedisStore {
-    client: redis::Client,
     settings: RedisSettings,
-    conn: OnceCell<ConnectionManager>,
+    /// Standalone, sentinel-managed master or cluster (see `topology`).
+    conn: Connector,
+    breaker: Breaker,
 }
 
 impl RedisStore {
     pub fn new(settings: &RedisSettings) -> Result<Arc<RedisStore>, StoreError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let conn = Connector::new(settings).map_err(StoreError::Unavailable)?;
         Ok(Arc::new(RedisStore {
-            client,
             settings: settings.clone(),
-            conn: OnceCell::new(),
+            conn,
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
         }))
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.settings.connect_timeout))
-                    .set_response_timeout(Some(self.settings.command_timeout))
-                    // Reconnection happens in the background; requests meanwhile fail fast.
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_with_config(self.client.clone(), config)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))
-            })
-            .await?;
-        Ok(conn.clone())
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        self.conn.get().await.map_err(StoreError::Unavailable)
     }
 
-    /// Runs `f` on a connection under the command timeout.
+    /// Runs `f` on a connection under the command timeout, through the
+    /// circuit breaker: while it is open, fails at once without asking Redis.
     async fn with_timeout<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        let probe = self.breaker.admit(Instant::now())?;
+        let result = self.call(f).await;
+        let failed = matches!(&result, Err(e) if e.is_unreachable());
+        if self.breaker.record(!failed, probe, Instant::now()) {
+            tracing::warn!(
+                failures = self.settings.breaker_failures,
+                cooldown = ?self.settings.breaker_cooldown,
+                "redis circuit breaker open: failing store calls fast until a probe succeeds"
+            );
+        }
+        result
+    }
+
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         // The first connection may take up to connect_timeout; after that the
@@ -125,8 +141,15 @@ impl RedisStore {
         };
         let limit = self.settings.command_timeout;
         match tokio::time::timeout(limit, f(conn)).await {
-            Ok(result) => result.map_err(StoreError::from_redis),
-            Err(_) => Err(StoreError::Timeout(limit)),
+            Ok(result) => result.map_err(|e| {
+                // A sentinel-managed master that went away is looked up again.
+                self.conn.failed(&e);
+                StoreError::from_redis(e)
+            }),
+            Err(_) => {
+                self.conn.timed_out();
+                Err(StoreError::Timeout(limit))
+            }
         }
     }
 
@@ -261,5 +284,172 @@ impl SessionStore for RedisStore {
                 .await
         })
         .await
+    }
+}
+
+/// A circuit breaker over store calls. Closed: every call goes to Redis.
+/// After `threshold` consecutive failures it opens for `cooldown`: calls fail
+/// at once with `StoreError::BreakerOpen`. Then it is half-open: one call (the
+/// probe) goes through; its success closes the breaker, its failure opens it
+/// for another `cooldown`. A probe that never reports back (its request was
+/// cancelled) is replaced by another after `cooldown`.
+///
+/// Time is passed in, so the logic is tested without sleeping.
+pub(crate) struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    /// Consecutive failures since the last success.
+    failures: u32,
+    /// Open until then; `None`: closed.
+    open_until: Option<Instant>,
+    /// When the half-open probe was let through, if one is in flight.
+    probe_since: Option<Instant>,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Breaker {
+        Breaker {
+            threshold: threshold.max(1),
+            cooldown,
+            state: Mutex::new(BreakerState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a call may go to Redis now: `Ok(true)` for the half-open probe,
+    /// `Ok(false)` when closed, `Err` while open (or while a probe is out).
+    pub(crate) fn admit(&self, now: Instant) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let Some(until) = state.open_until else {
+            return Ok(false);
+        };
+        let probe_out = state
+            .probe_since
+            .is_some_and(|since| now < since + self.cooldown);
+        if now < until || probe_out {
+            return Err(StoreError::BreakerOpen(state.failures));
+        }
+        state.probe_since = Some(now);
+        Ok(true)
+    }
+
+    /// Records a call's outcome; returns true when this opened the breaker
+    /// (from closed, so it is logged once per outage).
+    pub(crate) fn record(&self, ok: bool, probe: bool, now: Instant) -> bool {
+        let mut state = self.state();
+        if ok {
+            *state = BreakerState::default();
+            return false;
+        }
+        state.failures = state.failures.saturating_add(1);
+        if probe {
+            state.probe_since = None;
+            state.open_until = Some(now + self.cooldown);
+            return false;
+        }
+        if state.open_until.is_none() && state.failures >= self.threshold {
+            state.open_until = Some(now + self.cooldown);
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COOL: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn opens_after_consecutive_failures_only() {
+        let b = Breaker::new(3, COOL);
+        let t = Instant::now();
+        assert!(!b.record(false, false, t));
+        assert!(!b.record(false, false, t));
+        // A success in between resets the count.
+        assert!(!b.record(true, false, t));
+        assert!(!b.record(false, false, t));
+        assert!(!b.record(false, false, t));
+        assert_eq!(b.admit(t).ok(), Some(false));
+        assert!(
+            b.record(false, false, t),
+            "the third failure in a row opens it"
+        );
+        assert!(matches!(b.admit(t), Err(StoreError::BreakerOpen(3))));
+        assert!(b.admit(t + COOL / 2).is_err());
+        // Calls already in flight that fail do not reopen or log again.
+        assert!(!b.record(false, false, t));
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_and_it_decides() {
+        let b = Breaker::new(1, COOL);
+        let t = Instant::now();
+        assert!(b.record(false, false, t));
+        let t1 = t + COOL;
+        assert_eq!(b.admit(t1).ok(), Some(true), "the probe");
+        assert!(b.admit(t1).is_err(), "only one probe at a time");
+        // The probe fails: open for another cool-down.
+        assert!(!b.record(false, true, t1));
+        assert!(b.admit(t1 + COOL / 2).is_err());
+        let t2 = t1 + COOL;
+        assert_eq!(b.admit(t2).ok(), Some(true));
+        // The probe succeeds: closed, every call goes through again.
+        b.record(true, true, t2);
+        assert_eq!(b.admit(t2).ok(), Some(false));
+        assert_eq!(b.admit(t2).ok(), Some(false));
+    }
+
+    #[test]
+    fn a_lost_probe_is_replaced_after_a_cool_down() {
+        let b = Breaker::new(1, COOL);
+        let t = Instant::now();
+        b.record(false, false, t);
+        assert_eq!(b.admit(t + COOL).ok(), Some(true));
+        // That probe's request was cancelled and never reported.
+        assert!(b.admit(t + COOL + COOL / 2).is_err());
+        assert_eq!(b.admit(t + COOL * 2).ok(), Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_fails_fast_once_the_breaker_is_open() {
+        // Nothing listens on port 1.
+        let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[redis]\n\
+            url = \"redis://127.0.0.1:1/0\"\ncommand_timeout = \"100ms\"\n\
+            connect_timeout = \"200ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"300ms\"\n\n\
+            [session]\ncookie_format = \"plain\"\n\n\
+            [[upstream]]\nname = \"app\"\naddrs = [\"127.0.0.1:3000\"]\n\n\
+            [[route]]\npath_prefix = \"/\"\nupstream = \"app\"\n";
+        let config = crate::config::parse("proxy.toml", text, &|_| None).expect("config");
+        assert_eq!(config.redis.breaker_failures, 2);
+        assert_eq!(config.redis.breaker_cooldown, Duration::from_millis(300));
+        let store = RedisStore::new(&config.redis).expect("store");
+        for _ in 0..2 {
+            let err = store.fetch("k", ValueFormat::Json).await.unwrap_err();
+            assert!(!matches!(err, StoreError::BreakerOpen(_)), "{err}");
+        }
+        let started = Instant::now();
+        for _ in 0..100 {
+            let err = store.fetch("k", ValueFormat::Json).await.unwrap_err();
+            assert!(matches!(err, StoreError::BreakerOpen(2)), "{err}");
+        }
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // After the cool-down one probe goes to Redis again (and fails).
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let err = store.fetch("k", ValueFormat::Json).await.unwrap_err();
+        assert!(!matches!(err, StoreError::BreakerOpen(_)), "{err}");
+        assert!(matches!(
+            store.fetch("k", ValueFormat::Json).await,
+            Err(StoreError::BreakerOpen(_))
+        ));
     }
 }
