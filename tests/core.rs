@@ -89,19 +89,7 @@ fn setup() -> Setup {
 
 /// Loads every valid express-session fixture into Redis, as the app would have.
 fn load_express_sessions(redis: &RedisServer) -> Vec<Value> {
-    let fx = fixture("express-session.json");
-    let mut conn = redis.conn();
-    let valid = fx["valid"].as_array().expect("valid").clone();
-    for case in &valid {
-        let _: () = conn
-            .set_ex(
-                case["redis_key"].as_str().unwrap(),
-                case["redis_value"].as_str().unwrap(),
-                case["ttl_seconds"].as_u64().unwrap(),
-            )
-            .unwrap();
-    }
-    valid
+    support::load_fixture(redis, "express-session.json")
 }
 
 const ALICE_COOKIE: &str = "connect.sid=s%3Af_5LIkvq0w7x3xnfNxnfddr11Uabkx0o.HvwJ5voNwgXc4lZElJJ%2BXwMDSsuiQ6Be2bgQL7N6lT0";

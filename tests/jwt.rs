@@ -125,19 +125,7 @@ fn setup() -> Setup {
 
 /// Loads every valid token's key into Redis, as the app does at login.
 fn load_tokens(redis: &RedisServer) -> Vec<Value> {
-    let fx = fixture("jwt.json");
-    let mut conn = redis.conn();
-    let valid = fx["valid"].as_array().expect("valid").clone();
-    for case in &valid {
-        let _: () = conn
-            .set_ex(
-                case["redis_key"].as_str().unwrap(),
-                case["redis_value"].as_str().unwrap(),
-                case["ttl_seconds"].as_u64().unwrap(),
-            )
-            .unwrap();
-    }
-    valid
+    support::load_fixture(redis, "jwt.json")
 }
 
 fn bearer(s: &Setup, path: &str, token: &str) -> Response {

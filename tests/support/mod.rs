@@ -21,3 +21,23 @@ pub fn fixture(name: &str) -> Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// Writes every `valid[]` entry of a fixture file into Redis (`redis_key`,
+/// `redis_value`, `ttl_seconds`), as the app that made them would have, and
+/// returns those entries.
+pub fn load_fixture(redis: &RedisServer, name: &str) -> Vec<Value> {
+    use ::redis::Commands;
+    let fx = fixture(name);
+    let mut conn = redis.conn();
+    let valid = fx["valid"].as_array().expect("valid[]").clone();
+    for case in &valid {
+        let _: () = conn
+            .set_ex(
+                case["redis_key"].as_str().expect("redis_key"),
+                case["redis_value"].as_str().expect("redis_value"),
+                case["ttl_seconds"].as_u64().expect("ttl_seconds"),
+            )
+            .expect("SET fixture");
+    }
+    valid
+}
