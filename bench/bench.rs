@@ -23,6 +23,7 @@ struct Opts {
     trials: usize,
     sessions: usize,
     idle: usize,
+    soak: u64,
 }
 
 fn opts() -> Opts {
@@ -34,6 +35,7 @@ fn opts() -> Opts {
         trials: 200,
         sessions: 100_000,
         idle: 10_000,
+        soak: 60,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,6 +49,7 @@ fn opts() -> Opts {
             "--trials" => o.trials = value.parse().expect("--trials N"),
             "--sessions" => o.sessions = value.parse().expect("--sessions N"),
             "--idle" => o.idle = value.parse().expect("--idle N"),
+            "--soak" => o.soak = value.parse().expect("--soak seconds"),
             other => panic!("unknown argument {other}; see bench/run.sh"),
         }
         i += 2;
@@ -657,6 +660,102 @@ fn memory(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream:
     );
 }
 
+/// Sustained mixed load (authenticated with many sessions, public, and
+/// unknown ids) with the gateway's RSS sampled every 5 s: it should stay flat.
+fn soak(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let gw = start_gateway(
+        bin,
+        &gateway_config(redis_url, upstream, true, 100_000, dir, "soak"),
+        dir,
+        "soak",
+    );
+    let pid = gw.proc.0.id();
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.set_ex(format!("sess:soak{i:04}"), SESSION_VALUE, 3600)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    let seconds = o.soak.to_string() + "s";
+    let cookie = format!("Cookie: {COOKIE}");
+    let loads = [
+        vec![
+            "-H".to_string(),
+            cookie.clone(),
+            format!("http://{}/app", gw.addr),
+        ],
+        vec![format!("http://{}/public/x", gw.addr)],
+        vec![
+            "-H".to_string(),
+            "Cookie: connect.sid=s%3Anope.bad".to_string(),
+            format!("http://{}/app", gw.addr),
+        ],
+    ];
+    let mut procs: Vec<Proc> = loads
+        .iter()
+        .map(|args| {
+            pinned("1", "wrk")
+                .args(["-t1", "-c16", "-d", &seconds])
+                .args(args)
+                .stdout(Stdio::null())
+                .spawn()
+                .map(Proc)
+                .expect("wrk")
+        })
+        .collect();
+    // Meanwhile, one client walks through 1000 distinct sessions and rewrites
+    // every tenth (each SET evicts its cache entry).
+    let addr = gw.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let walker = {
+        let stop = stop.clone();
+        let redis_url = redis_url.to_owned();
+        std::thread::spawn(move || {
+            let mut c = Conn::open(addr);
+            let mut conn = redis::Client::open(redis_url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("soak{:04}", i % 1000);
+                c.get("/app", &sign(&id));
+                if i.is_multiple_of(10) {
+                    let _: () = conn
+                        .set_ex(format!("sess:{id}"), SESSION_VALUE, 3600)
+                        .unwrap();
+                }
+                i += 1;
+            }
+        })
+    };
+    println!("\n## Soak ({} s of mixed load: authenticated, public, bad cookies, 1000 rotating sessions)", o.soak);
+    println!("| t (s) | gateway RSS MB |");
+    println!("|---|---|");
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(o.soak) {
+        let rss = rss_mb(pid);
+        samples.push(rss);
+        println!("| {} | {rss:.1} |", started.elapsed().as_secs());
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = walker.join();
+    for p in &mut procs {
+        let _ = p.0.wait();
+    }
+    let half = samples.len() / 2;
+    let first = samples[1..half.max(2)].iter().cloned().fold(0.0, f64::max);
+    let last = samples[half..].iter().cloned().fold(0.0, f64::max);
+    println!(
+        "- peak RSS, first half (after warm-up) {first:.1} MB, second half {last:.1} MB: growth {:.1} MB",
+        last - first
+    );
+}
+
 fn main() {
     let o = opts();
     let bin =
@@ -675,6 +774,9 @@ fn main() {
     }
     if o.mode == "all" || o.mode == "revocation" {
         revocation(&o, &bin, dir.path(), &redis_url, upstream);
+    }
+    if o.mode == "soak" {
+        soak(&o, &bin, dir.path(), &redis_url, upstream);
     }
     if o.mode == "all" || o.mode == "memory" {
         memory(&o, &bin, dir.path(), &redis_url, upstream);

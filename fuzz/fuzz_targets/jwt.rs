@@ -1,0 +1,30 @@
+//! Bearer JWTs from arbitrary text against a verifier that allows HS256 and
+//! RS256 (the RSA key from the fixtures): verification never panics, and
+//! nothing verifies that was not signed with the HMAC secret or the RSA key.
+#![no_main]
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use libfuzzer_sys::fuzz_target;
+use sessiongate::credential::jwt::{public_key_from_pem, JwtOptions, JwtVerifier};
+
+const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAyFlmKUcmA4IcRyx0TW3l\nXRDdYQAVnTdpvSM11KiwPUSoqBZsNssmwXu/08614nfDubQjNCh1U8yZ9UXBJ6oZ\nNwHX5z2e22nu3wMxJ6xUE26lOw77ni8RnrJEB0zrLOPntQI71Lem+ccoPSAihU5n\nwpwJDPOau/dIiCWbTdNKUxRVmX1ct9OP8d0QKtTk9TElteXBCLXN/Y22BXdTeyYR\nfCbgEl6CkbkRD1QH71cgHYEVxDoeYf4AC5AzwUOgLLYO9HqU+3lgDLN8akq5I/MN\nMkKH5u8XlWsqcgf/4ffcZJYbKO6STEPV3dVQzpajIo32wWA+zxf8847sZnTt+bIa\n5QIDAQAB\n-----END PUBLIC KEY-----\n";
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
+    let verifier = JwtVerifier::new(JwtOptions {
+        algorithms: vec![Algorithm::HS256, Algorithm::RS256],
+        secret: Some(b"fixture-jwt-hs256-secret".to_vec()),
+        public_key: public_key_from_pem(RSA_PEM.as_bytes()).ok(),
+        jwks: None,
+        id_claim: "tokenId".into(),
+        issuer: None,
+        audience: None,
+        leeway: Duration::from_secs(30),
+    });
+    // Random input cannot carry a valid HMAC-SHA256 or RSA signature.
+    assert!(verifier.verify(token).is_err());
+});
