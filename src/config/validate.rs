@@ -1832,48 +1832,22 @@ impl<'r, 't> Checker<'r, 't> {
             }
         };
 
-        let pem_path = sub(&path, "public_key_file");
-        let public_key = match f.public_key_file {
-            None => None,
-            Some(file) => match self.key_file(&pem_path, &file, jwt::public_key_from_pem) {
-                Some(key) => {
-                    if !algorithms.is_empty() && !algorithms.iter().any(|a| key.fits(*a)) {
-                        self.error(
-                            &pem_path,
-                            format!(
-                                "{file:?} holds {}, which none of `algorithms` uses",
-                                key.kind().describe()
-                            ),
-                        );
-                    }
-                    Some(key)
-                }
-                None => {
-                    keys_ok = false;
-                    None
-                }
-            },
-        };
-        let jwks_path = sub(&path, "jwks_file");
-        let jwks = match f.jwks_file {
-            None => None,
-            Some(file) => match self.key_file(&jwks_path, &file, jwt::jwks_keys) {
-                Some(keys) => {
-                    let fits = keys.iter().any(|k| algorithms.iter().any(|a| k.fits(*a)));
-                    if !algorithms.is_empty() && !fits {
-                        self.error(
-                            &jwks_path,
-                            format!("{file:?} holds no key that any of `algorithms` uses"),
-                        );
-                    }
-                    Some(keys)
-                }
-                None => {
-                    keys_ok = false;
-                    None
-                }
-            },
-        };
+        let public_key = self
+            .jwt_keys(
+                &sub(&path, "public_key_file"),
+                f.public_key_file,
+                |pem| jwt::public_key_from_pem(pem).map(|key| vec![key]),
+                &algorithms,
+                &mut keys_ok,
+            )
+            .and_then(|keys| keys.into_iter().next());
+        let jwks = self.jwt_keys(
+            &sub(&path, "jwks_file"),
+            f.jwks_file,
+            jwt::jwks_keys,
+            &algorithms,
+            &mut keys_ok,
+        );
 
         let id_claim = self.non_empty(&sub(&path, "id_claim"), f.id_claim, "tokenId");
         let key_text = f.key.unwrap_or_else(|| "token:{id}".to_owned());
@@ -1936,6 +1910,35 @@ impl<'r, 't> Checker<'r, 't> {
 
     /// Reads the file `file` names (relative to the configuration file's
     /// directory) and parses it; problems are reported at `path`.
+    /// Reads the keys in a `[jwt]` key file; an unreadable file clears
+    /// `keys_ok`, and keys that none of `algorithms` uses are an error.
+    fn jwt_keys(
+        &mut self,
+        path: &[Seg],
+        file: Option<String>,
+        parse: fn(&[u8]) -> Result<Vec<crate::credential::jwt::PublicKey>, String>,
+        algorithms: &[jsonwebtoken::Algorithm],
+        keys_ok: &mut bool,
+    ) -> Option<Vec<crate::credential::jwt::PublicKey>> {
+        let file = file?;
+        let Some(keys) = self.key_file(path, &file, parse) else {
+            *keys_ok = false;
+            return None;
+        };
+        let fits = keys.iter().any(|k| algorithms.iter().any(|a| k.fits(*a)));
+        if !algorithms.is_empty() && !fits {
+            let message = match keys.as_slice() {
+                [one] => format!(
+                    "{file:?} holds {}, which none of `algorithms` uses",
+                    one.kind().describe()
+                ),
+                _ => format!("{file:?} holds no key that any of `algorithms` uses"),
+            };
+            self.error(path, message);
+        }
+        Some(keys)
+    }
+
     fn key_file<T>(
         &mut self,
         path: &[Seg],
