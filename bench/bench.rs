@@ -24,6 +24,7 @@ struct Opts {
     sessions: usize,
     idle: usize,
     soak: u64,
+    target: String,
 }
 
 fn opts() -> Opts {
@@ -36,6 +37,7 @@ fn opts() -> Opts {
         sessions: 100_000,
         idle: 10_000,
         soak: 60,
+        target: "nocache".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -50,6 +52,7 @@ fn opts() -> Opts {
             "--sessions" => o.sessions = value.parse().expect("--sessions N"),
             "--idle" => o.idle = value.parse().expect("--idle N"),
             "--soak" => o.soak = value.parse().expect("--soak seconds"),
+            "--target" => o.target = value,
             other => panic!("unknown argument {other}; see bench/run.sh"),
         }
         i += 2;
@@ -218,18 +221,28 @@ fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> G
         .arg(&path)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // Clients closing mid-request at the end of a wrk run are logged;
+        // keep them out of the report.
+        .stderr(std::fs::File::create(dir.join(format!("{tag}.log"))).unwrap())
         .spawn()
         .expect("start sessiongate");
     let stdout = child.stdout.take().unwrap();
     let mut addr = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("sessiongate listening on http://") {
+    let mut lines = BufReader::new(stdout);
+    let mut line = String::new();
+    while lines.read_line(&mut line).unwrap_or(0) > 0 {
+        if let Some(a) = line
+            .trim_end()
+            .strip_prefix("sessiongate listening on http://")
+        {
             addr = Some(a.parse().unwrap());
             break;
         }
+        line.clear();
     }
+    // The access log goes on on stdout: keep reading it, as a log shipper
+    // would, so its cost is part of every figure.
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
     let addr: SocketAddr = addr.expect("gateway did not start");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
@@ -388,6 +401,7 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
     let warm = Opts {
         duration: 1,
         mode: String::new(),
+        target: String::new(),
         ..*o
     };
     for (_, url, headers, pid) in &cases {
@@ -435,6 +449,83 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
     );
     println!("- auth + cache / public route:      {:.3}x req/s, {:.3}x CPU per request  (target >= 0.95x)", rps[2] / rps[1], cpu[2] / cpu[1]);
     println!("- auth, no cache / public route:    {:.3}x req/s, {:.3}x CPU per request  (target >= 0.85x)", rps[3] / rps[1], cpu[3] / cpu[1]);
+}
+
+/// Loads one target (`--target public|cache|nocache`) for `--duration`
+/// seconds under `perf record`, then prints where the gateway's CPU went.
+fn profile(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let cache = o.target != "nocache";
+    let gw = start_gateway(
+        bin,
+        &gateway_config(redis_url, upstream, cache, 100_000, dir, "profiled"),
+        dir,
+        "profiled",
+    );
+    let path = if o.target == "public" {
+        "/public/x"
+    } else {
+        "/app"
+    };
+    let url = format!("http://{}{path}", gw.addr);
+    let cookie = format!("Cookie: {COOKIE}");
+    let warm = Opts {
+        duration: 1,
+        mode: String::new(),
+        target: String::new(),
+        ..*o
+    };
+    wrk(&url, &[&cookie], &warm, None);
+    // Kept after the run for a closer look: perf report -i target/bench-perf.data
+    let data = std::path::PathBuf::from("target/bench-perf.data");
+    // BENCH_PERF_STAT=<events> counts events (e.g. syscalls:sys_enter_sendto)
+    // instead of sampling.
+    let counted = std::env::var("BENCH_PERF_STAT").ok();
+    let mut perf = Command::new("perf");
+    match &counted {
+        Some(events) => perf.args(["stat", "-e", events]).stderr(Stdio::inherit()),
+        None => perf
+            // BENCH_PERF_CALLGRAPH=dwarf for whole user-space stacks (slower).
+            .args(["record", "-F", "2999", "--call-graph"])
+            .arg(std::env::var("BENCH_PERF_CALLGRAPH").unwrap_or_else(|_| "fp".into()))
+            .arg("-o")
+            .arg(&data)
+            .stderr(Stdio::null()),
+    };
+    let mut perf = perf
+        .args(["-p", &gw.proc.0.id().to_string()])
+        .spawn()
+        .expect("perf (apt-get install linux-perf)");
+    let s = wrk(&url, &[&cookie], o, Some(gw.proc.0.id()));
+    // SIGINT makes perf write its data and exit.
+    let _ = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+    println!(
+        "## Profile of target {} ({:.0} req/s, {:.1} us CPU per request)",
+        o.target, s.rps, s.cpu_us
+    );
+    if counted.is_some() {
+        println!("requests: {:.0}", s.rps * o.duration as f64);
+        return;
+    }
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "--no-children",
+            "--stdio",
+            "-g",
+            "none",
+            "--percent-limit",
+            "0.7",
+            "--max-stack",
+            "0",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .expect("perf report");
+    print!("{}", String::from_utf8_lossy(&report.stdout));
 }
 
 /// A keep-alive client for precise single requests.
@@ -625,20 +716,22 @@ fn memory(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream:
     let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     std::thread::sleep(Duration::from_secs(3));
     let cached_rss = rss_mb(pid);
-    // Idle keep-alive connections, each having made one request.
+    // Idle connections: first just open, then each having made one request
+    // (keep-alive).
     let mut idle = Vec::with_capacity(o.idle);
     for _ in 0..o.idle {
         match TcpStream::connect(gw.addr) {
-            Ok(s) => {
-                let mut s = s;
-                let _ = s.write_all(b"GET /public/x HTTP/1.1\r\nHost: b\r\n\r\n");
-                idle.push(s);
-            }
+            Ok(s) => idle.push(s),
             Err(e) => {
                 eprintln!("stopped opening connections at {}: {e}", idle.len());
                 break;
             }
         }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let opened_rss = rss_mb(pid);
+    for s in &mut idle {
+        let _ = s.write_all(b"GET /public/x HTTP/1.1\r\nHost: b\r\n\r\n");
     }
     for s in &mut idle {
         let mut buf = [0u8; 512];
@@ -655,8 +748,11 @@ fn memory(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream:
         started.elapsed().as_secs_f64()
     );
     println!(
-        "- plus {} idle keep-alive connections: {final_rss:.1} MB  (target <= 64 MB)",
+        "- plus {} open connections that have sent nothing yet: {opened_rss:.1} MB",
         idle.len()
+    );
+    println!(
+        "- once each has made one request and sits idle (keep-alive): {final_rss:.1} MB  (target <= 64 MB)"
     );
 }
 
@@ -774,6 +870,9 @@ fn main() {
     }
     if o.mode == "all" || o.mode == "revocation" {
         revocation(&o, &bin, dir.path(), &redis_url, upstream);
+    }
+    if o.mode == "profile" {
+        profile(&o, &bin, dir.path(), &redis_url, upstream);
     }
     if o.mode == "soak" {
         soak(&o, &bin, dir.path(), &redis_url, upstream);

@@ -3,6 +3,7 @@
 # missing, builds the release gateway, and runs bench/bench.rs.
 # Usage: bench/run.sh [--mode all|throughput|revocation|memory] [--duration S]
 #        [--rounds N] [--connections N] [--trials N] [--sessions N] [--idle N]
+#        [--mode profile --target public|cache|nocache]  (needs linux-perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh

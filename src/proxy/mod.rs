@@ -1,9 +1,10 @@
 //! Pingora glue: the `ProxyHttp` implementation (`gateway`), the server built
 //! from `proxy.toml` (`service`), the admin listener (`admin`), the access
-//! log (`access`) and live reload (`reload`).
+//! log (`access`), live reload (`reload`) and lean idle connections (`idle`).
 
 pub mod access;
 pub mod admin;
 pub mod gateway;
+pub mod idle;
 pub mod reload;
 pub mod service;

@@ -11,18 +11,22 @@ use pingora::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::proxy::admin::{self, AdminApp};
 use crate::proxy::gateway::Gateway;
+use crate::proxy::idle::LeanHttp;
 use crate::proxy::reload::{self, Build, Reloader};
 use crate::session::cache::{spawn_invalidator, KeyFilter, SessionCache};
 use crate::session::{RedisStore, SessionStore};
 
-/// Per-connection read buffer of the public listener.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Per-connection read buffer of the public listener: none. Request heads are
+/// read straight into Pingora's header buffer (see `idle`), bodies into body
+/// buffers, so a buffer here would only add a copy and idle memory.
+const READ_BUFFER_BYTES: usize = 0;
 
 /// A listen address ready for Pingora. Port 0 is resolved here to a real port
 /// that stays reserved (an unlistened `SO_REUSEPORT` socket) until Pingora binds
@@ -120,18 +124,15 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
     crate::metrics::config_loaded();
     let reloader = Reloader::new(config_path.to_owned(), pipeline.clone(), build, Some(cache));
     reload::watch_sighup(reloader)?;
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(pipeline.clone()),
-        "sessiongate",
-    );
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(pipeline.clone()));
+    let mut service = Service::new("sessiongate".to_owned(), LeanHttp::new(proxy));
     let mut reserved = Vec::new();
     for addr in &server_settings.listen {
         let listen = prepare_listen(addr)?;
         let mut options = TcpSocketOptions::default();
         options.so_reuseport = Some(listen.reuse_port);
-        // Pingora's default 64 KiB read buffer per connection is most of what an
-        // idle keep-alive connection costs; request heads are small.
+        // Pingora's default 64 KiB read buffer per connection would be most
+        // of what an idle keep-alive connection costs.
         let buffers = L4BufferSettings {
             read: Some(READ_BUFFER_BYTES),
             write: None,
