@@ -332,6 +332,10 @@ pub fn access_log_dropped() {
     METRICS.access_log_dropped.inc();
 }
 
+pub fn access_log_dropped_n(lines: usize) {
+    METRICS.access_log_dropped.inc_by(lines as u64);
+}
+
 struct RouteHandles {
     requests: [IntCounter; DECISIONS.len()],
     duration: Histogram,

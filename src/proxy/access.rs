@@ -211,31 +211,46 @@ fn write_line(line: Vec<u8>) {
 /// a futex wake-up and a context switch per request on the request threads.
 const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Writes queued lines in batches, flushing after each batch.
+/// Most bytes gathered before they are written out in one call.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Writes queued lines in batches: each batch is gathered into one buffer and
+/// written with one call, not one write per line (stdout is line-buffered).
 fn drain(rx: Receiver<Vec<u8>>) {
     let stdout = std::io::stdout();
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    let mut lines = 0usize;
+    let flush = |batch: &mut Vec<u8>, lines: &mut usize| {
+        if batch.is_empty() {
+            return;
+        }
+        let mut out = stdout.lock();
+        if out.write_all(batch).and_then(|()| out.flush()).is_err() {
+            metrics::access_log_dropped_n(*lines);
+        }
+        batch.clear();
+        *lines = 0;
+    };
     loop {
         std::thread::sleep(DRAIN_EVERY);
-        let mut out = stdout.lock();
         loop {
             match rx.try_recv() {
                 Ok(line) => {
-                    if out
-                        .write_all(&line)
-                        .and_then(|()| out.write_all(b"\n"))
-                        .is_err()
-                    {
-                        metrics::access_log_dropped();
+                    batch.extend_from_slice(&line);
+                    batch.push(b'\n');
+                    lines += 1;
+                    if batch.len() >= BATCH_BYTES {
+                        flush(&mut batch, &mut lines);
                     }
                 }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
-                    let _ = out.flush();
+                    flush(&mut batch, &mut lines);
                     return;
                 }
             }
         }
-        let _ = out.flush();
+        flush(&mut batch, &mut lines);
     }
 }
 
