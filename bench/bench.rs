@@ -256,13 +256,14 @@ fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> G
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+/// (utime, stime) of a process, in seconds: its own code versus the kernel's
+/// work for it (syscalls, and waking the peers it sends to).
+fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_comm = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0.0) };
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -280,6 +281,8 @@ struct Sample {
     p50_ms: f64,
     p99_ms: f64,
     cpu_us: f64,
+    /// The part of `cpu_us` spent in the gateway's own (user-space) code.
+    user_us: f64,
     rss_mb: f64,
     errors: u64,
 }
@@ -300,7 +303,7 @@ fn parse_ms(text: &str) -> f64 {
 }
 
 fn wrk(url: &str, headers: &[&str], o: &Opts, pid: Option<u32>) -> Sample {
-    let cpu_before = pid.map(cpu_seconds);
+    let cpu_before = pid.map(cpu_split);
     let mut cmd = pinned("1", "wrk");
     cmd.args([
         "-t1",
@@ -315,7 +318,11 @@ fn wrk(url: &str, headers: &[&str], o: &Opts, pid: Option<u32>) -> Sample {
     }
     let out = cmd.arg(url).output().expect("wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let cpu = pid.map(|p| cpu_seconds(p) - cpu_before.unwrap_or(0.0));
+    let cpu = pid.map(|p| {
+        let (user, system) = cpu_split(p);
+        let (user0, system0) = cpu_before.unwrap_or((0.0, 0.0));
+        (user - user0, system - system0)
+    });
     let mut s = Sample::default();
     let mut total = 0.0;
     for line in text.lines() {
@@ -341,8 +348,9 @@ fn wrk(url: &str, headers: &[&str], o: &Opts, pid: Option<u32>) -> Sample {
                 .sum::<u64>();
         }
     }
-    if let (Some(cpu), true) = (cpu, total > 0.0) {
-        s.cpu_us = cpu * 1e6 / total;
+    if let (Some((user, system)), true) = (cpu, total > 0.0) {
+        s.cpu_us = (user + system) * 1e6 / total;
+        s.user_us = user * 1e6 / total;
     }
     if let Some(p) = pid {
         s.rss_mb = rss_mb(p);
@@ -416,8 +424,8 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
         }
     }
     println!("\n## Throughput ({} rounds x {} s, {} connections, gateway on 1 thread pinned to CPU 0; wrk, upstream and redis on CPU 1)", o.rounds, o.duration, o.connections);
-    println!("| target | req/s | p50 ms | p99 ms | gateway CPU us/req | gateway RSS MB | non-2xx/errors |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| target | req/s | p50 ms | p99 ms | gateway CPU us/req | of which user-space | gateway RSS MB | non-2xx/errors |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rps = Vec::new();
     let mut cpu = Vec::new();
     for (i, (name, ..)) in cases.iter().enumerate() {
@@ -427,7 +435,7 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
         rps.push(r);
         cpu.push(c);
         println!(
-            "| {name} | {r:.0} | {:.3} | {:.3} | {} | {} | {errors} |",
+            "| {name} | {r:.0} | {:.3} | {:.3} | {} | {} | {} | {errors} |",
             col(|s| s.p50_ms),
             col(|s| s.p99_ms),
             if i == 0 {
@@ -438,11 +446,42 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
             if i == 0 {
                 "-".into()
             } else {
+                format!("{:.1}", col(|s| s.user_us))
+            },
+            if i == 0 {
+                "-".into()
+            } else {
                 format!("{:.1}", col(|s| s.rss_mb))
             }
         );
     }
-    println!("\nratios (medians):");
+    // Each round measures every target back to back, so a ratio taken within
+    // a round compares like with like even when the machine's speed drifts
+    // between rounds; the medians of those per-round ratios are the result.
+    let per_round = |num: usize, f: fn(&Sample) -> f64| -> (f64, f64, f64) {
+        let ratios: Vec<f64> = samples[num]
+            .iter()
+            .zip(&samples[1])
+            .map(|(a, b)| f(a) / f(b))
+            .collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(ratios), lo, hi)
+    };
+    println!(
+        "\nper-round ratios to the public route (median [min..max] over {} rounds):",
+        o.rounds
+    );
+    for (i, target) in [(2, 0.95), (3, 0.85)] {
+        let (r, rlo, rhi) = per_round(i, |s| s.rps);
+        let (c, clo, chi) = per_round(i, |s| s.cpu_us);
+        let (u, ulo, uhi) = per_round(i, |s| s.user_us);
+        println!(
+            "- {:<28} {r:.3}x req/s [{rlo:.3}..{rhi:.3}], {c:.3}x CPU per request [{clo:.3}..{chi:.3}], {u:.3}x user-space CPU [{ulo:.3}..{uhi:.3}]  (target >= {target}x req/s)",
+            format!("{}:", cases[i].0)
+        );
+    }
+    println!("\nratios (medians of each target's rounds):");
     println!(
         "- public route / direct:            {:.3}x req/s",
         rps[1] / rps[0]
