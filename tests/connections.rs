@@ -10,22 +10,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use redis::Commands;
-use support::{Client, EchoUpstream, RedisServer, TestGateway};
+use support::{Client, Stack, ALICE};
 
-const ALICE: &str = "connect.sid=s%3Af_5LIkvq0w7x3xnfNxnfddr11Uabkx0o.HvwJ5voNwgXc4lZElJJ%2BXwMDSsuiQ6Be2bgQL7N6lT0";
-
-struct Setup {
-    _redis: RedisServer,
-    upstream: EchoUpstream,
-    gateway: TestGateway,
-}
-
-fn setup() -> Setup {
-    let redis = RedisServer::start();
-    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
-    let cfg = format!(
-        r#"
+fn setup() -> Stack {
+    let stack = Stack::start(|url, upstream| {
+        format!(
+            r#"
 [server]
 listen = ["127.0.0.1:0"]
 threads = 1
@@ -48,29 +38,16 @@ addrs = ["{upstream}"]
 [[route]]
 path_prefix = "/"
 upstream = "app"
-"#,
-        url = redis.url(),
-        upstream = upstream.addr
-    );
-    let gateway = TestGateway::start(&cfg);
-    let _: () = redis
-        .conn()
-        .set_ex(
-            "sess:f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o",
-            r#"{"user":{"id":"1001"}}"#,
-            600,
+"#
         )
-        .unwrap();
-    Setup {
-        _redis: redis,
-        upstream,
-        gateway,
-    }
+    });
+    stack.seed_alice(r#"{"user":{"id":"1001"}}"#);
+    stack
 }
 
 /// Writes `parts` with a pause between them and reads one response:
 /// (status, the echo upstream's JSON body).
-fn trickle(s: &Setup, parts: &[&[u8]]) -> (u16, serde_json::Value) {
+fn trickle(s: &Stack, parts: &[&[u8]]) -> (u16, serde_json::Value) {
     let stream = TcpStream::connect(s.gateway.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

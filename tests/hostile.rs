@@ -9,22 +9,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use redis::Commands;
-use support::{get, Client, EchoUpstream, RedisServer, TestGateway};
+use support::{get, Client, Stack, ALICE};
 
-const ALICE: &str = "connect.sid=s%3Af_5LIkvq0w7x3xnfNxnfddr11Uabkx0o.HvwJ5voNwgXc4lZElJJ%2BXwMDSsuiQ6Be2bgQL7N6lT0";
-
-struct Setup {
-    _redis: RedisServer,
-    upstream: EchoUpstream,
-    gateway: TestGateway,
-}
-
-fn setup() -> Setup {
-    let redis = RedisServer::start();
-    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
-    let cfg = format!(
-        r#"
+fn setup() -> Stack {
+    let stack = Stack::start(|url, upstream| {
+        format!(
+            r#"
 [server]
 listen = ["127.0.0.1:0"]
 threads = 1
@@ -58,28 +48,15 @@ roles = ["admin"]
 path_prefix = "/"
 upstream = "app"
 on_unauthenticated = {{ redirect = "/login" }}
-"#,
-        url = redis.url(),
-        upstream = upstream.addr
-    );
-    let gateway = TestGateway::start(&cfg);
-    let _: () = redis
-        .conn()
-        .set_ex(
-            "sess:f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o",
-            r#"{"user":{"id":"1001","role":"viewer"}}"#,
-            600,
+"#
         )
-        .unwrap();
-    Setup {
-        _redis: redis,
-        upstream,
-        gateway,
-    }
+    });
+    stack.seed_alice(r#"{"user":{"id":"1001","role":"viewer"}}"#);
+    stack
 }
 
 /// Sends raw bytes and returns the status code (0 if the connection was closed).
-fn raw(s: &Setup, bytes: &[u8]) -> u16 {
+fn raw(s: &Stack, bytes: &[u8]) -> u16 {
     let mut stream = TcpStream::connect(s.gateway.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -41,3 +41,40 @@ pub fn load_fixture(redis: &RedisServer, name: &str) -> Vec<Value> {
     }
     valid
 }
+
+/// The express-session fixture cookie most tests present (signed with
+/// `fixture-secret-current`), and the Redis key of its session.
+pub const ALICE: &str = "connect.sid=s%3Af_5LIkvq0w7x3xnfNxnfddr11Uabkx0o.HvwJ5voNwgXc4lZElJJ%2BXwMDSsuiQ6Be2bgQL7N6lT0";
+pub const ALICE_KEY: &str = "sess:f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o";
+
+/// A private redis-server, an echo upstream and the gateway in front of them.
+pub struct Stack {
+    pub redis: RedisServer,
+    pub upstream: EchoUpstream,
+    pub gateway: TestGateway,
+}
+
+impl Stack {
+    /// Starts all three; `config` turns the Redis URL and the upstream's
+    /// address into the gateway's proxy.toml.
+    pub fn start(config: impl FnOnce(&str, std::net::SocketAddr) -> String) -> Stack {
+        let redis = RedisServer::start();
+        let upstream = EchoUpstream::start("127.0.0.1:0").expect("echo upstream");
+        let gateway = TestGateway::start(&config(&redis.url(), upstream.addr));
+        Stack {
+            redis,
+            upstream,
+            gateway,
+        }
+    }
+
+    /// Stores `value` as the session behind [`ALICE`] for ten minutes.
+    pub fn seed_alice(&self, value: &str) {
+        use ::redis::Commands;
+        let _: () = self
+            .redis
+            .conn()
+            .set_ex(ALICE_KEY, value, 600)
+            .expect("SET alice");
+    }
+}
