@@ -72,7 +72,20 @@ async fn next_bytes(stream: &mut Stream, shutdown: &mut ShutdownWatch) -> Option
         bytes = tokio::time::timeout(KEEPALIVE, read) => bytes.ok().flatten(),
         // Idle connections close at once when a graceful shutdown or upgrade
         // begins; requests in flight are not affected.
-        _ = shutdown.changed() => None,
+        () = shutting_down(shutdown) => None,
+    }
+}
+
+/// Resolves once the server is shutting down (or gone); a notification
+/// that leaves the flag false is not a shutdown.
+async fn shutting_down(shutdown: &mut ShutdownWatch) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -117,5 +130,35 @@ where
 
     async fn cleanup(&self) {
         self.inner.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_true_flag_is_a_shutdown() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut watch = rx.clone();
+        let wait = Duration::from_millis(50);
+        tx.send(false).unwrap();
+        assert!(
+            tokio::time::timeout(wait, shutting_down(&mut watch))
+                .await
+                .is_err(),
+            "a notification that leaves the flag false ended the wait"
+        );
+        tx.send(true).unwrap();
+        assert!(tokio::time::timeout(wait, shutting_down(&mut watch))
+            .await
+            .is_ok());
+        // A server that is gone counts as shutting down.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut watch = rx;
+        drop(tx);
+        assert!(tokio::time::timeout(wait, shutting_down(&mut watch))
+            .await
+            .is_ok());
     }
 }
