@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 /// How long a connection may stay idle before its next request (Pingora's
 /// keep-alive default); also the limit for a new connection's first bytes.
-pub const KEEPALIVE: Duration = Duration::from_secs(60);
+const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The first read of a request: what Pingora's header buffer starts at.
 const FIRST_READ: usize = 4096;
