@@ -50,9 +50,6 @@ impl<A> LeanHttp<A> {
 /// connection failed, it stayed idle past [`KEEPALIVE`], or the server is
 /// shutting down.
 async fn next_bytes(stream: &mut Stream, shutdown: &mut ShutdownWatch) -> Option<BytesMut> {
-    if *shutdown.borrow() {
-        return None;
-    }
     let read = poll_fn(|cx| {
         let mut buf = [0u8; FIRST_READ];
         let mut read = ReadBuf::new(&mut buf);
