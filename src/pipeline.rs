@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method};
 
 use crate::config::{Access, BearerMode, Config, CookieFormat, Route, StoreErrorPolicy};
@@ -17,8 +18,9 @@ use crate::credential::{Credential, CredentialSource};
 use crate::identity::IdentityPlan;
 use crate::logout::{Caller, Logout, LogoutScope};
 use crate::metrics::{self, LookupResult, PipelineMetrics};
-use crate::policy::{normalise_path, prefix_matches};
 use crate::reject::{login_url, AuthFailure, Rejection, Rendered};
+use crate::route::table::{RouteTable, Selection};
+use crate::route::target::{Rewrite, Target};
 use crate::session::cache::{Lookup, LookupSource, Principal, SessionCache};
 use crate::session::{Session, SessionStore, StoreError};
 
@@ -65,6 +67,8 @@ pub enum Outcome {
         /// Redis was unreachable and the route's `on_store_error = "stale"`
         /// let the session's last known good state in.
         stale: bool,
+        /// The canonical target and host to send instead of the client's.
+        rewrite: Rewrite,
     },
     Reject {
         route: Option<usize>,
@@ -86,9 +90,10 @@ impl Outcome {
                 Rejection::Forbidden => Decision::Forbidden,
                 Rejection::StoreUnavailable => Decision::StoreError,
                 Rejection::RateLimited { .. } => Decision::RateLimited,
-                Rejection::BadPath(_) | Rejection::HeadersTooLarge | Rejection::NoRoute => {
-                    Decision::Invalid
-                }
+                Rejection::BadTarget(_)
+                | Rejection::HeadersTooLarge
+                | Rejection::NoRoute
+                | Rejection::MethodNotAllowed { .. } => Decision::Invalid,
             },
         }
     }
@@ -113,6 +118,8 @@ pub struct Pipeline {
     health: Arc<crate::upstream::UpstreamHealth>,
     /// Some route has `on_store_error = "stale"`: keep last-known-good records.
     keep_last_good: bool,
+    /// The routes, matched under every reading of a path.
+    table: RouteTable,
 }
 
 /// A credential that was present but unusable is treated as absent, but the
@@ -140,6 +147,7 @@ impl Pipeline {
             metrics: PipelineMetrics::new(&config),
             limits: crate::ratelimit::RateLimits::new(&config.rate_limit),
             health: crate::upstream::UpstreamHealth::new(&config.upstreams),
+            table: RouteTable::new(&config.routes),
             keep_last_good: config
                 .routes
                 .iter()
@@ -165,10 +173,16 @@ impl Pipeline {
             .map_or(addrs[n % addrs.len()], |i| addrs[i])
     }
 
-    /// `decide` for a request from `peer` (the connection's address), with
-    /// `[rate_limit]` applied: failed authentications per client IP (checked
-    /// before the session is looked up) and requests per user.
-    pub async fn decide_from(&self, req: &Parts, peer: Option<std::net::IpAddr>) -> Outcome {
+    /// Decides on a request whose request-target, exactly as received, is
+    /// `target`, from `peer` (the connection's address), with `[rate_limit]`
+    /// applied: failed authentications per client IP (checked before the
+    /// session is looked up) and requests per user.
+    pub async fn decide_from(
+        &self,
+        req: &Parts,
+        target: &[u8],
+        peer: Option<std::net::IpAddr>,
+    ) -> Outcome {
         let trusted = &self.config.rate_limit.trusted_proxies;
         let client = self
             .limits
@@ -176,7 +190,7 @@ impl Pipeline {
             .as_ref()
             .and_then(|_| crate::ratelimit::client_ip(req, peer, trusted))
             .map(crate::ratelimit::client_key);
-        let outcome = self.decide_limited(req, client).await;
+        let outcome = self.decide_limited(req, target, client).await;
         match &outcome {
             // A credential was presented and failed: it counts against the IP.
             Outcome::Reject {
@@ -209,40 +223,117 @@ impl Pipeline {
         }
     }
 
-    /// Without `[rate_limit]`'s client IP (e.g. outside Pingora).
+    /// Without `[rate_limit]`'s client IP (e.g. outside Pingora); the target
+    /// is read from `req.uri`.
     pub async fn decide(&self, req: &Parts) -> Outcome {
-        self.decide_limited(req, None).await
+        let target = match (req.uri.authority(), req.uri.path_and_query()) {
+            (Some(_), _) => req.uri.to_string(),
+            (None, pq) => pq.map_or("/", PathAndQuery::as_str).to_owned(),
+        };
+        self.decide_limited(req, target.as_bytes(), None).await
     }
 
-    async fn decide_limited(&self, req: &Parts, client: Option<std::net::IpAddr>) -> Outcome {
+    async fn decide_limited(
+        &self,
+        req: &Parts,
+        raw_target: &[u8],
+        client: Option<std::net::IpAddr>,
+    ) -> Outcome {
         let reject = |route, rejection| Outcome::Reject { route, rejection };
 
         if header_bytes(req) > self.config.server.max_request_header_bytes {
             return reject(None, Rejection::HeadersTooLarge);
         }
-        let path = match normalise_path(req.uri.path()) {
-            Ok(path) => path,
-            Err(e) => return reject(None, Rejection::BadPath(e)),
+        let mut target = match Target::parse(
+            raw_target,
+            req.headers.get_all(HOST).iter().map(HeaderValue::as_bytes),
+            self.config.server.target,
+        ) {
+            Ok(target) => target,
+            Err(e) => return reject(None, Rejection::BadTarget(e)),
         };
+        let path = &target.path;
         if let Some((logout, scope)) = self
             .logout
             .as_ref()
-            .and_then(|l| l.matches(&path).map(|scope| (l, scope)))
+            .and_then(|l| l.matches(path).map(|scope| (l, scope)))
         {
             return self.logout(req, logout, scope).await;
         }
-        let Some(index) = self.find_route(request_host(req), &path) else {
+        let Some(selection) = self.table.select(&target.host, path) else {
             return reject(None, Rejection::NoRoute);
         };
-        let route = &self.config.routes[index];
-        if route.access == Access::Public {
+        let index = selection.route;
+        if let Some(allow) = self.method_refused(&selection, &req.method) {
+            return reject(Some(index), Rejection::MethodNotAllowed { allow });
+        }
+        let outcome = self.authenticate(req, &target, &selection, client).await;
+        match outcome {
+            Outcome::Forward {
+                route,
+                principal,
+                decision,
+                stale,
+                ..
+            } => Outcome::Forward {
+                route,
+                principal,
+                decision,
+                stale,
+                rewrite: std::mem::take(&mut target.rewrite),
+            },
+            other => other,
+        }
+    }
+
+    /// Every reading's route must serve the method: its `methods` list when
+    /// it has one, else anything but TRACE. Returns the `Allow` value of a
+    /// refusal.
+    fn method_refused(&self, selection: &Selection, method: &Method) -> Option<String> {
+        let refused = selection
+            .routes()
+            .any(|r| match &self.config.routes[r].methods {
+                Some(methods) => !methods.contains(method),
+                None => *method == Method::TRACE,
+            });
+        if !refused {
+            return None;
+        }
+        let allowed: Vec<&str> = match &self.config.routes[selection.route].methods {
+            Some(methods) => methods.iter().map(Method::as_str).collect(),
+            None => vec!["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        };
+        Some(allowed.join(", "))
+    }
+
+    /// Authentication and authorization against every route of `selection`:
+    /// public only when all of them are public.
+    async fn authenticate(
+        &self,
+        req: &Parts,
+        target: &Target<'_>,
+        selection: &Selection,
+        client: Option<std::net::IpAddr>,
+    ) -> Outcome {
+        let reject = |route, rejection| Outcome::Reject { route, rejection };
+        let index = selection.route;
+        let path = &target.path;
+        let routes = &self.config.routes;
+        // The route whose authentication settings apply: the exact reading's,
+        // unless it is public and a stricter reading is not.
+        let Some(strict) = selection
+            .routes()
+            .find(|&r| routes[r].access == Access::Authenticated)
+        else {
             return Outcome::Forward {
                 route: index,
                 principal: None,
                 decision: Decision::Public,
                 stale: false,
+                rewrite: Rewrite::default(),
             };
-        }
+        };
+        let route = &routes[strict];
         // An IP over its failed-authentication budget is refused before Redis.
         if let (Some(limiter), Some(ip)) = (&self.limits.failed_auth, client) {
             if let Some(retry_after) = limiter.exhausted(&ip) {
@@ -255,7 +346,7 @@ impl Pipeline {
                 .login_redirect
                 .as_deref()
                 .filter(|_| !bearer && wants_html(req))
-                .map(|login| login_url(login, &path, req.uri.query()));
+                .map(|login| login_url(login, path, target.query));
             reject(
                 Some(index),
                 Rejection::Unauthenticated {
@@ -274,7 +365,7 @@ impl Pipeline {
                 Some(None) => return unauthenticated(AuthFailure::BadCredential, true),
                 Some(Some(token)) => {
                     return match self.resolve_token(token).await {
-                        Ok(Lookup::Found(principal)) => self.authorize(index, principal),
+                        Ok(Lookup::Found(principal)) => self.authorize(selection, principal),
                         Ok(Lookup::Invalid(reason)) => unauthenticated(reason, true),
                         Err(e) => {
                             tracing::warn!(route = %route.name, error = %e, "session store error");
@@ -291,7 +382,11 @@ impl Pipeline {
             Ok((Lookup::Invalid(reason), _)) => return unauthenticated(reason, bearer),
             Err(e) => {
                 tracing::warn!(route = %route.name, error = %e, "session store error");
-                if route.on_store_error == StoreErrorPolicy::Stale && e.is_unreachable() {
+                let stale_allowed = selection.routes().all(|r| {
+                    routes[r].access == Access::Public
+                        || routes[r].on_store_error == StoreErrorPolicy::Stale
+                });
+                if stale_allowed && e.is_unreachable() {
                     // Only a session resolved within `stale_for` (and not
                     // revoked since); nothing is cached or touched meanwhile.
                     let stale = self.cache.stale(&key);
@@ -302,17 +397,19 @@ impl Pipeline {
                     };
                     metrics::session_lookup(LookupSource::Stale, result);
                     if let Some(principal) = stale {
-                        return match self.authorize(index, principal) {
+                        return match self.authorize(selection, principal) {
                             Outcome::Forward {
                                 route,
                                 principal,
                                 decision,
+                                rewrite,
                                 ..
                             } => Outcome::Forward {
                                 route,
                                 principal,
                                 decision,
                                 stale: true,
+                                rewrite,
                             },
                             other => other,
                         };
@@ -322,7 +419,7 @@ impl Pipeline {
             }
         };
         self.slide(key, &principal);
-        self.authorize(index, principal)
+        self.authorize(selection, principal)
     }
 
     /// `POST logout_path` / `logout_all_path`: ends the caller's session (or
@@ -361,17 +458,6 @@ impl Pipeline {
                 }
             }
         }
-    }
-
-    fn find_route(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        self.config.routes.iter().position(|r| {
-            let host_ok = match (&r.host, host) {
-                (None, _) => true,
-                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-                (Some(_), None) => false,
-            };
-            host_ok && prefix_matches(path, &r.path_prefix)
-        })
     }
 
     fn extract(&self, req: &Parts) -> Extracted {
@@ -503,10 +589,15 @@ impl Pipeline {
         Ok(Lookup::Found(Arc::new(self.principal(&session))))
     }
 
-    /// The route's roles against a resolved principal; forward when they allow it.
-    fn authorize(&self, index: usize, principal: Arc<Principal>) -> Outcome {
-        let route = &self.config.routes[index];
-        if !route.roles.is_empty() && !principal.roles.iter().any(|r| route.roles.contains(r)) {
+    /// Every matched route's roles against a resolved principal (each
+    /// non-empty list must name one of its roles); forward when they allow it.
+    fn authorize(&self, selection: &Selection, principal: Arc<Principal>) -> Outcome {
+        let index = selection.route;
+        let refused = selection.routes().any(|r| {
+            let roles = &self.config.routes[r].roles;
+            !roles.is_empty() && !principal.roles.iter().any(|role| roles.contains(role))
+        });
+        if refused {
             return Outcome::Reject {
                 route: Some(index),
                 rejection: Rejection::Forbidden,
@@ -517,6 +608,7 @@ impl Pipeline {
             principal: Some(principal),
             decision: Decision::Forwarded,
             stale: false,
+            rewrite: Rewrite::default(),
         }
     }
 
@@ -562,19 +654,6 @@ fn header_bytes(req: &Parts) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum()
-}
-
-/// The request's host without its port, from the URI (absolute form) or `Host`.
-fn request_host(req: &Parts) -> Option<&str> {
-    let authority = match req.uri.authority() {
-        Some(a) => a.as_str(),
-        None => req.headers.get(HOST)?.to_str().ok()?,
-    };
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next();
-    }
-    Some(authority.split(':').next().unwrap_or(authority))
 }
 
 /// A browser navigation: GET or HEAD that accepts HTML.

@@ -4,7 +4,7 @@
 use http::StatusCode;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::policy::PathRejected;
+use crate::route::target::TargetRejected;
 
 /// Why a request carried no usable session. Logged, never shown to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +38,15 @@ impl AuthFailure {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    BadPath(PathRejected),
+    /// The request-target, its path or its host (400, before routing).
+    BadTarget(TargetRejected),
     HeadersTooLarge,
     NoRoute,
+    /// The method is not among a matched route's `methods` (or is TRACE);
+    /// `allow` lists what the route serves.
+    MethodNotAllowed {
+        allow: String,
+    },
     Unauthenticated {
         reason: AuthFailure,
         /// A bearer token was presented (adds `WWW-Authenticate: Bearer`).
@@ -67,7 +73,8 @@ pub struct Rendered {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::BadPath(_) => StatusCode::BAD_REQUEST,
+            Rejection::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Unauthenticated { login: Some(_), .. } => StatusCode::FOUND,
@@ -81,7 +88,16 @@ impl Rejection {
     pub fn render(&self) -> Rendered {
         let mut headers = Vec::new();
         let body = match self {
-            Rejection::BadPath(_) => r#"{"error":"bad_request","message":"invalid request path"}"#,
+            Rejection::BadTarget(TargetRejected::Path(_)) => {
+                r#"{"error":"bad_request","message":"invalid request path"}"#
+            }
+            Rejection::BadTarget(_) => {
+                r#"{"error":"bad_request","message":"invalid request target or host"}"#
+            }
+            Rejection::MethodNotAllowed { allow } => {
+                headers.push(("allow", allow.clone()));
+                r#"{"error":"method_not_allowed","message":"this method is not allowed here"}"#
+            }
             Rejection::HeadersTooLarge => {
                 r#"{"error":"headers_too_large","message":"request headers are too large"}"#
             }

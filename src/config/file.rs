@@ -58,6 +58,8 @@ pub struct Server {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub max_request_header_bytes: Option<i64>,
+    pub non_canonical_paths: Option<String>,
+    pub path_parameters: Option<String>,
 }
 
 /// `[redis]`
@@ -128,6 +130,7 @@ pub struct Route {
     pub roles: Option<Vec<String>>,
     pub on_unauthenticated: Option<OnUnauthenticated>,
     pub on_store_error: Option<String>,
+    pub methods: Option<Vec<String>>,
 }
 
 /// `on_unauthenticated = { redirect = "/login" }`

@@ -153,6 +153,9 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// `max_request_header_bytes`: larger request headers get 431 (default 64 KiB).
     pub max_request_header_bytes: usize,
+    /// `non_canonical_paths` and `path_parameters`: how request-targets are
+    /// canonicalised (see `route::target`).
+    pub target: crate::route::target::TargetPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -394,6 +397,9 @@ pub struct Route {
     pub login_redirect: Option<String>,
     /// `on_store_error`: `deny` (503, default) or `stale`.
     pub on_store_error: StoreErrorPolicy,
+    /// `methods`: the methods this route serves; `None` serves every method
+    /// but TRACE.
+    pub methods: Option<Vec<http::Method>>,
 }
 
 /// `[admin]`: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the

@@ -1116,7 +1116,30 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             },
         };
+        use crate::route::target::{NonCanonicalPaths, PathParameters, TargetPolicy};
+        let non_canonical_paths = self.choice(
+            &sub(&path, "non_canonical_paths"),
+            f.non_canonical_paths.as_deref(),
+            NonCanonicalPaths::Rewrite,
+            &[
+                ("rewrite", NonCanonicalPaths::Rewrite),
+                ("reject", NonCanonicalPaths::Reject),
+            ],
+        );
+        let path_parameters = self.choice(
+            &sub(&path, "path_parameters"),
+            f.path_parameters.as_deref(),
+            PathParameters::Reject,
+            &[
+                ("reject", PathParameters::Reject),
+                ("allow", PathParameters::Allow),
+            ],
+        );
         Some(ServerSettings {
+            target: TargetPolicy {
+                non_canonical_paths: non_canonical_paths?,
+                path_parameters: path_parameters?,
+            },
             listen,
             threads,
             grace_period,
@@ -1722,7 +1745,7 @@ impl<'r, 't> Checker<'r, 't> {
             );
             return None;
         }
-        match crate::policy::normalise_path(text) {
+        match crate::route::path::normalise_path(text) {
             Ok(normal) if normal == text => Some(text.to_owned()),
             Ok(normal) => {
                 self.error(
@@ -2209,17 +2232,20 @@ impl<'r, 't> Checker<'r, 't> {
                     None
                 }
                 Some(prefix)
-                    if prefix.contains(['?', '#']) || prefix.contains(char::is_whitespace) =>
+                    if prefix.contains(['?', '#', ';']) || prefix.contains(char::is_whitespace) =>
                 {
                     self.error(
                         &prefix_path,
-                        format!("{prefix:?} must be a plain path (no query, fragment or spaces)"),
+                        format!(
+                            "{prefix:?} must be a plain path (no query, fragment, `;` \
+                             parameters or spaces)"
+                        ),
                     );
                     None
                 }
                 // Requests are matched on their normalised path, so a prefix that is
                 // not itself normal (dot segments, `//`, raw non-ASCII) could never match.
-                Some(prefix) => match crate::policy::normalise_path(&prefix) {
+                Some(prefix) => match crate::route::path::normalise_path(&prefix) {
                     Ok(normal) if normal == prefix.as_str() => Some(prefix),
                     Ok(normal) => {
                         self.error(
@@ -2355,8 +2381,39 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             };
 
+            let methods_path = sub(&entry, "methods");
+            let methods = match f.methods {
+                None => Some(None),
+                Some(list) if list.is_empty() => {
+                    self.error(&methods_path, "must list at least one method");
+                    None
+                }
+                Some(list) => {
+                    let mut ok = Vec::with_capacity(list.len());
+                    for (j, m) in list.iter().enumerate() {
+                        match http::Method::from_bytes(m.as_bytes()) {
+                            Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => {
+                                if method == http::Method::CONNECT {
+                                    self.error(
+                                        &idx(&methods_path, j),
+                                        "CONNECT is never proxied (its target is not a path)",
+                                    );
+                                }
+                                ok.push(method);
+                            }
+                            _ => self.error(
+                                &idx(&methods_path, j),
+                                format!("{m:?} is not an upper-case HTTP method name"),
+                            ),
+                        }
+                    }
+                    Some(Some(ok))
+                }
+            };
+
             out.push((|| {
                 Some(Route {
+                    methods: methods?,
                     name: name?,
                     host: host.transpose().ok()?,
                     path_prefix: path_prefix?,

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::metrics::{self, UpstreamClass};
 use crate::pipeline::{Decision, Pipeline};
 use crate::reject::Rejection;
+use crate::route::target::Rewrite;
 use crate::session::cache::Principal;
 
 /// Lines waiting for the writer; past this, lines are dropped (and counted).
@@ -64,7 +65,8 @@ pub fn reason(rejection: &Rejection) -> &'static str {
         Rejection::Unauthenticated { reason, .. } => reason.as_str(),
         Rejection::Forbidden => "forbidden",
         Rejection::StoreUnavailable => "store_error",
-        Rejection::BadPath(_) => "bad_path",
+        Rejection::BadTarget(e) => e.as_str(),
+        Rejection::MethodNotAllowed { .. } => "method_not_allowed",
         Rejection::HeadersTooLarge => "headers_too_large",
         Rejection::NoRoute => "no_route",
         Rejection::RateLimited { .. } => "rate_limited",
@@ -77,6 +79,8 @@ pub struct Finished<'a> {
     pub route: Option<usize>,
     pub decision: Option<Decision>,
     pub principal: Option<&'a Principal>,
+    /// What the forwarded request's target and host were changed to.
+    pub rewrite: &'a Rewrite,
     pub started: Instant,
     pub observed: &'a Observed,
 }
@@ -102,12 +106,19 @@ pub fn finish(session: &Session, f: Finished<'_>) {
         return;
     }
     let req = session.req_header();
-    let host = req
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+    // The forwarded host and path: what the upstream was sent.
+    let host = f
+        .rewrite
+        .host
+        .as_ref()
+        .or_else(|| req.headers.get(HOST))
+        .and_then(|h| h.to_str().ok())
         .unwrap_or("");
+    let path = f
+        .rewrite
+        .uri
+        .as_ref()
+        .map_or_else(|| req.uri.path(), |uri| uri.path());
     let status = session
         .response_written()
         .map_or(0, |resp| resp.status.as_u16());
@@ -115,7 +126,7 @@ pub fn finish(session: &Session, f: Finished<'_>) {
         time: Rfc3339(humantime::format_rfc3339_millis(SystemTime::now())),
         method: req.method.as_str(),
         host: truncate(host, MAX_HOST),
-        path: truncate(req.uri.path(), MAX_PATH),
+        path: truncate(path, MAX_PATH),
         status,
         route: f
             .route

@@ -16,6 +16,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::pipeline::{Decision, Outcome, Pipeline};
 use crate::proxy::access::{self, Finished, Observed};
 use crate::reject::Rendered;
+use crate::route::target::Rewrite;
 use crate::session::cache::Principal;
 
 /// The proxy. The pipeline sits behind an `ArcSwap` so a reload can replace it
@@ -41,6 +42,9 @@ pub struct RequestCtx {
     observed: Observed,
     /// Connection attempts retried on another address so far.
     retries: usize,
+    /// The canonical target and host the upstream is sent, where they differ
+    /// from the client's.
+    rewrite: Rewrite,
 }
 
 #[async_trait]
@@ -56,6 +60,7 @@ impl ProxyHttp for Gateway {
             principal: None,
             observed: Observed::default(),
             retries: 0,
+            rewrite: Rewrite::default(),
         }
     }
 
@@ -64,13 +69,15 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let outcome = ctx.pipeline.decide_from(session.req_header(), peer).await;
+        let req = session.req_header();
+        let outcome = ctx.pipeline.decide_from(req, req.raw_path(), peer).await;
         ctx.decision = Some(outcome.decision());
         match outcome {
             Outcome::Forward {
                 route,
                 principal,
                 stale,
+                rewrite,
                 ..
             } => {
                 if stale {
@@ -78,6 +85,7 @@ impl ProxyHttp for Gateway {
                 }
                 ctx.route = Some(route);
                 ctx.principal = principal;
+                ctx.rewrite = rewrite;
                 Ok(false)
             }
             Outcome::Reject { route, rejection } => {
@@ -153,6 +161,13 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The upstream sees the path and host that the route was chosen on.
+        if let Some(uri) = &ctx.rewrite.uri {
+            upstream_request.set_uri(uri.clone());
+        }
+        if let Some(host) = &ctx.rewrite.host {
+            upstream_request.insert_header(http::header::HOST, host.clone())?;
+        }
         let plan = &ctx.pipeline.identity;
         let spoofed = plan.spoofed(upstream_request.headers.keys().map(|n| n.as_str()));
         for name in spoofed {
@@ -213,6 +228,7 @@ impl ProxyHttp for Gateway {
                 route: ctx.route,
                 decision: ctx.decision,
                 principal: ctx.principal.as_deref(),
+                rewrite: &ctx.rewrite,
                 started: ctx.started,
                 observed: &ctx.observed,
             },

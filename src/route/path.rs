@@ -1,6 +1,7 @@
-//! Request path normalisation for route matching: one canonical form per path, so
-//! that `%2e%2e`, `//`, `/./` and `/../` tricks cannot move a request out of (or
-//! into) a protected prefix, and ambiguous encodings are refused outright.
+//! Request path normalisation: one canonical form per path, so that `%2e%2e`,
+//! `//`, `/./` and `/../` tricks cannot move a request out of (or into) a
+//! protected prefix, and ambiguous encodings are refused outright. The gateway
+//! routes on this form and forwards exactly this form.
 
 use std::borrow::Cow;
 
@@ -15,6 +16,30 @@ pub enum PathRejected {
     BadEncoding,
     #[error("path does not start with /")]
     NotAbsolute,
+    /// Percent-decoded, the path is not UTF-8 (e.g. the overlong `%C0%AE`).
+    #[error("path is not UTF-8 once decoded")]
+    NotUtf8,
+    /// A `;` path parameter, with `path_parameters = "reject"`.
+    #[error("path parameter (;) in path")]
+    Parameter,
+    /// With `non_canonical_paths = "reject"`: the path differs from its normal form.
+    #[error("path is not in normal form")]
+    NotCanonical,
+}
+
+impl PathRejected {
+    /// A short stable code for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathRejected::EncodedSeparator => "encoded_separator",
+            PathRejected::ControlChar => "control_char",
+            PathRejected::BadEncoding => "bad_encoding",
+            PathRejected::NotAbsolute => "not_absolute",
+            PathRejected::NotUtf8 => "not_utf8",
+            PathRejected::Parameter => "path_parameter",
+            PathRejected::NotCanonical => "not_canonical",
+        }
+    }
 }
 
 /// Normalises a request path (no query string: the caller splits at `?`) for route
@@ -30,7 +55,9 @@ pub enum PathRejected {
 ///   ([`PathRejected::ControlChar`]); a `%` not followed by two hex digits is
 ///   refused ([`PathRejected::BadEncoding`]).
 /// - Raw non-ASCII characters are percent-encoded (upper-case hex), so `/café` and
-///   `/caf%C3%A9` normalise to the same path.
+///   `/caf%C3%A9` normalise to the same path. Once every `%XX` is decoded the path
+///   must be UTF-8 ([`PathRejected::NotUtf8`]): overlong forms such as `%C0%AE`,
+///   which some decoders read as `.`, are refused.
 /// - Duplicate slashes are collapsed and dot segments removed (RFC 3986 5.2.4); a
 ///   trailing `/.` or `/..` leaves a trailing slash. `;` is not special.
 ///
@@ -87,6 +114,8 @@ fn is_unreserved(c: u8) -> bool {
 /// First pass: checks and canonicalises percent-encoding. The result is ASCII.
 fn decode_unreserved(b: &[u8]) -> Result<String, PathRejected> {
     let mut out = String::with_capacity(b.len() + 8);
+    // The fully decoded bytes, checked for UTF-8 when any is non-ASCII.
+    let mut decoded = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -99,6 +128,7 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathRejected> {
                     return Err(PathRejected::BadEncoding);
                 };
                 let v = (hi << 4) | lo;
+                decoded.push(v);
                 match v {
                     0x00..=0x1F | 0x7F => return Err(PathRejected::ControlChar),
                     b'/' | b'\\' => return Err(PathRejected::EncodedSeparator),
@@ -110,16 +140,35 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathRejected> {
             b'\\' => return Err(PathRejected::EncodedSeparator),
             0x00..=0x1F | 0x7F => return Err(PathRejected::ControlChar),
             0x80..=0xFF => {
+                decoded.push(c);
                 push_encoded(&mut out, c);
                 i += 1;
             }
             _ => {
+                decoded.push(c);
                 out.push(char::from(c));
                 i += 1;
             }
         }
     }
+    if !decoded.is_ascii() && std::str::from_utf8(&decoded).is_err() {
+        return Err(PathRejected::NotUtf8);
+    }
     Ok(out)
+}
+
+/// The path as Tomcat and Jetty read it: every segment's `;` parameters
+/// removed (`/admin;x=1/secret` is `/admin/secret`), then dot segments removed
+/// again (`/public/..;/admin/` is `/admin/`). `normal` is a normalised path.
+pub fn strip_parameters(normal: &str) -> String {
+    let mut stripped = String::with_capacity(normal.len());
+    for (i, segment) in normal.split('/').enumerate() {
+        if i > 0 {
+            stripped.push('/');
+        }
+        stripped.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    remove_dot_segments(&stripped)
 }
 
 /// Second pass: collapses empty segments and removes `.` and `..` (RFC 3986 5.2.4).
@@ -275,9 +324,28 @@ mod tests {
             ("/a%0g", BadEncoding),
             ("/a%%32%65", BadEncoding),
             ("/%é", BadEncoding),
+            ("/%c0%ae%c0%ae/admin", NotUtf8),
+            ("/a%ff", NotUtf8),
+            ("/a%c3", NotUtf8),
         ];
         for (input, want) in cases {
             assert_eq!(norm(input), Err(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_stripped_per_segment() {
+        let cases = [
+            ("/admin;x=1/secret", "/admin/secret"),
+            ("/public/..;/admin/", "/admin/"),
+            ("/a;b/c;d=e;f", "/a/c"),
+            ("/;x/a", "/a"),
+            ("/app/x;jsessionid=1", "/app/x"),
+            ("/plain", "/plain"),
+            ("/a/..;", "/"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(strip_parameters(input), want, "{input}");
         }
     }
 
