@@ -247,6 +247,7 @@ impl Pipeline {
         let mut target = match Target::parse(
             raw_target,
             req.headers.get_all(HOST).iter().map(HeaderValue::as_bytes),
+            req.version >= http::Version::HTTP_11,
             self.config.server.target,
         ) {
             Ok(target) => target,

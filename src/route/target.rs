@@ -4,9 +4,9 @@
 //! - Only origin-form (`/path?query`) and absolute-form with the `http` scheme
 //!   (`http://host/path?query`) are accepted; asterisk-form, authority-form,
 //!   other schemes and anything that does not start with `/` are refused.
-//! - Every request needs a host: the absolute-form authority, else exactly one
-//!   `Host` header (RFC 9112 3.2). When both are present they must name the
-//!   same host.
+//! - Every request needs a host: HTTP/1.1 requests exactly one `Host` header
+//!   (RFC 9112 3.2), HTTP/1.0 requests a `Host` header or an absolute-form
+//!   authority. When both are present they must name the same host.
 //! - The host is normalised (lower case, port removed, one trailing dot
 //!   removed) and must be a valid DNS name, IPv4 address or bracketed IPv6
 //!   address.
@@ -116,10 +116,11 @@ pub struct Target<'r> {
 
 impl<'r> Target<'r> {
     /// Canonicalises `raw` (the request-target exactly as received) and the
-    /// request's `Host` header values.
+    /// request's `Host` header values; `host_header_required` for HTTP/1.1.
     pub fn parse(
         raw: &'r [u8],
         mut hosts: impl Iterator<Item = &'r [u8]>,
+        host_header_required: bool,
         policy: TargetPolicy,
     ) -> Result<Target<'r>, TargetRejected> {
         let raw = std::str::from_utf8(raw).map_err(|_| TargetRejected::NotUtf8)?;
@@ -156,6 +157,9 @@ impl<'r> Target<'r> {
         let header = header
             .map(|h| std::str::from_utf8(h).map_err(|_| TargetRejected::BadHost))
             .transpose()?;
+        if header.is_none() && host_header_required {
+            return Err(TargetRejected::MissingHost);
+        }
         let host = match (authority, header) {
             (None, None) => return Err(TargetRejected::MissingHost),
             (Some(authority), header) => {
@@ -259,6 +263,7 @@ mod tests {
         Target::parse(
             raw.as_bytes(),
             hosts.iter().map(|h| h.as_bytes()),
+            false,
             TargetPolicy::default(),
         )
     }
@@ -368,6 +373,16 @@ mod tests {
     #[test]
     fn host_is_required_and_single() {
         assert_eq!(parse("/", &[]), Err(TargetRejected::MissingHost));
+        let no_host = |raw: &'static str, required| {
+            Target::parse(
+                raw.as_bytes(),
+                std::iter::empty(),
+                required,
+                TargetPolicy::default(),
+            )
+        };
+        assert_eq!(no_host("http://a/", true), Err(TargetRejected::MissingHost));
+        assert_eq!(no_host("http://a/", false).unwrap().host, "a");
         assert_eq!(parse("/", &["a", "a"]), Err(TargetRejected::DuplicateHost));
         assert_eq!(parse("/", &["a b"]), Err(TargetRejected::BadHost));
     }
@@ -382,7 +397,8 @@ mod tests {
             path_parameters: PathParameters::Allow,
             ..TargetPolicy::default()
         };
-        let t = Target::parse(b"/app;jsessionid=1/x", [&b"h"[..]].into_iter(), allow).unwrap();
+        let t =
+            Target::parse(b"/app;jsessionid=1/x", [&b"h"[..]].into_iter(), true, allow).unwrap();
         assert_eq!(t.path, "/app;jsessionid=1/x");
         assert_eq!(t.rewrite.uri, None);
 
@@ -390,8 +406,9 @@ mod tests {
             non_canonical_paths: NonCanonicalPaths::Reject,
             ..TargetPolicy::default()
         };
-        let strict_parse =
-            |raw: &'static str| Target::parse(raw.as_bytes(), [&b"h"[..]].into_iter(), strict);
+        let strict_parse = |raw: &'static str| {
+            Target::parse(raw.as_bytes(), [&b"h"[..]].into_iter(), true, strict)
+        };
         assert_eq!(
             strict_parse("/a/../b"),
             Err(TargetRejected::Path(PathRejected::NotCanonical))

@@ -99,6 +99,22 @@ impl TestGateway {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The access log once it has a line that `want` accepts (it is written
+    /// in batches), or as it is after 5 s.
+    pub fn access_log_until(
+        &self,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let log = self.access_log();
+            if log.iter().any(&want) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The access log so far: the stdout lines that are JSON objects.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         self.stdout()

@@ -37,6 +37,13 @@ impl Response {
             .collect()
     }
 
+    /// The request-target exactly as the echo upstream received it.
+    pub fn echoed_target(&self) -> String {
+        let doc: serde_json::Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not an echo response ({e}): {}", self.body));
+        doc["target"].as_str().expect("target").to_owned()
+    }
+
     /// Values of the echoed header `name` (any case; `_` and `-` distinct).
     pub fn echoed(&self, name: &str) -> Vec<String> {
         self.echoed_headers()
@@ -134,6 +141,18 @@ fn read_response(reader: &mut BufReader<TcpStream>, head: bool) -> Option<Respon
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// Sends `bytes` exactly as given on a fresh connection and reads one
+/// response; `None` when the connection closed without one.
+pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Option<Response> {
+    let stream = TcpStream::connect(addr).expect("connect to gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set timeout");
+    let mut writer = stream.try_clone().expect("clone stream");
+    writer.write_all(bytes).ok()?;
+    read_response(&mut BufReader::new(stream), bytes.starts_with(b"HEAD "))
 }
 
 /// One request on a fresh connection.

@@ -10,7 +10,7 @@ pub mod topology;
 
 pub use self::echo::EchoUpstream;
 pub use self::gateway::TestGateway;
-pub use self::http::{get, request, Client, Response};
+pub use self::http::{get, raw_request, request, Client, Response};
 pub use self::redis::RedisServer;
 
 use serde_json::Value;
