@@ -15,9 +15,16 @@ pub struct IdentityValues {
     buf: Bytes,
     /// Per value: the index of its header in the plan, and where it ends in `buf`.
     ends: Box<[(u16, u32)]>,
+    /// A `required` header has no valid value: the session may not be forwarded.
+    missing_required: bool,
 }
 
 impl IdentityValues {
+    /// Whether a `required` identity header has no valid value.
+    pub fn missing_required(&self) -> bool {
+        self.missing_required
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -43,6 +50,19 @@ fn fold(name: &str) -> String {
             b => b.to_ascii_lowercase() as char,
         })
         .collect()
+}
+
+/// Whether `text` is sent as an identity header value: at most `max_bytes`
+/// bytes, no control characters (CR, LF, NUL, tab, DEL), no leading or
+/// trailing space (parsers trim it, so the app would read another value), and
+/// non-empty. Non-ASCII text is sent as its UTF-8 bytes.
+pub fn is_valid_value(text: &str, max_bytes: usize) -> bool {
+    !text.is_empty()
+        && text.len() <= max_bytes
+        && !text.starts_with(' ')
+        && !text.ends_with(' ')
+        && !text.bytes().any(|b| b < 0x20 || b == 0x7F)
+        && HeaderValue::from_str(text).is_ok()
 }
 
 impl IdentityPlan {
@@ -77,16 +97,19 @@ impl IdentityPlan {
             .collect()
     }
 
-    /// The headers this session provides; fields the session lacks, or whose
-    /// text cannot be a header value, are left out.
+    /// The headers this session provides. Fields the session lacks, and
+    /// values that are not [`is_valid_value`], are left out; when such a
+    /// header is `required` the values say so.
     pub fn values(&self, session: &Session) -> IdentityValues {
         let mut buf = Vec::new();
         let mut ends = Vec::new();
+        let mut missing_required = false;
         for (index, header) in self.headers.iter().enumerate() {
-            let Some(text) = session.text(&header.field) else {
-                continue;
-            };
-            let (Ok(index), Ok(_)) = (u16::try_from(index), HeaderValue::from_str(&text)) else {
+            let text = session
+                .text(&header.field)
+                .filter(|text| is_valid_value(text, header.max_bytes));
+            let (Some(text), Ok(index)) = (text, u16::try_from(index)) else {
+                missing_required |= header.required;
                 continue;
             };
             buf.extend_from_slice(text.as_bytes());
@@ -98,6 +121,7 @@ impl IdentityPlan {
         IdentityValues {
             buf: Bytes::from(buf),
             ends: ends.into_boxed_slice(),
+            missing_required,
         }
     }
 
@@ -133,12 +157,63 @@ mod tests {
             IdentityHeader {
                 name: HeaderName::from_static("x-user-id"),
                 field: FieldPath::parse("user.id").unwrap(),
+                required: true,
+                max_bytes: 16,
             },
             IdentityHeader {
                 name: HeaderName::from_static("x-user-role"),
                 field: FieldPath::parse("user.role").unwrap(),
+                required: false,
+                max_bytes: 1024,
             },
         ])
+    }
+
+    #[test]
+    fn invalid_values_are_left_out_and_required_ones_say_so() {
+        let plan = plan();
+        let sent = |doc: &str| {
+            let session = Session::decode(
+                crate::session::store::RawSession {
+                    value: crate::session::store::RawValue::String(doc.as_bytes().to_vec()),
+                    ttl_ms: None,
+                },
+                crate::config::ValueFormat::Json,
+            )
+            .expect("session");
+            let values = plan.values(&session);
+            let headers: Vec<String> = plan
+                .headers(&values)
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("<utf8>")))
+                .collect();
+            (headers, values.missing_required())
+        };
+        assert_eq!(
+            sent(r#"{"user":{"id":"7","role":"admin"}}"#),
+            (
+                vec!["x-user-id=7".to_owned(), "x-user-role=admin".to_owned()],
+                false
+            )
+        );
+        for bad in [
+            r#""a\r\nX-Admin: 1""#,
+            r#""a\u0000""#,
+            r#""a\tb""#,
+            r#"" padded""#,
+            r#""""#,
+            r#""12345678901234567""#,
+        ] {
+            let doc = format!(r#"{{"user":{{"id":{bad},"role":"admin"}}}}"#);
+            assert_eq!(
+                sent(&doc),
+                (vec!["x-user-role=admin".to_owned()], true),
+                "{bad}"
+            );
+        }
+        // An optional header is just left out.
+        let doc = r#"{"user":{"id":"7","role":"a\nb"}}"#;
+        assert_eq!(sent(doc), (vec!["x-user-id=7".to_owned()], false));
+        assert!(is_valid_value("Zoë", 16));
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Outcome {
             Outcome::Forward { decision, .. } | Outcome::Respond { decision, .. } => *decision,
             Outcome::Reject { rejection, .. } => match rejection {
                 Rejection::Unauthenticated { .. } => Decision::Unauthenticated,
-                Rejection::Forbidden => Decision::Forbidden,
+                Rejection::Forbidden | Rejection::IdentityUnavailable => Decision::Forbidden,
                 Rejection::StoreUnavailable => Decision::StoreError,
                 Rejection::RateLimited { .. } => Decision::RateLimited,
                 Rejection::BadTarget(_)
@@ -602,6 +602,12 @@ impl Pipeline {
             return Outcome::Reject {
                 route: Some(index),
                 rejection: Rejection::Forbidden,
+            };
+        }
+        if principal.identity.missing_required() {
+            return Outcome::Reject {
+                route: Some(index),
+                rejection: Rejection::IdentityUnavailable,
             };
         }
         Outcome::Forward {

@@ -55,6 +55,8 @@ pub enum Rejection {
         login: Option<String>,
     },
     Forbidden,
+    /// A `required` identity header has no valid value in the session.
+    IdentityUnavailable,
     StoreUnavailable,
     /// Over a `[rate_limit]` budget; `retry_after` in seconds.
     RateLimited {
@@ -79,7 +81,7 @@ impl Rejection {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Unauthenticated { login: Some(_), .. } => StatusCode::FOUND,
             Rejection::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            Rejection::Forbidden => StatusCode::FORBIDDEN,
+            Rejection::Forbidden | Rejection::IdentityUnavailable => StatusCode::FORBIDDEN,
             Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -114,7 +116,7 @@ impl Rejection {
                 }
                 r#"{"error":"unauthenticated","message":"a valid session is required"}"#
             }
-            Rejection::Forbidden => {
+            Rejection::Forbidden | Rejection::IdentityUnavailable => {
                 r#"{"error":"forbidden","message":"this session may not access this resource"}"#
             }
             Rejection::StoreUnavailable => {

@@ -104,9 +104,27 @@ pub struct Session {
 /// `[identity]`
 #[derive(Debug, Default, Deserialize)]
 pub struct Identity {
-    /// `[identity.headers]`: header name → dotted field path. The map is
-    /// sorted by name; `validate` restores file order from the spans.
-    pub headers: Option<BTreeMap<String, String>>,
+    /// `[identity.headers]`: header name → dotted field path, or a table
+    /// with the field and its rules. The map is sorted by name; `validate`
+    /// restores file order from the spans.
+    pub headers: Option<BTreeMap<String, IdentityEntry>>,
+}
+
+/// One `[identity.headers]` value: `"user.id"`, or
+/// `{ field = "user.id", required = true, max_bytes = 256 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum IdentityEntry {
+    Field(String),
+    Table(IdentityTable),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityTable {
+    pub field: String,
+    pub required: Option<bool>,
+    pub max_bytes: Option<i64>,
 }
 
 /// One `[[upstream]]`.

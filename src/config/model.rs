@@ -351,6 +351,11 @@ impl std::fmt::Display for FieldPath {
 pub struct IdentityHeader {
     pub name: HeaderName,
     pub field: FieldPath,
+    /// `required`: a session without a valid value for it is refused (403)
+    /// instead of being forwarded without the header.
+    pub required: bool,
+    /// `max_bytes`: longer values are not valid (default 1024).
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

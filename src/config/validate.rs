@@ -21,6 +21,10 @@ use super::model::{
     SessionSettings, Sliding, StoreErrorPolicy, Upstream, ValueFormat,
 };
 
+/// `[identity.headers]` values longer than this are not sent, unless the
+/// header sets its own `max_bytes`.
+const DEFAULT_IDENTITY_BYTES: usize = 1024;
+
 /// One problem in the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -2023,11 +2027,11 @@ impl<'r, 't> Checker<'r, 't> {
             return Some(Vec::new());
         };
         let headers_path = sub(&path, "headers");
-        let mut entries: Vec<(usize, String, String)> = headers
+        let mut entries: Vec<(usize, String, file::IdentityEntry)> = headers
             .into_iter()
-            .map(|(name, field)| {
+            .map(|(name, entry)| {
                 let offset = self.position(&sub(&headers_path, &name), true);
-                (offset, name, field)
+                (offset, name, entry)
             })
             .collect();
         entries.sort_by_key(|(offset, _, _)| *offset);
@@ -2035,8 +2039,28 @@ impl<'r, 't> Checker<'r, 't> {
         let mut seen: Vec<(String, String, usize)> = Vec::new();
         let mut out = Vec::new();
         let mut ok = true;
-        for (offset, name, field) in entries {
+        for (offset, name, entry) in entries {
             let entry_path = sub(&headers_path, &name);
+            let (field, required, max_bytes) = match entry {
+                file::IdentityEntry::Field(field) => (field, false, DEFAULT_IDENTITY_BYTES),
+                file::IdentityEntry::Table(t) => {
+                    let max_bytes = match t.max_bytes {
+                        None => DEFAULT_IDENTITY_BYTES,
+                        Some(n) => match usize::try_from(n) {
+                            Ok(n) if (1..=65536).contains(&n) => n,
+                            _ => {
+                                self.error(
+                                    &sub(&entry_path, "max_bytes"),
+                                    "must be between 1 and 65536",
+                                );
+                                ok = false;
+                                DEFAULT_IDENTITY_BYTES
+                            }
+                        },
+                    };
+                    (t.field, t.required.unwrap_or(false), max_bytes)
+                }
+            };
             let lower = name.to_ascii_lowercase();
             let folded = lower.replace('_', "-");
             let header = HeaderName::from_bytes(lower.as_bytes()).ok();
@@ -2075,7 +2099,12 @@ impl<'r, 't> Checker<'r, 't> {
                 );
             }
             match (header, field_path) {
-                (Some(name), Some(field)) => out.push(IdentityHeader { name, field }),
+                (Some(name), Some(field)) => out.push(IdentityHeader {
+                    name,
+                    field,
+                    required,
+                    max_bytes,
+                }),
                 _ => ok = false,
             }
         }

@@ -64,6 +64,7 @@ pub fn reason(rejection: &Rejection) -> &'static str {
     match rejection {
         Rejection::Unauthenticated { reason, .. } => reason.as_str(),
         Rejection::Forbidden => "forbidden",
+        Rejection::IdentityUnavailable => "identity_invalid",
         Rejection::StoreUnavailable => "store_error",
         Rejection::BadTarget(e) => e.as_str(),
         Rejection::MethodNotAllowed { .. } => "method_not_allowed",

@@ -45,6 +45,8 @@ pub struct RequestCtx {
     /// The canonical target and host the upstream is sent, where they differ
     /// from the client's.
     rewrite: Rewrite,
+    /// The connection's peer address.
+    peer: Option<std::net::IpAddr>,
 }
 
 #[async_trait]
@@ -61,6 +63,7 @@ impl ProxyHttp for Gateway {
             observed: Observed::default(),
             retries: 0,
             rewrite: Rewrite::default(),
+            peer: None,
         }
     }
 
@@ -69,6 +72,7 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.peer = peer;
         let req = session.req_header();
         let outcome = ctx.pipeline.decide_from(req, req.raw_path(), peer).await;
         ctx.decision = Some(outcome.decision());
@@ -168,6 +172,17 @@ impl ProxyHttp for Gateway {
         if let Some(host) = &ctx.rewrite.host {
             upstream_request.insert_header(http::header::HOST, host.clone())?;
         }
+        let host = upstream_request
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        crate::proxy::forwarded::apply(
+            upstream_request,
+            ctx.peer,
+            &ctx.pipeline.config.rate_limit.trusted_proxies,
+            host.as_deref(),
+        )?;
         let plan = &ctx.pipeline.identity;
         let spoofed = plan.spoofed(upstream_request.headers.keys().map(|n| n.as_str()));
         for name in spoofed {

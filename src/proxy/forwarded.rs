@@ -1,0 +1,168 @@
+//! `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+//! `Forwarded` on the upstream request, as a reverse proxy sets them: a peer
+//! that is a trusted proxy (`[rate_limit] trusted_proxies`) has its chain
+//! extended; anyone else has every client-sent copy replaced, so the app never
+//! reads an address, scheme or host that a client made up.
+
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+use crate::config::Cidr;
+
+const XFF: &str = "x-forwarded-for";
+const XFP: &str = "x-forwarded-proto";
+const XFH: &str = "x-forwarded-host";
+const FORWARDED: &str = "forwarded";
+
+/// Rewrites the forwarding headers of `req`, which came from `peer` for the
+/// (normalised) `host`.
+pub fn apply(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    trusted: &[Cidr],
+    host: Option<&str>,
+) -> Result<()> {
+    let from_trusted = peer.is_some_and(|ip| trusted.iter().any(|c| c.contains(ip)));
+    let Some(peer) = peer else {
+        // Not an inet peer (a Unix socket): nothing to vouch for.
+        for name in [XFF, XFP, XFH, FORWARDED] {
+            req.remove_header(name);
+        }
+        return Ok(());
+    };
+    if from_trusted {
+        let chain = joined(req, XFF);
+        let value = match chain {
+            Some(chain) => format!("{chain}, {peer}"),
+            None => peer.to_string(),
+        };
+        req.insert_header(XFF, value)?;
+        if req.headers.get(XFP).is_none() {
+            req.insert_header(XFP, "http")?;
+        }
+        if let (None, Some(host)) = (req.headers.get(XFH), host) {
+            req.insert_header(XFH, host.to_owned())?;
+        }
+        if let Some(chain) = joined(req, FORWARDED) {
+            req.insert_header(FORWARDED, format!("{chain}, {}", element(peer, host)))?;
+        }
+    } else {
+        req.remove_header(FORWARDED);
+        req.insert_header(XFF, peer.to_string())?;
+        req.insert_header(XFP, "http")?;
+        match host {
+            Some(host) => req.insert_header(XFH, host.to_owned())?,
+            None => {
+                req.remove_header(XFH);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every value of `name`, joined with `, ` (repeated headers are one list).
+fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    for value in req.headers.get_all(name) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        match &mut out {
+            Some(out) => {
+                out.push_str(", ");
+                out.push_str(&text);
+            }
+            None => out = Some(text.into_owned()),
+        }
+    }
+    out
+}
+
+/// One RFC 7239 element for this hop.
+fn element(peer: IpAddr, host: Option<&str>) -> String {
+    let for_ = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    match host {
+        Some(host) if host.starts_with('[') => format!("for={for_};host=\"{host}\";proto=http"),
+        Some(host) => format!("for={for_};host={host};proto=http"),
+        None => format!("for={for_};proto=http"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for (n, v) in headers {
+            req.append_header(n.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    fn values(req: &RequestHeader, name: &str) -> Vec<String> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn an_untrusted_client_has_every_copy_replaced() {
+        let mut r = req(&[
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "admin.test"),
+            ("Forwarded", "for=10.0.0.1;proto=https"),
+        ]);
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        apply(
+            &mut r,
+            Some("192.0.2.7".parse().unwrap()),
+            &trusted,
+            Some("site.test"),
+        )
+        .unwrap();
+        assert_eq!(values(&r, XFF), ["192.0.2.7"]);
+        assert_eq!(values(&r, XFP), ["http"]);
+        assert_eq!(values(&r, XFH), ["site.test"]);
+        assert!(values(&r, FORWARDED).is_empty());
+    }
+
+    #[test]
+    fn a_trusted_proxy_has_its_chain_extended() {
+        let mut r = req(&[
+            ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("Forwarded", "for=198.51.100.1;proto=https"),
+        ]);
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        apply(
+            &mut r,
+            Some("10.1.2.3".parse().unwrap()),
+            &trusted,
+            Some("site.test"),
+        )
+        .unwrap();
+        assert_eq!(values(&r, XFF), ["198.51.100.1, 203.0.113.9, 10.1.2.3"]);
+        assert_eq!(values(&r, XFP), ["https"]);
+        assert_eq!(values(&r, XFH), ["site.test"]);
+        assert_eq!(
+            values(&r, FORWARDED),
+            ["for=198.51.100.1;proto=https, for=10.1.2.3;host=site.test;proto=http"]
+        );
+        let mut r = req(&[("Forwarded", "for=x")]);
+        let v6 = [Cidr::parse("::1").unwrap()];
+        apply(&mut r, Some("::1".parse().unwrap()), &v6, Some("[::1]")).unwrap();
+        assert_eq!(
+            values(&r, FORWARDED),
+            [r#"for=x, for="[::1]";host="[::1]";proto=http"#]
+        );
+    }
+}
