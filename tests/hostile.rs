@@ -272,3 +272,140 @@ fn invalid_bytes_and_oversized_headers_are_refused_cleanly() {
         200
     );
 }
+
+fn identity_stack(rate_limit: &str) -> Stack {
+    let rate_limit = rate_limit.to_owned();
+    Stack::start(move |url, upstream| {
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{url}"
+
+[session]
+secrets = ["fixture-secret-current"]
+
+[identity.headers]
+"X-User-Id" = {{ field = "user.id", required = true, max_bytes = 64 }}
+"X-User-Name" = {{ field = "user.name", max_bytes = 32 }}
+"X-User-Role" = "user.role"
+
+{rate_limit}
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#
+        )
+    })
+}
+
+#[test]
+fn identity_values_that_cannot_be_header_values_are_never_sent() {
+    let s = identity_stack("");
+    // A value with CR LF, NUL, or over its cap is left out; a required one
+    // refuses the request instead of forwarding it anonymous.
+    for name in [
+        r#""a\r\nX-Admin: 1""#,
+        r#""a\u0000b""#,
+        &format!("\"{}\"", "n".repeat(40)),
+    ] {
+        s.seed_alice(&format!(
+            r#"{{"user":{{"id":"1001","name":{name},"role":"viewer"}}}}"#
+        ));
+        let resp = get(
+            s.gateway.addr,
+            &format!("/n{}", name.len()),
+            &[("Cookie", ALICE)],
+        );
+        assert_eq!(resp.status, 200, "{name}");
+        assert!(resp.echoed("x-user-name").is_empty(), "{name}");
+        assert!(resp.echoed("x-admin").is_empty(), "{name}");
+        assert_eq!(resp.echoed("x-user-id"), ["1001"]);
+    }
+    let before = s.upstream.requests();
+    for id in [
+        r#""1\r\nX-Admin: 1""#,
+        &format!("\"{}\"", "9".repeat(100_000)),
+        r#""""#,
+    ] {
+        s.seed_alice(&format!(r#"{{"user":{{"id":{id},"role":"viewer"}}}}"#));
+        let resp = get(
+            s.gateway.addr,
+            &format!("/i{}", id.len()),
+            &[("Cookie", ALICE)],
+        );
+        assert_eq!(resp.status, 403, "id {}", &id[..id.len().min(20)]);
+    }
+    s.seed_alice(r#"{"user":{"role":"viewer"}}"#);
+    assert_eq!(
+        get(s.gateway.addr, "/none", &[("Cookie", ALICE)]).status,
+        403
+    );
+    assert_eq!(s.upstream.requests(), before);
+    let log = s.gateway.access_log_until(|l| l["path"] == "/none");
+    assert!(
+        log.iter().any(|l| l["reason"] == "identity_invalid"),
+        "{log:?}"
+    );
+    // Non-ASCII text is sent as its UTF-8 bytes.
+    s.seed_alice(r#"{"user":{"id":"1001","name":"Zoë","role":"viewer"}}"#);
+    let resp = get(s.gateway.addr, "/utf8", &[("Cookie", ALICE)]);
+    assert_eq!(resp.echoed("x-user-name"), ["Zoë"]);
+}
+
+#[test]
+fn forwarding_headers_from_a_client_are_replaced() {
+    let s = identity_stack("");
+    s.seed_alice(r#"{"user":{"id":"1001","role":"viewer"}}"#);
+    let resp = get(
+        s.gateway.addr,
+        "/x",
+        &[
+            ("Host", "Site.Test:8080"),
+            ("Cookie", ALICE),
+            ("X-Forwarded-For", "10.9.9.9"),
+            ("x-forwarded-for", "10.8.8.8"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "admin.test"),
+            ("Forwarded", "for=10.9.9.9;proto=https"),
+        ],
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.echoed("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(resp.echoed("x-forwarded-proto"), ["http"]);
+    assert_eq!(resp.echoed("x-forwarded-host"), ["site.test"]);
+    assert!(resp.echoed("forwarded").is_empty());
+}
+
+#[test]
+fn forwarding_headers_from_a_trusted_proxy_are_extended() {
+    let s = identity_stack("[rate_limit]\ntrusted_proxies = [\"127.0.0.1\"]");
+    s.seed_alice(r#"{"user":{"id":"1001","role":"viewer"}}"#);
+    let resp = get(
+        s.gateway.addr,
+        "/x",
+        &[
+            ("Host", "site.test"),
+            ("Cookie", ALICE),
+            ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Forwarded-Proto", "https"),
+            ("Forwarded", "for=198.51.100.1;proto=https"),
+        ],
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.echoed("x-forwarded-for"), ["198.51.100.1, 127.0.0.1"]);
+    assert_eq!(resp.echoed("x-forwarded-proto"), ["https"]);
+    assert_eq!(resp.echoed("x-forwarded-host"), ["site.test"]);
+    assert_eq!(
+        resp.echoed("forwarded"),
+        ["for=198.51.100.1;proto=https, for=127.0.0.1;host=site.test;proto=http"]
+    );
+}
