@@ -344,6 +344,34 @@ fn strict_mode_refuses_what_it_would_otherwise_rewrite() {
 }
 
 #[test]
+fn headers_that_override_the_path_or_method_never_reach_the_app() {
+    let s = setup("", "viewer");
+    let mut head = String::from("POST /api/x HTTP/1.1\r\nHost: site.test\r\n");
+    head.push_str(&format!("Cookie: {ALICE}\r\nContent-Length: 0\r\n"));
+    for name in [
+        "X-Original-URL",
+        "x-rewrite-url",
+        "X-Override-URL",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ] {
+        head.push_str(&format!("{name}: DELETE /admin/secret\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let resp = raw_request(s.gateway.addr, head.as_bytes()).expect("a response");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let echoed: Vec<String> = resp.echoed_headers().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !echoed
+            .iter()
+            .any(|n| n.to_ascii_lowercase().contains("-url")
+                || n.to_ascii_lowercase().contains("method")),
+        "{echoed:?}"
+    );
+}
+
+#[test]
 fn routes_serve_only_their_methods_and_never_trace_by_default() {
     let s = setup("", "viewer");
     let resp = send(&s, "DELETE", "/api/x", "site.test", true).unwrap();

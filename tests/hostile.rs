@@ -409,3 +409,34 @@ fn forwarding_headers_from_a_trusted_proxy_are_extended() {
         ["for=198.51.100.1;proto=https, for=127.0.0.1;host=site.test;proto=http"]
     );
 }
+
+#[test]
+fn a_connection_header_cannot_remove_identity_or_forwarding_headers() {
+    let s = identity_stack("");
+    s.seed_alice(r#"{"user":{"id":"1001","name":"n","role":"viewer"}}"#);
+    for nominated in [
+        "X-User-Id",
+        "x-user-role, X-User-Name",
+        "keep-alive, X-User-Id",
+        "X-Forwarded-For",
+    ] {
+        let head = format!(
+            "GET /x HTTP/1.1\r\nHost: h\r\nCookie: {ALICE}\r\nConnection: {nominated}\r\n\r\n"
+        );
+        let before = s.upstream.requests();
+        let Some(resp) = support::raw_request(s.gateway.addr, head.as_bytes()) else {
+            // Pingora refuses to let a Connection header nominate X-Forwarded-*.
+            assert_eq!(s.upstream.requests(), before, "{nominated}");
+            continue;
+        };
+        // Either refused outright, or forwarded with every identity header.
+        if resp.status == 200 {
+            assert_eq!(resp.echoed("x-user-id"), ["1001"], "{nominated}");
+            assert_eq!(resp.echoed("x-user-role"), ["viewer"], "{nominated}");
+            assert_eq!(resp.echoed("x-user-name"), ["n"], "{nominated}");
+            assert_eq!(resp.echoed("x-forwarded-for"), ["127.0.0.1"], "{nominated}");
+        } else {
+            assert_eq!(resp.status, 400, "{nominated}");
+        }
+    }
+}

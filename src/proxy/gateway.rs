@@ -165,7 +165,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The upstream sees the path and host that the route was chosen on.
+        // The upstream sees the method, path and host that the route was chosen on.
+        for name in crate::route::target::OVERRIDE_HEADERS {
+            upstream_request.remove_header(name);
+        }
         if let Some(uri) = &ctx.rewrite.uri {
             upstream_request.set_uri(uri.clone());
         }

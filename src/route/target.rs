@@ -23,6 +23,20 @@ use http::{HeaderValue, Uri};
 
 use super::path::{normalise_path, PathRejected};
 
+/// Request headers that some frameworks let override the method or the path
+/// the request line gave (Symfony and IIS read `X-Original-URL`, Rails and
+/// Express's method-override middleware `X-HTTP-Method-Override`). The
+/// gateway decided on the request line, so client-sent copies never reach the
+/// upstream.
+pub const OVERRIDE_HEADERS: [&str; 6] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// How requests whose path is not in normal form are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NonCanonicalPaths {
