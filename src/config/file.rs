@@ -58,6 +58,11 @@ pub struct Server {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub max_request_header_bytes: Option<i64>,
+    pub request_head_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
 }
 
 /// `[redis]`

@@ -153,6 +153,20 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// `max_request_header_bytes`: larger request headers get 431 (default 64 KiB).
     pub max_request_header_bytes: usize,
+    /// `request_head_timeout`: the whole request head (request line and
+    /// headers), from its first byte, must arrive within this (default 10s).
+    pub request_head_timeout: Duration,
+    /// `body_idle_timeout`: the longest pause between two reads of a request
+    /// body (default 30s).
+    pub body_idle_timeout: Duration,
+    /// `write_timeout`: the longest a write to the client may wait for it to
+    /// read (default 30s).
+    pub write_timeout: Duration,
+    /// `max_connections`: open client connections, in total (default 4096; 0: no limit).
+    pub max_connections: usize,
+    /// `max_connections_per_ip`: open client connections per client IP
+    /// (default 256; 0: no limit).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -48,6 +48,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        crate::proxy::idle::request_started();
         RequestCtx {
             pipeline: self.pipeline.load_full(),
             started: Instant::now(),
@@ -172,6 +173,15 @@ impl ProxyHttp for Gateway {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // Once a response has started, an error page would be appended to its
+        // partial body: the connection is closed instead, so the client sees
+        // a truncated response rather than a corrupted one.
+        if let Some(started) = session.response_written() {
+            return FailToProxy {
+                error_code: started.status.as_u16(),
+                can_reuse_downstream: false,
+            };
+        }
         let (status, body): (u16, &'static str) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, ""),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
