@@ -184,6 +184,12 @@ impl ProxyHttp for Gateway {
         }
         let (status, body): (u16, &'static str) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, ""),
+            // The client paused its request body longer than `body_idle_timeout`.
+            ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => (
+                408,
+                r#"{"error":"request_timeout","message":"the request body did not arrive in time"}"#,
+            ),
+            _ if e.esource() == &ErrorSource::Downstream => (0, ""),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
                 504,
                 r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#,
