@@ -2573,6 +2573,34 @@ access = "public"
     }
 
     #[test]
+    fn connection_limits_and_timeouts_are_checked() {
+        let text = minimal("").replacen(
+            "listen = [\"127.0.0.1:0\"]\n",
+            "listen = [\"127.0.0.1:0\"]\nrequest_head_timeout = \"0s\"\nwrite_timeout = \"soon\"\nmax_connections = -1\nmax_connections_per_ip = 0\nbody_idle_timeout = \"2s\"\n",
+            1,
+        );
+        let errs = errors(&text);
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "server.request_head_timeout"),
+                (4, "server.write_timeout"),
+                (5, "server.max_connections"),
+            ],
+            "{errs:#?}"
+        );
+        let ok = minimal("").replacen(
+            "listen = [\"127.0.0.1:0\"]\n",
+            "listen = [\"127.0.0.1:0\"]\nmax_connections_per_ip = 0\nbody_idle_timeout = \"2s\"\n",
+            1,
+        );
+        let server = parse("proxy.toml", &ok, &no_env).unwrap().server;
+        assert_eq!(server.max_connections_per_ip, 0);
+        assert_eq!(server.body_idle_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
     fn minimal_config_uses_defaults() {
         let config = parse("proxy.toml", &minimal(""), &no_env).unwrap();
         assert!(config.server.threads >= 1);

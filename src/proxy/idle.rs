@@ -388,6 +388,49 @@ where
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_head_ends_at_its_first_empty_line() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        // Empty lines before the request line are not the end of a head.
+        assert_eq!(head_end(b"\r\n\r\n", 0), None);
+        assert_eq!(head_end(b"\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(20));
+        // An end split across two reads is found from where the first stopped.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for scanned in 0..head.len() {
+            assert_eq!(head_end(head, scanned), Some(head.len()), "{scanned}");
+        }
+    }
+
+    #[test]
+    fn connections_are_limited_in_total_and_per_ip_and_given_back() {
+        let connections = Arc::new(Connections::default());
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        let first = connections.admit(a, 3, 2).unwrap();
+        let _second = connections.admit(a, 3, 2).unwrap();
+        assert_eq!(connections.admit(a, 3, 2).err(), Some(Refused::PerIp));
+        let _third = connections.admit(b, 3, 2).unwrap();
+        assert_eq!(connections.admit(b, 3, 2).err(), Some(Refused::Total));
+        drop(first);
+        let _again = connections.admit(a, 3, 2).unwrap();
+        // 0: no limit.
+        let many: Vec<_> = (0..10)
+            .map(|_| connections.admit(b, 0, 0).unwrap())
+            .collect();
+        drop(many);
+        drop(_again);
+        let open = connections.open.lock().unwrap();
+        assert_eq!(open.total, 2);
+        assert_eq!(open.per_ip.get(&a.unwrap()), Some(&1));
+    }
+
     #[tokio::test]
     async fn only_a_true_flag_is_a_shutdown() {
         let (tx, rx) = tokio::sync::watch::channel(false);
