@@ -157,7 +157,7 @@ pub struct ServerSettings {
     /// headers), from its first byte, must arrive within this (default 10s).
     pub request_head_timeout: Duration,
     /// `body_idle_timeout`: the longest pause between two reads of a request
-    /// body (default 30s).
+    /// body, or on the client side of an upgraded connection (default 60s).
     pub body_idle_timeout: Duration,
     /// `write_timeout`: the longest a write to the client may wait for it to
     /// read (default 30s).

@@ -1125,7 +1125,7 @@ impl<'r, 't> Checker<'r, 't> {
         let body_idle_timeout = self.duration(
             &sub(&path, "body_idle_timeout"),
             f.body_idle_timeout.as_deref(),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             false,
         );
         let write_timeout = self.duration(
@@ -2523,7 +2523,7 @@ access = "public"
         assert_eq!(server.upgrade_sock, "/tmp/sessiongate_upgrade.sock");
         assert_eq!(server.max_request_header_bytes, 65536);
         assert_eq!(server.request_head_timeout, Duration::from_secs(10));
-        assert_eq!(server.body_idle_timeout, Duration::from_secs(30));
+        assert_eq!(server.body_idle_timeout, Duration::from_secs(60));
         assert_eq!(server.write_timeout, Duration::from_secs(30));
         assert_eq!(server.max_connections, 4096);
         assert_eq!(server.max_connections_per_ip, 256);

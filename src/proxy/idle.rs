@@ -103,9 +103,6 @@ impl Connections {
         if let Some(ip) = ip {
             let count = open.per_ip.entry(ip).or_insert(0);
             if max_per_ip > 0 && *count >= max_per_ip {
-                if *count == 0 {
-                    open.per_ip.remove(&ip);
-                }
                 return Err(Refused::PerIp);
             }
             *count += 1;
@@ -288,20 +285,19 @@ where
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let limits = self.pipeline.load().config.server.clone();
-        let _admitted =
-            match self
-                .connections
-                .admit(ip, limits.max_connections, limits.max_connections_per_ip)
-            {
-                Ok(admitted) => admitted,
-                Err(refused) => {
-                    // Closed without a byte: a limit is there to spend nothing
-                    // more on the connection.
-                    metrics::connection_refused(refused == Refused::PerIp);
-                    return None;
-                }
-            };
+        let (max_total, max_per_ip) = {
+            let server = &self.pipeline.load().config.server;
+            (server.max_connections, server.max_connections_per_ip)
+        };
+        let _admitted = match self.connections.admit(ip, max_total, max_per_ip) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                // Closed without a byte: a limit is there to spend nothing
+                // more on the connection.
+                metrics::connection_refused(refused == Refused::PerIp);
+                return None;
+            }
+        };
         let mut watch = shutdown.clone();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
