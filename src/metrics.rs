@@ -138,6 +138,12 @@ struct Metrics {
     reloads_error: IntCounter,
     last_reload_success: Gauge,
     access_log_dropped: IntCounter,
+    /// `[per_ip, total]`
+    connections_refused: [IntCounter; 2],
+    open_connections: IntGauge,
+    head_timeouts: IntCounter,
+    /// `[bad_request, head_too_large]`
+    bad_requests: [IntCounter; 2],
 }
 
 /// A built-in metric definition. Names, help texts and labels are constants
@@ -241,7 +247,32 @@ fn build() -> Metrics {
     ));
     reg(Box::new(access_log_dropped.clone()));
 
+    let refused = counter_vec(
+        "sessiongate_connections_refused_total",
+        "Client connections closed at accept because a limit was reached (per_ip: max_connections_per_ip, total: max_connections).",
+        &["reason"],
+    );
+    let open_connections = defined(IntGauge::new(
+        "sessiongate_open_connections",
+        "Client connections open on the public listener.",
+    ));
+    reg(Box::new(open_connections.clone()));
+    let head_timeouts = defined(IntCounter::new(
+        "sessiongate_request_head_timeouts_total",
+        "Connections closed because a request head did not arrive whole within request_head_timeout.",
+    ));
+    reg(Box::new(head_timeouts.clone()));
+    let bad = counter_vec(
+        "sessiongate_bad_requests_total",
+        "Request heads refused before the pipeline saw them (bad_request: the HTTP parser refused the head; head_too_large: over max_request_header_bytes).",
+        &["reason"],
+    );
+
     Metrics {
+        connections_refused: ["per_ip", "total"].map(|r| refused.with_label_values(&[r])),
+        open_connections,
+        head_timeouts,
+        bad_requests: ["bad_request", "head_too_large"].map(|r| bad.with_label_values(&[r])),
         reloads_ok: reloads.with_label_values(&["ok"]),
         reloads_error: reloads.with_label_values(&["error"]),
         registry,
@@ -336,6 +367,48 @@ pub fn access_log_dropped_n(lines: usize) {
     METRICS.access_log_dropped.inc_by(lines as u64);
 }
 
+/// Counts one client connection refused at accept (`per_ip` or over the total).
+pub fn connection_refused(per_ip: bool) {
+    METRICS.connections_refused[usize::from(!per_ip)].inc();
+}
+
+/// Tracks the number of open client connections.
+pub fn connection_opened() {
+    METRICS.open_connections.inc();
+}
+
+pub fn connection_closed() {
+    METRICS.open_connections.dec();
+}
+
+/// Counts one connection closed for a request head that came too slowly.
+pub fn head_timeout() {
+    METRICS.head_timeouts.inc();
+}
+
+/// Why a request head was refused before the pipeline saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// The HTTP parser refused it (bad framing, invalid head).
+    Invalid,
+    /// Request line and headers over `max_request_header_bytes`.
+    TooLarge,
+}
+
+impl BadRequest {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadRequest::Invalid => "bad_request",
+            BadRequest::TooLarge => "head_too_large",
+        }
+    }
+}
+
+/// Counts one request head refused before the pipeline saw it.
+pub fn bad_request(kind: BadRequest) {
+    METRICS.bad_requests[kind as usize].inc();
+}
+
 struct RouteHandles {
     requests: [IntCounter; DECISIONS.len()],
     duration: Histogram,
@@ -426,6 +499,12 @@ mod tests {
             "sessiongate_cache_invalidations_total",
             "sessiongate_build_info{version=\"",
             "sessiongate_access_log_dropped_total",
+            "sessiongate_connections_refused_total{reason=\"per_ip\"}",
+            "sessiongate_connections_refused_total{reason=\"total\"}",
+            "sessiongate_open_connections",
+            "sessiongate_request_head_timeouts_total",
+            "sessiongate_bad_requests_total{reason=\"bad_request\"}",
+            "sessiongate_bad_requests_total{reason=\"head_too_large\"}",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

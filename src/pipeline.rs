@@ -656,11 +656,17 @@ fn counts_as_failed_auth(reason: AuthFailure) -> bool {
 }
 
 /// Total size of the request head's headers, as a client would have sent them.
+/// The request line and headers, as sent (near enough: `METHOD target HTTP/1.1`).
 fn header_bytes(req: &Parts) -> usize {
-    req.headers
+    let target = req.uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + req.uri.authority().map_or(0, |a| a.as_str().len())
+        + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method.as_str().len() + target + 12;
+    line + req
+        .headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum()
+        .sum::<usize>()
 }
 
 /// A browser navigation: GET or HEAD that accepts HTML.

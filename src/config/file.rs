@@ -60,6 +60,11 @@ pub struct Server {
     pub max_request_header_bytes: Option<i64>,
     pub non_canonical_paths: Option<String>,
     pub path_parameters: Option<String>,
+    pub request_head_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
 }
 
 /// `[redis]`

@@ -156,6 +156,20 @@ pub struct ServerSettings {
     /// `non_canonical_paths` and `path_parameters`: how request-targets are
     /// canonicalised (see `route::target`).
     pub target: crate::route::target::TargetPolicy,
+    /// `request_head_timeout`: the whole request head (request line and
+    /// headers), from its first byte, must arrive within this (default 10s).
+    pub request_head_timeout: Duration,
+    /// `body_idle_timeout`: the longest pause between two reads of a request
+    /// body, or on the client side of an upgraded connection (default 60s).
+    pub body_idle_timeout: Duration,
+    /// `write_timeout`: the longest a write to the client may wait for it to
+    /// read (default 30s).
+    pub write_timeout: Duration,
+    /// `max_connections`: open client connections, in total (default 4096; 0: no limit).
+    pub max_connections: usize,
+    /// `max_connections_per_ip`: open client connections per client IP
+    /// (default 256; 0: no limit).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -1139,6 +1139,33 @@ impl<'r, 't> Checker<'r, 't> {
                 ("allow", PathParameters::Allow),
             ],
         );
+        let request_head_timeout = self.duration(
+            &sub(&path, "request_head_timeout"),
+            f.request_head_timeout.as_deref(),
+            Duration::from_secs(10),
+            false,
+        );
+        let body_idle_timeout = self.duration(
+            &sub(&path, "body_idle_timeout"),
+            f.body_idle_timeout.as_deref(),
+            Duration::from_secs(60),
+            false,
+        );
+        let write_timeout = self.duration(
+            &sub(&path, "write_timeout"),
+            f.write_timeout.as_deref(),
+            Duration::from_secs(30),
+            false,
+        );
+        let mut limit = |key: &str, value: Option<i64>, default: usize| match value {
+            None => default,
+            Some(n) => usize::try_from(n).unwrap_or_else(|_| {
+                self.error(&sub(&path, key), "must be 0 (no limit) or more");
+                default
+            }),
+        };
+        let max_connections = limit("max_connections", f.max_connections, 4096);
+        let max_connections_per_ip = limit("max_connections_per_ip", f.max_connections_per_ip, 256);
         Some(ServerSettings {
             target: TargetPolicy {
                 non_canonical_paths: non_canonical_paths?,
@@ -1151,6 +1178,11 @@ impl<'r, 't> Checker<'r, 't> {
             pid_file,
             upgrade_sock,
             max_request_header_bytes,
+            request_head_timeout,
+            body_idle_timeout,
+            write_timeout,
+            max_connections,
+            max_connections_per_ip,
         })
     }
 
@@ -2576,6 +2608,11 @@ access = "public"
         assert_eq!(server.pid_file, "/tmp/sessiongate.pid");
         assert_eq!(server.upgrade_sock, "/tmp/sessiongate_upgrade.sock");
         assert_eq!(server.max_request_header_bytes, 65536);
+        assert_eq!(server.request_head_timeout, Duration::from_secs(10));
+        assert_eq!(server.body_idle_timeout, Duration::from_secs(60));
+        assert_eq!(server.write_timeout, Duration::from_secs(30));
+        assert_eq!(server.max_connections, 4096);
+        assert_eq!(server.max_connections_per_ip, 256);
 
         assert_eq!(config.redis.url, "rediss://user:pw@redis.internal:6380/2");
         assert_eq!(config.redis.command_timeout, Duration::from_millis(250));
@@ -2619,6 +2656,34 @@ access = "public"
         assert_eq!(assets.access, Access::Public);
         assert!(assets.roles.is_empty());
         assert_eq!(assets.login_redirect, None);
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts_are_checked() {
+        let text = minimal("").replacen(
+            "listen = [\"127.0.0.1:0\"]\n",
+            "listen = [\"127.0.0.1:0\"]\nrequest_head_timeout = \"0s\"\nwrite_timeout = \"soon\"\nmax_connections = -1\nmax_connections_per_ip = 0\nbody_idle_timeout = \"2s\"\n",
+            1,
+        );
+        let errs = errors(&text);
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "server.request_head_timeout"),
+                (4, "server.write_timeout"),
+                (5, "server.max_connections"),
+            ],
+            "{errs:#?}"
+        );
+        let ok = minimal("").replacen(
+            "listen = [\"127.0.0.1:0\"]\n",
+            "listen = [\"127.0.0.1:0\"]\nmax_connections_per_ip = 0\nbody_idle_timeout = \"2s\"\n",
+            1,
+        );
+        let server = parse("proxy.toml", &ok, &no_env).unwrap().server;
+        assert_eq!(server.max_connections_per_ip, 0);
+        assert_eq!(server.body_idle_timeout, Duration::from_secs(2));
     }
 
     #[test]

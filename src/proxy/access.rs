@@ -150,6 +150,37 @@ pub fn finish(session: &Session, f: Finished<'_>) {
     }
 }
 
+/// Records a request head refused before it reached the pipeline (`reason`:
+/// `bad_request`, `head_too_large` or `head_timeout`): counted as an invalid
+/// request without a route, and logged with no method, host or path, since
+/// nothing of a refused head is trusted enough to print.
+pub fn refused_head(pipeline: &Pipeline, reason: &'static str, status: u16, started: Instant) {
+    let elapsed = started.elapsed();
+    pipeline.metrics.request(None, Decision::Invalid, elapsed);
+    if !pipeline.config.admin.access_log {
+        return;
+    }
+    let record = Record {
+        time: Rfc3339(humantime::format_rfc3339_millis(SystemTime::now())),
+        method: "",
+        host: "",
+        path: "",
+        status,
+        route: metrics::NO_ROUTE,
+        decision: Decision::Invalid.as_str(),
+        reason: Some(reason),
+        duration_ms: millis(elapsed),
+        upstream: None,
+        upstream_ms: None,
+        user: None,
+    };
+    let mut line = Vec::with_capacity(200);
+    match serde_json::to_writer(&mut line, &record) {
+        Ok(()) => write_line(line),
+        Err(e) => tracing::warn!(error = %e, "could not encode an access log line"),
+    }
+}
+
 /// One access log line. Every key is always present (`null` when unknown).
 #[derive(Serialize)]
 struct Record<'a> {

@@ -54,6 +54,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        crate::proxy::idle::request_started();
         RequestCtx {
             pipeline: self.pipeline.load_full(),
             started: Instant::now(),
@@ -205,8 +206,23 @@ impl ProxyHttp for Gateway {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // Once a response has started, an error page would be appended to its
+        // partial body: the connection is closed instead, so the client sees
+        // a truncated response rather than a corrupted one.
+        if let Some(started) = session.response_written() {
+            return FailToProxy {
+                error_code: started.status.as_u16(),
+                can_reuse_downstream: false,
+            };
+        }
         let (status, body): (u16, &'static str) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, ""),
+            // The client paused its request body longer than `body_idle_timeout`.
+            ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => (
+                408,
+                r#"{"error":"request_timeout","message":"the request body did not arrive in time"}"#,
+            ),
+            _ if e.esource() == &ErrorSource::Downstream => (0, ""),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
                 504,
                 r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#,

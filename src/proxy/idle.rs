@@ -8,20 +8,36 @@
 //! waits for a connection's next bytes first, holding nothing but the socket;
 //! what it read is handed to Pingora as the start of the request (the hook
 //! Pingora has for pipelined bytes), so no byte is read twice.
+//!
+//! The same loop guards the connections: it counts them at accept (in total
+//! and per client IP; a connection over a limit is closed at once), reads
+//! each request head whole before Pingora sees it, under one deadline from
+//! its first byte to its end (`request_head_timeout`) and one size limit for
+//! the request line and headers together (`max_request_header_bytes`), and
+//! sets the body read and client write timeouts of each request.
 
+use std::collections::HashMap;
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use crate::metrics::{self, BadRequest};
+use crate::pipeline::Pipeline;
+use crate::proxy::access;
+use crate::reject::Rejection;
 
 /// How long a connection may stay idle before its next request (Pingora's
 /// keep-alive default); also the limit for a new connection's first bytes.
@@ -30,18 +46,188 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 /// The first read of a request: what Pingora's header buffer starts at.
 const FIRST_READ: usize = 4096;
 
+/// How long a refusal written by this loop (431, 408) may take to send.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
 /// An HTTP/1 server app (cleartext, no h2c, no pipelining) whose idle
 /// connections hold only their socket.
 pub struct LeanHttp<A> {
     inner: Arc<A>,
+    /// The running pipeline: its `[server]` limits and its metrics.
+    pipeline: Arc<ArcSwap<Pipeline>>,
+    connections: Arc<Connections>,
 }
 
 impl<A> LeanHttp<A> {
-    pub fn new(inner: A) -> LeanHttp<A> {
+    pub fn new(inner: A, pipeline: Arc<ArcSwap<Pipeline>>) -> LeanHttp<A> {
         LeanHttp {
             inner: Arc::new(inner),
+            pipeline,
+            connections: Arc::default(),
         }
     }
+}
+
+/// Open client connections, in total and per client IP.
+#[derive(Default)]
+struct Connections {
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    PerIp,
+    Total,
+}
+
+impl Connections {
+    /// Counts a new connection from `ip` unless that would pass a limit
+    /// (0: no limit). The returned guard uncounts it when dropped.
+    fn admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Admitted, Refused> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if max_total > 0 && open.total >= max_total {
+            return Err(Refused::Total);
+        }
+        if let Some(ip) = ip {
+            let count = open.per_ip.entry(ip).or_insert(0);
+            if max_per_ip > 0 && *count >= max_per_ip {
+                return Err(Refused::PerIp);
+            }
+            *count += 1;
+        }
+        open.total += 1;
+        metrics::connection_opened();
+        Ok(Admitted {
+            connections: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection; uncounted when dropped.
+struct Admitted {
+    connections: Arc<Connections>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(count) = open.per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    open.per_ip.remove(&ip);
+                }
+            }
+        }
+        metrics::connection_closed();
+    }
+}
+
+tokio::task_local! {
+    /// Set when Pingora accepted the head it was handed and started a request.
+    static STARTED: Arc<AtomicBool>;
+}
+
+/// Called by the proxy when a request starts (its context is created): the
+/// head handed over was accepted by Pingora's parser.
+pub fn request_started() {
+    let _ = STARTED.try_with(|started| started.store(true, Ordering::Relaxed));
+}
+
+/// What reading a request head found.
+enum Head {
+    /// The head, whole (and possibly the first bytes of a body).
+    Complete(BytesMut),
+    /// The client closed or the connection failed before the head was whole.
+    Closed,
+    /// The deadline passed first.
+    TimedOut,
+    /// Request line and headers are over the limit.
+    TooLarge,
+}
+
+/// Where the head in `buf` ends (just past its empty line), if it does.
+/// Empty lines before the request line are skipped, as the parser does;
+/// `scanned` is how far an earlier call looked, so a head trickled in byte by
+/// byte is not rescanned from the start every time.
+fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let from = start.max(scanned.saturating_sub(2));
+    let rest = buf.get(from..)?;
+    rest.iter().enumerate().find_map(|(i, b)| {
+        if *b != b'\n' {
+            return None;
+        }
+        match rest.get(i + 1..) {
+            Some([b'\n', ..]) => Some(from + i + 2),
+            Some([b'\r', b'\n', ..]) => Some(from + i + 3),
+            _ => None,
+        }
+    })
+}
+
+/// Reads until the request head in `buf` is whole, `deadline` passes or the
+/// head grows past `limit` bytes.
+async fn read_head(
+    stream: &mut Stream,
+    mut buf: BytesMut,
+    deadline: tokio::time::Instant,
+    limit: usize,
+) -> Head {
+    let mut scanned = 0;
+    loop {
+        match head_end(&buf, scanned) {
+            Some(end) if end > limit => return Head::TooLarge,
+            Some(_) => return Head::Complete(buf),
+            None if buf.len() > limit => return Head::TooLarge,
+            None => scanned = buf.len(),
+        }
+        buf.reserve(FIRST_READ);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Head::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Writes a refusal that closes the connection, giving up after [`REFUSAL_WRITE`].
+async fn refuse(stream: &mut Stream, status: http::StatusCode, body: &str) {
+    let reason = status.canonical_reason().unwrap_or("");
+    let mut response = format!(
+        "HTTP/1.1 {} {reason}\r\nconnection: close\r\ncache-control: no-store\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        body.len()
+    );
+    if !body.is_empty() {
+        response.push_str("content-type: application/json\r\n");
+    }
+    response.push_str("\r\n");
+    response.push_str(body);
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.flush().await
+    };
+    let _ = tokio::time::timeout(REFUSAL_WRITE, write).await;
 }
 
 /// Waits for a connection's next bytes and reads them (up to
@@ -96,11 +282,60 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let (max_total, max_per_ip) = {
+            let server = &self.pipeline.load().config.server;
+            (server.max_connections, server.max_connections_per_ip)
+        };
+        let _admitted = match self.connections.admit(ip, max_total, max_per_ip) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                // Closed without a byte: a limit is there to spend nothing
+                // more on the connection.
+                metrics::connection_refused(refused == Refused::PerIp);
+                return None;
+            }
+        };
         let mut watch = shutdown.clone();
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let first = next_bytes(&mut stream, &mut watch).await?;
+            let started = Instant::now();
+            let pipeline = self.pipeline.load_full();
+            let server = &pipeline.config.server;
+            let deadline = tokio::time::Instant::now() + server.request_head_timeout;
+            let head = tokio::select! {
+                biased;
+                head = read_head(&mut stream, first, deadline, server.max_request_header_bytes) => head,
+                () = shutting_down(&mut watch) => return None,
+            };
+            let head = match head {
+                Head::Complete(head) => head,
+                Head::Closed => return None,
+                Head::TimedOut => {
+                    metrics::head_timeout();
+                    access::refused_head(&pipeline, "head_timeout", 408, started);
+                    refuse(&mut stream, http::StatusCode::REQUEST_TIMEOUT, "").await;
+                    return None;
+                }
+                Head::TooLarge => {
+                    metrics::bad_request(BadRequest::TooLarge);
+                    let rendered = Rejection::HeadersTooLarge.render();
+                    access::refused_head(
+                        &pipeline,
+                        BadRequest::TooLarge.as_str(),
+                        rendered.status.as_u16(),
+                        started,
+                    );
+                    refuse(&mut stream, rendered.status, rendered.body).await;
+                    return None;
+                }
+            };
             let mut session = ServerSession::new_http1(stream);
+            session.set_read_timeout(Some(server.body_idle_timeout));
+            session.set_write_timeout(Some(server.write_timeout));
             match settings.take() {
                 Some(previous) => previous.apply_to_session(&mut session),
                 None => {
@@ -117,10 +352,25 @@ where
             }
             // Pipelining is never enabled, so the previous session handed
             // over no bytes of its own: these are the request's first.
-            session.set_pipelined_prefix(first);
+            session.set_pipelined_prefix(head);
             // Pingora's request future is allocated here and freed when the
             // response is done, before the connection waits again.
-            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let accepted = Arc::new(AtomicBool::new(false));
+            let reused = STARTED
+                .scope(
+                    accepted.clone(),
+                    self.inner.process_new_http(session, shutdown),
+                )
+                .await;
+            let Some(reused) = reused else {
+                // The head was whole, so a request that never started is one
+                // Pingora's parser refused (it answered 400 itself).
+                if !accepted.load(Ordering::Relaxed) && !*shutdown.borrow() {
+                    metrics::bad_request(BadRequest::Invalid);
+                    access::refused_head(&pipeline, BadRequest::Invalid.as_str(), 400, started);
+                }
+                return None;
+            };
             (stream, settings) = reused.consume();
         }
     }
@@ -133,6 +383,49 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        // Empty lines before the request line are not the end of a head.
+        assert_eq!(head_end(b"\r\n\r\n", 0), None);
+        assert_eq!(head_end(b"\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(20));
+        // An end split across two reads is found from where the first stopped.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for scanned in 0..head.len() {
+            assert_eq!(head_end(head, scanned), Some(head.len()), "{scanned}");
+        }
+    }
+
+    #[test]
+    fn connections_are_limited_in_total_and_per_ip_and_given_back() {
+        let connections = Arc::new(Connections::default());
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        let first = connections.admit(a, 3, 2).unwrap();
+        let _second = connections.admit(a, 3, 2).unwrap();
+        assert_eq!(connections.admit(a, 3, 2).err(), Some(Refused::PerIp));
+        let _third = connections.admit(b, 3, 2).unwrap();
+        assert_eq!(connections.admit(b, 3, 2).err(), Some(Refused::Total));
+        drop(first);
+        let _again = connections.admit(a, 3, 2).unwrap();
+        // 0: no limit.
+        let many: Vec<_> = (0..10)
+            .map(|_| connections.admit(b, 0, 0).unwrap())
+            .collect();
+        drop(many);
+        drop(_again);
+        let open = connections.open.lock().unwrap();
+        assert_eq!(open.total, 2);
+        assert_eq!(open.per_ip.get(&a.unwrap()), Some(&1));
+    }
 
     #[tokio::test]
     async fn only_a_true_flag_is_a_shutdown() {

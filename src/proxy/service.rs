@@ -125,7 +125,10 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
     let reloader = Reloader::new(config_path.to_owned(), pipeline.clone(), build, Some(cache));
     reload::watch_sighup(reloader)?;
     let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(pipeline.clone()));
-    let mut service = Service::new("sessiongate".to_owned(), LeanHttp::new(proxy));
+    let mut service = Service::new(
+        "sessiongate".to_owned(),
+        LeanHttp::new(proxy, pipeline.clone()),
+    );
     let mut reserved = Vec::new();
     for addr in &server_settings.listen {
         let listen = prepare_listen(addr)?;
