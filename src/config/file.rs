@@ -85,6 +85,8 @@ pub struct Session {
     pub cookie_format: Option<String>,
     pub secrets: Option<Vec<String>>,
     pub bearer: Option<String>,
+    pub bearer_key: Option<String>,
+    pub allow_unsigned_bearer: Option<bool>,
     pub key: Option<String>,
     pub value: Option<String>,
     pub role_field: Option<String>,
