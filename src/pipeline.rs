@@ -490,6 +490,7 @@ impl Pipeline {
                 tracing::debug!(reason = e.as_str(), "bearer token refused: {e}");
                 return Ok(Lookup::Invalid(match e {
                     JwtRejected::Expired => AuthFailure::Expired,
+                    JwtRejected::ClaimMismatch => AuthFailure::ClaimMismatch,
                     _ => AuthFailure::BadCredential,
                 }));
             }

@@ -166,8 +166,19 @@ pub struct Jwt {
     pub id_claim: Option<String>,
     pub key: Option<String>,
     pub issuer: Option<String>,
-    pub audience: Option<String>,
+    pub audience: Option<OneOrMany>,
     pub leeway: Option<String>,
+    pub typ: Option<String>,
+    /// `[jwt.claims]`: claim name → rule (a value, a list, or `{ contains = [...] }`).
+    pub claims: Option<BTreeMap<String, toml::Value>>,
+}
+
+/// A string or a list of strings (`audience = "api"` or `["api", "web"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `[admin]`

@@ -1953,7 +1953,28 @@ impl<'r, 't> Checker<'r, 't> {
             other => other,
         };
         let issuer = optional("issuer", f.issuer);
-        let audience = optional("audience", f.audience);
+        let typ = optional("typ", f.typ);
+        let audience_path = sub(&path, "audience");
+        let audience = match f.audience {
+            None => Vec::new(),
+            Some(file::OneOrMany::One(aud)) => vec![aud],
+            Some(file::OneOrMany::Many(list)) => {
+                if list.is_empty() {
+                    self.error(&audience_path, "must list at least one audience");
+                }
+                list
+            }
+        };
+        for (i, aud) in audience.iter().enumerate() {
+            if aud.is_empty() {
+                let at = match audience.len() {
+                    1 => audience_path.clone(),
+                    _ => idx(&audience_path, i),
+                };
+                self.error(&at, "must not be empty");
+            }
+        }
+        let claims = self.claim_rules(&sub(&path, "claims"), f.claims.unwrap_or_default());
         let leeway_path = sub(&path, "leeway");
         let leeway = self.duration(
             &leeway_path,
@@ -1974,6 +1995,8 @@ impl<'r, 't> Checker<'r, 't> {
             issuer,
             audience,
             leeway,
+            typ,
+            claims,
         });
         if keys_ok {
             for (i, name) in names.iter().enumerate() {
@@ -1993,6 +2016,87 @@ impl<'r, 't> Checker<'r, 't> {
             verifier: std::sync::Arc::new(verifier),
             key: key?,
         }))
+    }
+
+    /// `[jwt.claims]`: `name = value` (exactly), `name = [values]` (one of) or
+    /// `name = { contains = [values] }` (an array claim, or a space-separated
+    /// string claim, holding every one). Values are strings, integers or booleans.
+    fn claim_rules(
+        &mut self,
+        path: &[Seg],
+        rules: std::collections::BTreeMap<String, toml::Value>,
+    ) -> Vec<crate::credential::jwt::ClaimRule> {
+        use crate::credential::jwt::{ClaimCheck, ClaimRule};
+        const SHAPE: &str =
+            "a claim rule is a string, integer or boolean (the exact value), a list \
+                             of them (one of), or { contains = [...] }";
+        let mut out = Vec::new();
+        for (claim, rule) in rules {
+            let at = sub(path, &claim);
+            if claim.is_empty() {
+                self.error(&at, "a claim name must not be empty");
+                continue;
+            }
+            let scalar = |v: &toml::Value| match v {
+                toml::Value::String(s) => Some(serde_json::Value::from(s.clone())),
+                toml::Value::Integer(i) => Some(serde_json::Value::from(*i)),
+                toml::Value::Boolean(b) => Some(serde_json::Value::from(*b)),
+                _ => None,
+            };
+            let list = |this: &mut Self, at: &[Seg], items: &[toml::Value]| {
+                if items.is_empty() {
+                    this.error(at, "must list at least one value");
+                    return None;
+                }
+                let mut values = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match scalar(item) {
+                        Some(v) => values.push(v),
+                        None => {
+                            this.error(&idx(at, i), "must be a string, integer or boolean");
+                            return None;
+                        }
+                    }
+                }
+                Some(values)
+            };
+            let check = match &rule {
+                toml::Value::Array(items) => list(self, &at, items).map(ClaimCheck::OneOf),
+                toml::Value::Table(table) => {
+                    let mut check = None;
+                    for (key, value) in table {
+                        let key_at = sub(&at, key);
+                        match (key.as_str(), value) {
+                            ("contains", toml::Value::Array(items)) => {
+                                check = list(self, &key_at, items).map(ClaimCheck::Contains);
+                            }
+                            ("contains", _) => {
+                                self.error(&key_at, "must be a list of values");
+                            }
+                            _ => self.error(
+                                &key_at,
+                                format!("unknown rule {key:?}, expected `contains`"),
+                            ),
+                        }
+                    }
+                    if table.is_empty() {
+                        self.error(&at, SHAPE);
+                    }
+                    check
+                }
+                other => match scalar(other) {
+                    Some(v) => Some(ClaimCheck::Equals(v)),
+                    None => {
+                        self.error(&at, SHAPE);
+                        None
+                    }
+                },
+            };
+            if let Some(check) = check {
+                out.push(ClaimRule { claim, check });
+            }
+        }
+        out
     }
 
     /// Reads the file `file` names (relative to the configuration file's
@@ -3032,6 +3136,41 @@ upstream = "ap"
         assert!(!t("sess:{id}").overlaps(&t("api:{id}")));
         assert!(t("sess:{id}").overlaps(&t("sess:{id}:api")));
         assert!(!t("{id}:a").overlaps(&t("{id}:b")));
+    }
+
+    #[test]
+    fn jwt_claim_rules_and_audiences() {
+        let text = with_jwt(
+            "algorithms = [\"HS256\"]\nsecret = \"s\"\naudience = [\"api\", \"web\"]\n\
+             typ = \"JWT\"\n\n[jwt.claims]\ntype = \"access\"\nrole = [\"admin\", \"viewer\"]\n\
+             scope = { contains = [\"read\"] }\nlevel = 2\n",
+        );
+        let config = parse("proxy.toml", &text, &no_env).unwrap();
+        let shown = format!("{:?}", config.jwt.unwrap().verifier);
+        for want in [
+            "Equals(String(\"access\"))",
+            "OneOf(",
+            "Contains([String(\"read\")])",
+            "typ: Some(\"JWT\")",
+        ] {
+            assert!(shown.contains(want), "{want}: {shown}");
+        }
+        let errs = errors(&with_jwt(
+            "algorithms = [\"HS256\"]\nsecret = \"s\"\naudience = []\ntyp = \"\"\n\n\
+             [jwt.claims]\nscope = { contains = \"read\" }\ngroups = [[\"a\"]]\n\"\" = \"x\"\n",
+        ));
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "jwt.audience",
+                "jwt.typ",
+                "jwt.claims.scope.contains",
+                "jwt.claims.groups[0]",
+                "jwt.claims.\"\"",
+            ],
+            "{errs:#?}"
+        );
     }
 
     #[test]
