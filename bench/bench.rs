@@ -178,6 +178,7 @@ cookie = "connect.sid"
 cookie_format = "express"
 secrets = ["fixture-secret-current", "fixture-secret-previous"]
 bearer = "opaque"
+bearer_key = "api:{{id}}"
 key = "sess:{{id}}"
 
 [cache]

@@ -66,8 +66,13 @@ echo "== with the session cookie: forwarded, identity injected (the upstream ech
 run curl -s "$gw/dashboard" -H "Cookie: $cookie" -H 'X-User-Id: spoofed'
 echo "== a viewer on /admin/: 403"
 run curl -s -i "$gw/admin/" -H "Cookie: $viewer"
-echo "== after 'sessiongate session revoke': 401 on the very next request"
 id=$(printf '%s' "$cookie" | sed 's/^connect.sid=s%3A//; s/\..*$//')
+echo "== the bare session id is no bearer token (without the cookie's signature): 401"
+run curl -s -o /dev/null -w '%{http_code}\n' "$gw/dashboard" -H "Authorization: Bearer $id" -H 'Accept: application/json'
+echo "== an API token the app stored under bearer_key (api:{id}) is one: forwarded"
+redis-cli -p "$redis_port" set api:demo-token-3003 '{"user":{"id":"3003","role":"viewer"}}' EX 3600 >/dev/null
+run curl -s "$gw/dashboard" -H "Authorization: Bearer demo-token-3003"
+echo "== after 'sessiongate session revoke': 401 on the very next request"
 "$bin" session revoke -c proxy.toml "$id"
 run curl -s -o /dev/null -w '%{http_code}\n' "$gw/dashboard" -H "Cookie: $cookie"
 

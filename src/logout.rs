@@ -42,8 +42,10 @@ impl LogoutScope {
 
 /// Who is logging out, as the pipeline extracted it.
 pub enum Caller {
-    /// A session id, from the session cookie or an opaque bearer token.
+    /// A session id, from the session cookie.
     Session(SessionId),
+    /// A session id from an opaque bearer token (looked up under `bearer_key`).
+    Opaque(SessionId),
     /// A verified bearer JWT: its token id and its claims.
     Token {
         id: SessionId,
@@ -70,6 +72,8 @@ pub struct Logout {
     set_cookie: String,
     user_field: FieldPath,
     session_key: KeyTemplate,
+    /// `[session] bearer_key`: where opaque bearer ids live.
+    bearer_key: Option<KeyTemplate>,
     value: ValueFormat,
     user_sessions: Option<KeyTemplate>,
     tokens: Option<TokenKeys>,
@@ -91,6 +95,7 @@ impl Logout {
             set_cookie: clear_cookie(session),
             user_field: session.user_field.clone(),
             session_key: session.key.clone(),
+            bearer_key: session.bearer_key.clone(),
             value: session.value,
             user_sessions: session.user_sessions_key.clone(),
             tokens: token_key.map(|key| TokenKeys {
@@ -123,9 +128,13 @@ impl Logout {
         let Some(caller) = caller else {
             return Ok(0);
         };
+        let template = match &caller {
+            Caller::Opaque(_) => self.bearer_key.as_ref().unwrap_or(&self.session_key),
+            _ => &self.session_key,
+        };
         let (own_key, own_id, own_set, user) = match caller {
-            Caller::Session(id) => {
-                let key = self.session_key.render(id.as_str());
+            Caller::Session(id) | Caller::Opaque(id) => {
+                let key = template.render(id.as_str());
                 let wants_user = self.user_sessions.is_some() || scope == LogoutScope::User;
                 let user = if wants_user {
                     self.user_of(store, &key).await?

@@ -144,6 +144,7 @@ struct Metrics {
     head_timeouts: IntCounter,
     /// `[bad_request, head_too_large]`
     bad_requests: [IntCounter; 2],
+    auth_failures: IntCounterVec,
 }
 
 /// A built-in metric definition. Names, help texts and labels are constants
@@ -182,6 +183,11 @@ fn build() -> Metrics {
         "Time from the request head to the end of the response, by route.",
         &["route"],
         REQUEST_BUCKETS,
+    );
+    let auth_failures = counter_vec(
+        "sessiongate_auth_failures_total",
+        "Requests refused with 401, by reason (missing, bad_signature, not_found, unreadable, expired, revoked, claim_mismatch).",
+        &["reason"],
     );
     let lookups_vec = counter_vec(
         "sessiongate_session_lookups_total",
@@ -286,7 +292,16 @@ fn build() -> Metrics {
         upstream_duration,
         last_reload_success,
         access_log_dropped,
+        auth_failures,
     }
+}
+
+/// Counts a 401 by its reason (`AuthFailure::as_str`).
+pub fn auth_failure(reason: crate::reject::AuthFailure) {
+    METRICS
+        .auth_failures
+        .with_label_values(&[reason.as_str()])
+        .inc();
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(build);

@@ -377,7 +377,11 @@ impl Pipeline {
             },
         };
         let bearer = credential.source == CredentialSource::Bearer;
-        let key = self.config.session.key.render(credential.id.as_str());
+        let key = match (&self.config.session.bearer_key, credential.source) {
+            (Some(bearer_key), CredentialSource::Bearer) => bearer_key,
+            _ => &self.config.session.key,
+        }
+        .render(credential.id.as_str());
         let principal = match self.resolve(&key).await {
             Ok((Lookup::Found(principal), _)) => principal,
             Ok((Lookup::Invalid(reason), _)) => return unauthenticated(reason, bearer),
@@ -435,7 +439,10 @@ impl Pipeline {
         // The caller as a request would be authenticated: the cookie, else the
         // bearer token. A JWT must verify (an expired one ends nothing).
         let caller = match self.extract(req) {
-            Extracted::Found(credential) => Some(Caller::Session(credential.id)),
+            Extracted::Found(credential) => Some(match credential.source {
+                CredentialSource::Cookie => Caller::Session(credential.id),
+                CredentialSource::Bearer => Caller::Opaque(credential.id),
+            }),
             Extracted::Absent { .. } => match (self.jwt_bearer(req), &self.config.jwt) {
                 (Some(Some(token)), Some(jwt)) => {
                     jwt.verifier.verify(token).ok().map(|token| Caller::Token {
@@ -570,6 +577,7 @@ impl Pipeline {
                 tracing::debug!(reason = e.as_str(), "bearer token refused: {e}");
                 return Ok(Lookup::Invalid(match e {
                     JwtRejected::Expired => AuthFailure::Expired,
+                    JwtRejected::ClaimMismatch => AuthFailure::ClaimMismatch,
                     _ => AuthFailure::BadCredential,
                 }));
             }

@@ -21,6 +21,9 @@ pub enum AuthFailure {
     Expired,
     /// A verified bearer JWT whose token key is gone from Redis (logged out).
     Revoked,
+    /// A genuinely signed bearer JWT that fails a `[jwt.claims]` rule or the
+    /// required `typ` (e.g. a refresh token where access tokens are expected).
+    ClaimMismatch,
 }
 
 impl AuthFailure {
@@ -32,6 +35,7 @@ impl AuthFailure {
             AuthFailure::Unreadable => "unreadable",
             AuthFailure::Expired => "expired",
             AuthFailure::Revoked => "revoked",
+            AuthFailure::ClaimMismatch => "claim_mismatch",
         }
     }
 }

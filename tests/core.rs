@@ -39,6 +39,7 @@ cookie = "connect.sid"
 cookie_format = "express"
 secrets = {secrets}
 bearer = "opaque"
+bearer_key = "api:{{id}}"
 key = "sess:{{id}}"
 {session_extra}
 
@@ -200,7 +201,8 @@ fn plain_cookies_and_opaque_bearer_tokens_resolve_the_same_session() {
     let redis = RedisServer::start();
     let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
     let cfg = config(&redis, &upstream, "", SECRETS)
-        .replace(r#"cookie_format = "express""#, r#"cookie_format = "plain""#);
+        .replace(r#"cookie_format = "express""#, r#"cookie_format = "plain""#)
+        .replace(r#""api:{id}""#, r#""same_as_cookie""#);
     let gateway = TestGateway::start(&cfg);
     let _: () = redis
         .conn()
@@ -232,6 +234,82 @@ fn plain_cookies_and_opaque_bearer_tokens_resolve_the_same_session() {
     let malformed = get(gateway.addr, "/x", &[("Authorization", "Bearer a b c")]);
     assert_eq!(malformed.status, 401);
     assert_eq!(upstream.requests(), 2);
+}
+
+/// With signed cookies, a bare session id is no bearer token: bearer ids are
+/// looked up under `bearer_key`, never under the cookie's `key`.
+#[test]
+fn a_bare_session_id_is_no_bearer_token_when_cookies_are_signed() {
+    let s = setup();
+    load_express_sessions(&s.redis);
+    let alice_id = "f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o";
+    assert_eq!(
+        get(s.gateway.addr, "/x", &[("Cookie", ALICE_COOKIE)]).status,
+        200
+    );
+    let bare_cookie = format!("connect.sid={alice_id}");
+    let json = ("Accept", "application/json");
+    assert_eq!(
+        get(s.gateway.addr, "/x", &[("Cookie", &bare_cookie), json]).status,
+        401
+    );
+    let as_bearer = format!("Bearer {alice_id}");
+    let resp = get(s.gateway.addr, "/x", &[("Authorization", &as_bearer)]);
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    assert_eq!(s.upstream.requests(), 1);
+
+    // An API token the app stored under `bearer_key` works as a bearer token,
+    // and not as a cookie.
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex(
+            "api:tok-9f2c",
+            r#"{"user":{"id":"77","role":"viewer"}}"#,
+            60,
+        )
+        .unwrap();
+    let resp = get(
+        s.gateway.addr,
+        "/x",
+        &[("Authorization", "Bearer tok-9f2c")],
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.echoed("X-User-Id"), vec!["77"]);
+    let resp = get(
+        s.gateway.addr,
+        "/x",
+        &[("Cookie", "connect.sid=tok-9f2c"), json],
+    );
+    assert_eq!(resp.status, 401);
+}
+
+/// `allow_unsigned_bearer = true` is the explicit way back to bare session
+/// ids as bearer tokens; without it the gateway does not start.
+#[test]
+fn reusing_the_signed_cookies_key_for_bearer_ids_needs_an_explicit_opt_in() {
+    let s = setup();
+    load_express_sessions(&s.redis);
+    let same =
+        config(&s.redis, &s.upstream, "", SECRETS).replace(r#""api:{id}""#, r#""same_as_cookie""#);
+    let Err(err) = TestGateway::try_start(&same) else {
+        panic!("the gateway must refuse to start");
+    };
+    assert!(err.contains("session.bearer_key"), "{err}");
+    assert!(err.contains("allow_unsigned_bearer = true"), "{err}");
+
+    let opted_in = same + "\n";
+    let opted_in = opted_in.replace(
+        "bearer_key = \"same_as_cookie\"",
+        "bearer_key = \"same_as_cookie\"\nallow_unsigned_bearer = true",
+    );
+    let gateway = TestGateway::start(&opted_in);
+    let resp = get(
+        gateway.addr,
+        "/x",
+        &[("Authorization", "Bearer f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o")],
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body);
 }
 
 #[test]

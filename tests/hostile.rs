@@ -25,6 +25,7 @@ url = "{url}"
 [session]
 secrets = ["fixture-secret-current"]
 bearer = "opaque"
+bearer_key = "api:{{id}}"
 
 [identity.headers]
 "X-User-Id" = "user.id"

@@ -577,3 +577,113 @@ fn check_refuses_bearer_jwt_without_a_jwt_table_with_its_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The app's refresh token is signed with the same secret and names the same
+/// `token:<tokenId>` key as its access token; `[jwt.claims] type = "access"`
+/// tells them apart. Refused tokens carry reason `claim_mismatch` in the
+/// access log and in `sessiongate_auth_failures_total`.
+#[test]
+fn refresh_tokens_are_refused_where_access_tokens_are_expected() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").expect("echo upstream");
+    let keys = key_files();
+    let jwt = format!(
+        "algorithms = [\"HS256\"]\nsecret = \"{HS_SECRET}\"\ntyp = \"JWT\"\n\n\
+         [jwt.claims]\ntype = \"access\"\nrole = [\"editor\", \"viewer\"]\n"
+    );
+    let text = config(&redis, &upstream, keys.path(), &jwt).replace(
+        "[identity.headers]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[identity.headers]",
+    );
+    let s = Setup {
+        gateway: TestGateway::start(&text),
+        redis,
+        upstream,
+        _keys: keys,
+    };
+    load_tokens(&s.redis);
+    let fx = fixture("jwt.json");
+    let secret = fx["hs256_secret"].as_str().unwrap().as_bytes();
+    let access = fx["valid"][0]["token"].as_str().unwrap();
+    let resp = bearer(&s, "/x", access);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.echoed("X-Token-Type"), vec!["access"]);
+
+    // What TokenService signs next to it: 7 days, same secret, same token id
+    // (whose Redis key exists).
+    let refresh = hs256(
+        &json!({"userId": "3003", "tokenId": CAROL_ID, "type": "refresh",
+                "exp": now() + 7 * 24 * 3600}),
+        secret,
+    );
+    let refresh_with_role = hs256(
+        &json!({"userId": "3003", "tokenId": CAROL_ID, "type": "refresh", "role": "editor",
+                "exp": now() + 7 * 24 * 3600}),
+        secret,
+    );
+    let other_role = hs256(&carol("admin"), secret);
+    let mut at_jwt = Header::new(Algorithm::HS256);
+    at_jwt.typ = Some("at+jwt".into());
+    let other_typ = encode(&at_jwt, &carol("editor"), &EncodingKey::from_secret(secret)).unwrap();
+    let before = s.upstream.requests();
+    for (what, token) in [
+        ("refresh token", &refresh),
+        ("refresh token with a role", &refresh_with_role),
+        ("role not listed", &other_role),
+        ("another typ", &other_typ),
+    ] {
+        assert_refused(&bearer(&s, "/x", token), what);
+    }
+    assert_eq!(s.upstream.requests(), before, "none reached the app");
+    // Carol's own access token, freshly minted, still passes.
+    assert_eq!(
+        bearer(&s, "/x", &hs256(&carol("viewer"), secret)).status,
+        200
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let reasons = loop {
+        let reasons: Vec<String> = s
+            .gateway
+            .access_log()
+            .iter()
+            .filter(|l| l["status"] == 401)
+            .map(|l| l["reason"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if reasons.len() >= 4 || std::time::Instant::now() > deadline {
+            break reasons;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(reasons, ["claim_mismatch"; 4]);
+    let metrics = get(s.gateway.admin_addr(), "/metrics", &[]).body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sessiongate_auth_failures_total{reason=\"claim_mismatch\"} 4"),
+        "{metrics}"
+    );
+}
+
+/// A bad `[jwt.claims]` rule is a configuration error naming its key and line.
+#[test]
+fn bad_claim_rules_are_refused_with_their_keys_and_lines() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").expect("echo upstream");
+    let keys = key_files();
+    let jwt = format!(
+        "algorithms = [\"HS256\"]\nsecret = \"{HS_SECRET}\"\n\n\
+         [jwt.claims]\ntype = 1.5\nrole = []\nscope = {{ has = [\"read\"] }}\n"
+    );
+    let text = config(&redis, &upstream, keys.path(), &jwt);
+    let Err(err) = TestGateway::try_start(&text) else {
+        panic!("the gateway must refuse the rules");
+    };
+    for want in [
+        ":25:8: jwt.claims.type: a claim rule is a string, integer or boolean",
+        ":26:8: jwt.claims.role: must list at least one value",
+        ":27:17: jwt.claims.scope.has: unknown rule \"has\", expected `contains`",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+}

@@ -41,6 +41,7 @@ command_timeout = "200ms"
 cookie = "connect.sid"
 secrets = {SECRETS}
 bearer = "opaque"
+bearer_key = "api:{{id}}"
 logout_path = "{LOGOUT}"
 logout_all_path = "{LOGOUT_ALL}"
 user_sessions_key = "user:{{user}}:sessions"
@@ -178,6 +179,10 @@ fn logout_ends_exactly_the_callers_session_and_clears_the_cookie() {
 #[test]
 fn logout_with_an_opaque_bearer_token_ends_that_session() {
     let s = setup("");
+    // The app issued VIEWER's session as an API token too (under `bearer_key`).
+    let mut conn = s.redis.conn();
+    let value: String = conn.get(format!("sess:{VIEWER}")).unwrap();
+    let _: () = conn.set_ex(format!("api:{VIEWER}"), value, 600).unwrap();
     let auth = format!("Bearer {VIEWER}");
     assert_eq!(
         get(s.gateway.addr, "/x", &[("Authorization", &auth)]).status,
@@ -190,6 +195,7 @@ fn logout_with_an_opaque_bearer_token_ends_that_session() {
         401
     );
     assert!(!exists(&s.redis, "user:7007:sessions"), "its only id left");
+    assert!(!exists(&s.redis, &format!("api:{VIEWER}")));
     assert_eq!(status_with(&s, ALICE), 200);
 }
 
@@ -522,8 +528,10 @@ fn jwt_logout_ends_the_token_and_logout_all_every_token_and_session_of_its_user(
         &upstream,
         "user_field = \"claims.userId\"\nuser_tokens_key = \"user:{user}:tokens\"",
     )
-    .replace("bearer = \"opaque\"", "bearer = \"jwt\"")
-        + &format!("\n[jwt]\nalgorithms = [\"HS256\"]\nsecret = \"{HS_SECRET}\"\n");
+    .replace(
+        "bearer = \"opaque\"\nbearer_key = \"api:{id}\"",
+        "bearer = \"jwt\"",
+    ) + &format!("\n[jwt]\nalgorithms = [\"HS256\"]\nsecret = \"{HS_SECRET}\"\n");
     let gateway = TestGateway::start(&text);
     load_sessions(&redis);
 

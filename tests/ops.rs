@@ -48,6 +48,7 @@ cookie = "connect.sid"
 cookie_format = "express"
 secrets = {SECRETS}
 bearer = "opaque"
+bearer_key = "api:{{id}}"
 key = "sess:{{id}}"
 {session}
 

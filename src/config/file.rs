@@ -92,6 +92,8 @@ pub struct Session {
     pub cookie_format: Option<String>,
     pub secrets: Option<Vec<String>>,
     pub bearer: Option<String>,
+    pub bearer_key: Option<String>,
+    pub allow_unsigned_bearer: Option<bool>,
     pub key: Option<String>,
     pub value: Option<String>,
     pub role_field: Option<String>,
@@ -190,8 +192,19 @@ pub struct Jwt {
     pub id_claim: Option<String>,
     pub key: Option<String>,
     pub issuer: Option<String>,
-    pub audience: Option<String>,
+    pub audience: Option<OneOrMany>,
     pub leeway: Option<String>,
+    pub typ: Option<String>,
+    /// `[jwt.claims]`: claim name → rule (a value, a list, or `{ contains = [...] }`).
+    pub claims: Option<BTreeMap<String, toml::Value>>,
+}
+
+/// A string or a list of strings (`audience = "api"` or `["api", "web"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `[admin]`

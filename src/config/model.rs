@@ -256,6 +256,10 @@ pub struct SessionSettings {
     pub bearer: BearerMode,
     /// `key`: the Redis key of a session, e.g. `sess:{id}`.
     pub key: KeyTemplate,
+    /// `bearer_key`: the Redis key of an opaque bearer id, e.g. `api:{id}`
+    /// (`Some` exactly when `bearer = "opaque"`; the cookie's `key` with
+    /// `bearer_key = "same_as_cookie"`).
+    pub bearer_key: Option<KeyTemplate>,
     /// `value`: `json` (default) or `hash`.
     pub value: ValueFormat,
     /// `role_field`: where a route's `roles` are looked up (default `user.role`).
@@ -307,6 +311,15 @@ impl KeyTemplate {
             prefix: prefix.to_owned(),
             suffix: suffix.to_owned(),
         })
+    }
+
+    /// Whether some id rendered by `self` and some id rendered by `other`
+    /// give the same key (ids are any non-empty strings).
+    pub fn overlaps(&self, other: &KeyTemplate) -> bool {
+        let prefixes =
+            self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix);
+        let suffixes = self.suffix.ends_with(&other.suffix) || other.suffix.ends_with(&self.suffix);
+        prefixes && suffixes
     }
 
     /// Whether `key` could have been rendered from this template.

@@ -1584,6 +1584,14 @@ impl<'r, 't> Checker<'r, 't> {
                 format!("{key_text:?} must contain `{{id}}` exactly once"),
             );
         }
+        let bearer_key = self.bearer_key(
+            &path,
+            bearer,
+            cookie_format,
+            key.as_ref(),
+            f.bearer_key,
+            f.allow_unsigned_bearer,
+        );
         let value = self.choice(
             &sub(&path, "value"),
             f.value.as_deref(),
@@ -1625,10 +1633,89 @@ impl<'r, 't> Checker<'r, 't> {
             cookie_format: cookie_format?,
             secrets,
             bearer: bearer?,
+            bearer_key: bearer_key?,
             key: key?,
             value: value?,
             role_field: role_field?,
         })
+    }
+
+    /// `bearer_key` and `allow_unsigned_bearer`: where opaque bearer ids are
+    /// looked up. Required with `bearer = "opaque"`; a bearer key that can name
+    /// the keys of signed (express) cookies needs `allow_unsigned_bearer = true`,
+    /// since a bare session id would then be as good as its signed cookie.
+    fn bearer_key(
+        &mut self,
+        path: &[Seg],
+        bearer: Option<BearerMode>,
+        cookie_format: Option<CookieFormat>,
+        cookie_key: Option<&KeyTemplate>,
+        text: Option<String>,
+        allow_unsigned: Option<bool>,
+    ) -> Option<Option<KeyTemplate>> {
+        let key_path = sub(path, "bearer_key");
+        let allow_path = sub(path, "allow_unsigned_bearer");
+        let bearer = bearer?;
+        if bearer != BearerMode::Opaque {
+            for (set, key) in [
+                (text.is_some(), &key_path),
+                (allow_unsigned.is_some(), &allow_path),
+            ] {
+                if set {
+                    self.error(key, "is only used with bearer = \"opaque\"");
+                }
+            }
+            return Some(None);
+        }
+        let Some(text) = text else {
+            self.missing(
+                &key_path,
+                "missing required key `bearer_key` (bearer = \"opaque\" needs the Redis key of \
+                 a bearer id, e.g. \"api:{id}\", or \"same_as_cookie\" to look bearer ids up \
+                 under the cookie's `key`)",
+            );
+            return None;
+        };
+        let same = text == "same_as_cookie";
+        let template = if same {
+            cookie_key.cloned()
+        } else {
+            let template = KeyTemplate::parse(&text, "{id}");
+            if template.is_none() {
+                self.error(
+                    &key_path,
+                    format!(
+                        "{text:?} must contain `{{id}}` exactly once (or be \"same_as_cookie\")"
+                    ),
+                );
+            }
+            template
+        };
+        let template = template?;
+        let cookie_key = cookie_key?;
+        let signed = cookie_format? == CookieFormat::Express;
+        if signed && allow_unsigned != Some(true) && template.overlaps(cookie_key) {
+            let why = if same {
+                "\"same_as_cookie\" lets a bare session id, sent as a bearer token, in without \
+                 the cookie's signature"
+                    .to_owned()
+            } else {
+                format!(
+                    "{text:?} can name the same Redis keys as `key`, so a bare session id sent as \
+                     a bearer token would get in without the cookie's signature; use a prefix of \
+                     its own (e.g. \"api:{{id}}\")"
+                )
+            };
+            self.error(
+                &key_path,
+                format!(
+                    "{why} (cookie_format = \"express\"); set `allow_unsigned_bearer = true` \
+                     to accept that"
+                ),
+            );
+            return None;
+        }
+        Some(Some(template))
     }
 
     /// The `[session]` keys of logout and of the per-user id sets.
@@ -1925,7 +2012,28 @@ impl<'r, 't> Checker<'r, 't> {
             other => other,
         };
         let issuer = optional("issuer", f.issuer);
-        let audience = optional("audience", f.audience);
+        let typ = optional("typ", f.typ);
+        let audience_path = sub(&path, "audience");
+        let audience = match f.audience {
+            None => Vec::new(),
+            Some(file::OneOrMany::One(aud)) => vec![aud],
+            Some(file::OneOrMany::Many(list)) => {
+                if list.is_empty() {
+                    self.error(&audience_path, "must list at least one audience");
+                }
+                list
+            }
+        };
+        for (i, aud) in audience.iter().enumerate() {
+            if aud.is_empty() {
+                let at = match audience.len() {
+                    1 => audience_path.clone(),
+                    _ => idx(&audience_path, i),
+                };
+                self.error(&at, "must not be empty");
+            }
+        }
+        let claims = self.claim_rules(&sub(&path, "claims"), f.claims.unwrap_or_default());
         let leeway_path = sub(&path, "leeway");
         let leeway = self.duration(
             &leeway_path,
@@ -1946,6 +2054,8 @@ impl<'r, 't> Checker<'r, 't> {
             issuer,
             audience,
             leeway,
+            typ,
+            claims,
         });
         if keys_ok {
             for (i, name) in names.iter().enumerate() {
@@ -1965,6 +2075,87 @@ impl<'r, 't> Checker<'r, 't> {
             verifier: std::sync::Arc::new(verifier),
             key: key?,
         }))
+    }
+
+    /// `[jwt.claims]`: `name = value` (exactly), `name = [values]` (one of) or
+    /// `name = { contains = [values] }` (an array claim, or a space-separated
+    /// string claim, holding every one). Values are strings, integers or booleans.
+    fn claim_rules(
+        &mut self,
+        path: &[Seg],
+        rules: std::collections::BTreeMap<String, toml::Value>,
+    ) -> Vec<crate::credential::jwt::ClaimRule> {
+        use crate::credential::jwt::{ClaimCheck, ClaimRule};
+        const SHAPE: &str =
+            "a claim rule is a string, integer or boolean (the exact value), a list \
+                             of them (one of), or { contains = [...] }";
+        let mut out = Vec::new();
+        for (claim, rule) in rules {
+            let at = sub(path, &claim);
+            if claim.is_empty() {
+                self.error(&at, "a claim name must not be empty");
+                continue;
+            }
+            let scalar = |v: &toml::Value| match v {
+                toml::Value::String(s) => Some(serde_json::Value::from(s.clone())),
+                toml::Value::Integer(i) => Some(serde_json::Value::from(*i)),
+                toml::Value::Boolean(b) => Some(serde_json::Value::from(*b)),
+                _ => None,
+            };
+            let list = |this: &mut Self, at: &[Seg], items: &[toml::Value]| {
+                if items.is_empty() {
+                    this.error(at, "must list at least one value");
+                    return None;
+                }
+                let mut values = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match scalar(item) {
+                        Some(v) => values.push(v),
+                        None => {
+                            this.error(&idx(at, i), "must be a string, integer or boolean");
+                            return None;
+                        }
+                    }
+                }
+                Some(values)
+            };
+            let check = match &rule {
+                toml::Value::Array(items) => list(self, &at, items).map(ClaimCheck::OneOf),
+                toml::Value::Table(table) => {
+                    let mut check = None;
+                    for (key, value) in table {
+                        let key_at = sub(&at, key);
+                        match (key.as_str(), value) {
+                            ("contains", toml::Value::Array(items)) => {
+                                check = list(self, &key_at, items).map(ClaimCheck::Contains);
+                            }
+                            ("contains", _) => {
+                                self.error(&key_at, "must be a list of values");
+                            }
+                            _ => self.error(
+                                &key_at,
+                                format!("unknown rule {key:?}, expected `contains`"),
+                            ),
+                        }
+                    }
+                    if table.is_empty() {
+                        self.error(&at, SHAPE);
+                    }
+                    check
+                }
+                other => match scalar(other) {
+                    Some(v) => Some(ClaimCheck::Equals(v)),
+                    None => {
+                        self.error(&at, SHAPE);
+                        None
+                    }
+                },
+            };
+            if let Some(check) = check {
+                out.push(ClaimRule { claim, check });
+            }
+        }
+        out
     }
 
     /// Reads the file `file` names (relative to the configuration file's
@@ -2563,6 +2754,7 @@ command_timeout = "250ms"
 cookie = "sid"
 secrets = ["one", "two"]
 bearer = "opaque"
+bearer_key = "api:{id}"
 key = "app:{id}:data"
 value = "hash"
 role_field = "passport.user.role"
@@ -2995,6 +3187,143 @@ upstream = "ap"
         );
     }
 
+    /// `minimal()` with `session` added to its `[session]` table (line 8 on).
+    fn with_session(session: &str) -> String {
+        minimal("").replace(
+            "secrets = [\"s3cret\"]\n",
+            &format!("secrets = [\"s3cret\"]\n{session}\n"),
+        )
+    }
+
+    #[test]
+    fn opaque_bearer_ids_have_a_key_of_their_own() {
+        let config = parse(
+            "proxy.toml",
+            &with_session("bearer = \"opaque\"\nbearer_key = \"api:{id}\""),
+            &no_env,
+        )
+        .unwrap();
+        let bearer_key = config.session.bearer_key.expect("bearer key");
+        assert_eq!(bearer_key.render("abc"), "api:abc");
+        assert_eq!(config.session.key.render("abc"), "sess:abc");
+
+        // No bearer_key: the operator has to choose.
+        let errs = errors(&with_session("bearer = \"opaque\""));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].path, "session.bearer_key");
+        assert!(
+            errs[0].message.contains("same_as_cookie"),
+            "{}",
+            errs[0].message
+        );
+
+        // Reusing the signed cookie's keys needs the explicit opt-in.
+        for bearer_key in [
+            "same_as_cookie",
+            "sess:{id}",
+            "{id}",
+            "se{id}",
+            "sess:x{id}",
+        ] {
+            let text = format!("bearer = \"opaque\"\nbearer_key = \"{bearer_key}\"");
+            let errs = errors(&with_session(&text));
+            assert_eq!(errs.len(), 1, "{bearer_key}: {errs:#?}");
+            assert_eq!(
+                (errs[0].path.as_str(), errs[0].line),
+                ("session.bearer_key", 10),
+                "{bearer_key}"
+            );
+            assert!(
+                errs[0].message.contains("allow_unsigned_bearer = true"),
+                "{}",
+                errs[0].message
+            );
+            let allowed = with_session(&format!("{text}\nallow_unsigned_bearer = true"));
+            let config = parse("proxy.toml", &allowed, &no_env).unwrap();
+            let key = config.session.bearer_key.unwrap();
+            assert!(key.overlaps(&config.session.key), "{bearer_key}");
+        }
+        let same = parse(
+            "proxy.toml",
+            &with_session(
+                "bearer = \"opaque\"\nbearer_key = \"same_as_cookie\"\nallow_unsigned_bearer = true",
+            ),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(same.session.bearer_key, Some(same.session.key.clone()));
+
+        // Plain cookies are bare ids already: nothing to opt into.
+        let plain = with_session(
+            "cookie_format = \"plain\"\nbearer = \"opaque\"\nbearer_key = \"same_as_cookie\"",
+        );
+        let config = parse("proxy.toml", &plain, &no_env).unwrap();
+        assert_eq!(config.session.bearer_key, Some(config.session.key.clone()));
+
+        let errs = errors(&with_session("bearer = \"opaque\"\nbearer_key = \"api\""));
+        assert_eq!(errs[0].path, "session.bearer_key");
+        assert!(errs[0].message.contains("{id}"), "{}", errs[0].message);
+
+        let errs = errors(&with_session(
+            "bearer_key = \"api:{id}\"\nallow_unsigned_bearer = true",
+        ));
+        let paths: Vec<_> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("session.bearer_key", 9),
+                ("session.allow_unsigned_bearer", 10)
+            ]
+        );
+    }
+
+    #[test]
+    fn key_templates_overlap_when_one_id_can_stand_for_another() {
+        let t = |s: &str| KeyTemplate::parse(s, "{id}").unwrap();
+        assert!(t("sess:{id}").overlaps(&t("sess:{id}")));
+        assert!(t("sess:{id}").overlaps(&t("{id}")));
+        assert!(t("sess:{id}").overlaps(&t("sess:api:{id}")));
+        assert!(t("a{id}:x").overlaps(&t("ab{id}")));
+        assert!(!t("sess:{id}").overlaps(&t("api:{id}")));
+        assert!(t("sess:{id}").overlaps(&t("sess:{id}:api")));
+        assert!(!t("{id}:a").overlaps(&t("{id}:b")));
+    }
+
+    #[test]
+    fn jwt_claim_rules_and_audiences() {
+        let text = with_jwt(
+            "algorithms = [\"HS256\"]\nsecret = \"s\"\naudience = [\"api\", \"web\"]\n\
+             typ = \"JWT\"\n\n[jwt.claims]\ntype = \"access\"\nrole = [\"admin\", \"viewer\"]\n\
+             scope = { contains = [\"read\"] }\nlevel = 2\n",
+        );
+        let config = parse("proxy.toml", &text, &no_env).unwrap();
+        let shown = format!("{:?}", config.jwt.unwrap().verifier);
+        for want in [
+            "Equals(String(\"access\"))",
+            "OneOf(",
+            "Contains([String(\"read\")])",
+            "typ: Some(\"JWT\")",
+        ] {
+            assert!(shown.contains(want), "{want}: {shown}");
+        }
+        let errs = errors(&with_jwt(
+            "algorithms = [\"HS256\"]\nsecret = \"s\"\naudience = []\ntyp = \"\"\n\n\
+             [jwt.claims]\nscope = { contains = \"read\" }\ngroups = [[\"a\"]]\n\"\" = \"x\"\n",
+        ));
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "jwt.audience",
+                "jwt.typ",
+                "jwt.claims.scope.contains",
+                "jwt.claims.groups[0]",
+                "jwt.claims.\"\"",
+            ],
+            "{errs:#?}"
+        );
+    }
+
     #[test]
     fn bearer_jwt_and_the_jwt_table_go_together() {
         let text = with_jwt("");
@@ -3004,11 +3333,13 @@ upstream = "ap"
         assert_eq!((errs[0].path.as_str(), errs[0].line), ("session.bearer", 9));
         assert!(errs[0].message.contains("needs a [jwt] table"));
 
-        let opaque = with_jwt("algorithms = [\"HS256\"]\nsecret = \"s\"\n")
-            .replace("bearer = \"jwt\"", "bearer = \"opaque\"");
+        let opaque = with_jwt("algorithms = [\"HS256\"]\nsecret = \"s\"\n").replace(
+            "bearer = \"jwt\"",
+            "bearer = \"opaque\"\nbearer_key = \"same_as_cookie\"",
+        );
         let errs = errors(&opaque);
         assert_eq!(errs.len(), 1, "{errs:#?}");
-        assert_eq!((errs[0].path.as_str(), errs[0].line), ("jwt", 19));
+        assert_eq!((errs[0].path.as_str(), errs[0].line), ("jwt", 20));
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub enum JwtRejected {
     Claims,
     #[error("the token has no usable id claim")]
     NoTokenId,
+    #[error("the token does not satisfy a [jwt.claims] rule or the required typ")]
+    ClaimMismatch,
 }
 
 impl JwtRejected {
@@ -83,6 +85,7 @@ impl JwtRejected {
             JwtRejected::NotYetValid => "not_yet_valid",
             JwtRejected::Claims => "claims",
             JwtRejected::NoTokenId => "no_token_id",
+            JwtRejected::ClaimMismatch => "claim_mismatch",
         }
     }
 }
@@ -410,9 +413,54 @@ pub struct JwtOptions {
     pub jwks: Option<Vec<PublicKey>>,
     pub id_claim: String,
     pub issuer: Option<String>,
-    pub audience: Option<String>,
+    /// `aud` must name one of these (when not empty).
+    pub audience: Vec<String>,
     /// Clock skew allowed for `exp` and `nbf` (whole seconds, rounded up).
     pub leeway: Duration,
+    /// `[jwt] typ`: the header's `typ` must be exactly this.
+    pub typ: Option<String>,
+    /// `[jwt.claims]`: every rule must hold.
+    pub claims: Vec<ClaimRule>,
+}
+
+/// One `[jwt.claims]` entry: a claim and what its value must be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub check: ClaimCheck,
+}
+
+/// What a claim's value must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimCheck {
+    /// `type = "access"`: exactly this value (a string, integer or boolean).
+    Equals(Value),
+    /// `role = ["admin", "viewer"]`: one of these values.
+    OneOf(Vec<Value>),
+    /// `scope = { contains = ["read"] }`: an array claim holding every one of
+    /// these, or a string claim of space-separated items (OAuth `scope`) that does.
+    Contains(Vec<Value>),
+}
+
+impl ClaimRule {
+    /// Whether `claims` satisfies this rule (a missing claim never does).
+    pub fn holds(&self, claims: &Map<String, Value>) -> bool {
+        let Some(value) = claims.get(&self.claim) else {
+            return false;
+        };
+        match &self.check {
+            ClaimCheck::Equals(want) => value == want,
+            ClaimCheck::OneOf(wanted) => wanted.contains(value),
+            ClaimCheck::Contains(wanted) => match value {
+                Value::Array(items) => wanted.iter().all(|w| items.contains(w)),
+                Value::String(text) => wanted.iter().all(|w| {
+                    w.as_str()
+                        .is_some_and(|w| text.split(' ').any(|item| item == w))
+                }),
+                _ => false,
+            },
+        }
+    }
 }
 
 /// Verifies bearer JWTs against `[jwt]`; built once at load time.
@@ -425,6 +473,8 @@ pub struct JwtVerifier {
     public_key: Option<PublicKey>,
     jwks: Option<Vec<PublicKey>>,
     id_claim: String,
+    typ: Option<String>,
+    claims: Vec<ClaimRule>,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -440,6 +490,8 @@ impl fmt::Debug for JwtVerifier {
             .field("public_key", &self.public_key)
             .field("jwks", &self.jwks)
             .field("id_claim", &self.id_claim)
+            .field("typ", &self.typ)
+            .field("claims", &self.claims)
             .finish()
     }
 }
@@ -472,6 +524,9 @@ struct RawHeader {
     /// (RFC 7515 section 4.1.11).
     #[serde(default)]
     crit: Option<Value>,
+    /// `typ`, checked against `[jwt] typ` once the signature verified.
+    #[serde(default)]
+    typ: Option<Value>,
 }
 
 impl JwtVerifier {
@@ -492,13 +547,12 @@ impl JwtVerifier {
                     v.set_issuer(&[iss]);
                     required.push("iss");
                 }
-                match &options.audience {
-                    Some(aud) => {
-                        v.set_audience(&[aud]);
-                        required.push("aud");
-                    }
+                if options.audience.is_empty() {
                     // Without a configured audience, `aud` is not checked.
-                    None => v.validate_aud = false,
+                    v.validate_aud = false;
+                } else {
+                    v.set_audience(&options.audience);
+                    required.push("aud");
                 }
                 v.set_required_spec_claims(&required);
                 (alg, v)
@@ -510,6 +564,8 @@ impl JwtVerifier {
             public_key: options.public_key,
             jwks: options.jwks,
             id_claim: options.id_claim,
+            typ: options.typ,
+            claims: options.claims,
         }
     }
 
@@ -553,7 +609,17 @@ impl JwtVerifier {
         let mut outcome = JwtRejected::UnknownKey;
         for key in self.candidates(*alg, header.kid.as_deref()) {
             match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
-                Ok(data) => return self.verified(data.claims),
+                Ok(data) => {
+                    // Only a token whose signature verified gets this far: a
+                    // refresh token (say) is told apart from an access token.
+                    let typ_ok = self.typ.as_ref().is_none_or(|want| {
+                        header.typ.as_ref().and_then(Value::as_str) == Some(want.as_str())
+                    });
+                    if !typ_ok || !self.claims.iter().all(|rule| rule.holds(&data.claims)) {
+                        return Err(JwtRejected::ClaimMismatch);
+                    }
+                    return self.verified(data.claims);
+                }
                 Err(err) => match rejection(err.kind()) {
                     // Another key may still verify it (tokens without `kid`).
                     JwtRejected::Signature => outcome = JwtRejected::Signature,
@@ -742,7 +808,9 @@ MCowBQYDK2VwAyEA3UZmJbjI5d1Q106MnMomPsBSa5SyfKIdTbdARYu2RAk=
             jwks: None,
             id_claim: "tokenId".into(),
             issuer: None,
-            audience: None,
+            audience: Vec::new(),
+            typ: None,
+            claims: Vec::new(),
             leeway: Duration::from_secs(30),
         }
     }
@@ -954,11 +1022,61 @@ MCowBQYDK2VwAyEA3UZmJbjI5d1Q106MnMomPsBSa5SyfKIdTbdARYu2RAk=
     }
 
     #[test]
+    fn claim_rules() {
+        let claims: Map<String, Value> = serde_json::from_value(json!({
+            "type": "access", "role": "viewer", "level": 3, "admin": false,
+            "groups": ["staff", "ops"], "scope": "read write"
+        }))
+        .unwrap();
+        let rule = |claim: &str, check| ClaimRule {
+            claim: claim.into(),
+            check,
+        };
+        let holds = [
+            rule("type", ClaimCheck::Equals(json!("access"))),
+            rule("level", ClaimCheck::Equals(json!(3))),
+            rule("admin", ClaimCheck::Equals(json!(false))),
+            rule(
+                "role",
+                ClaimCheck::OneOf(vec![json!("admin"), json!("viewer")]),
+            ),
+            rule("groups", ClaimCheck::Contains(vec![json!("ops")])),
+            rule(
+                "groups",
+                ClaimCheck::Contains(vec![json!("ops"), json!("staff")]),
+            ),
+            rule("scope", ClaimCheck::Contains(vec![json!("write")])),
+        ];
+        for r in &holds {
+            assert!(r.holds(&claims), "{r:?}");
+        }
+        let fails = [
+            rule("type", ClaimCheck::Equals(json!("refresh"))),
+            rule("level", ClaimCheck::Equals(json!("3"))),
+            rule("missing", ClaimCheck::Equals(json!("x"))),
+            rule("role", ClaimCheck::OneOf(vec![json!("admin")])),
+            rule(
+                "groups",
+                ClaimCheck::Contains(vec![json!("ops"), json!("root")]),
+            ),
+            rule("scope", ClaimCheck::Contains(vec![json!("rea")])),
+            rule(
+                "type",
+                ClaimCheck::Contains(vec![json!("access"), json!("x")]),
+            ),
+            rule("level", ClaimCheck::Contains(vec![json!(3)])),
+        ];
+        for r in &fails {
+            assert!(!r.holds(&claims), "{r:?}");
+        }
+    }
+
+    #[test]
     fn issuer_and_audience_when_configured() {
         let v = JwtVerifier::new(JwtOptions {
             secret: Some(SECRET.as_bytes().to_vec()),
             issuer: Some("https://id.example".into()),
-            audience: Some("api".into()),
+            audience: vec!["api".into()],
             ..options(&[Algorithm::HS256])
         });
         let sign = |claims: Value| hs256(&claims, SECRET.as_bytes());

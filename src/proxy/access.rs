@@ -36,6 +36,9 @@ pub struct Observed {
 impl Observed {
     /// Records why the pipeline refused the request.
     pub fn rejected(&mut self, rejection: &Rejection) {
+        if let Rejection::Unauthenticated { reason, .. } = rejection {
+            crate::metrics::auth_failure(*reason);
+        }
         self.reason = Some(reason(rejection));
     }
 
