@@ -93,14 +93,34 @@ enum SessionAction {
     },
 }
 
+/// Logs on stderr, filtered by `RUST_LOG` (default `info`). Whatever
+/// `RUST_LOG` says, other crates never log below `info`: at debug Pingora
+/// prints request and upstream headers (cookies, `Authorization`) and raw
+/// request buffers, and Redis clients print commands whose keys hold session
+/// ids. sessiongate's own events never carry a credential at any level.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let dependencies_capped = Targets::new()
+        .with_target("sessiongate", LevelFilter::TRACE)
+        .with_default(LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(env)
+                .with_filter(dependencies_capped),
+        )
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
 
     match cli.command {
         Command::Check { config } => match config::load(&config) {

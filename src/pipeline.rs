@@ -198,7 +198,7 @@ impl Pipeline {
                 rejection: Rejection::Unauthenticated { reason, .. },
             } if counts_as_failed_auth(*reason) => {
                 if let (Some(limiter), Some(ip)) = (&self.limits.failed_auth, client) {
-                    let _ = limiter.take(&ip);
+                    self.count_failed_auth(limiter, ip).await;
                 }
                 outcome
             }
@@ -220,6 +220,49 @@ impl Pipeline {
                 }
             }
             _ => outcome,
+        }
+    }
+
+    /// Whether `ip` is over its failed-authentication budget. With
+    /// `[rate_limit] shared`, the fleet's count in Redis decides (and this
+    /// process's own bucket still applies); when Redis cannot answer, this
+    /// process's bucket alone.
+    async fn failed_auth_over(
+        &self,
+        limiter: &crate::ratelimit::Limiter<std::net::IpAddr>,
+        ip: std::net::IpAddr,
+    ) -> Option<u64> {
+        let local = limiter.exhausted(&ip);
+        let limits = &self.config.rate_limit;
+        let (true, Some(limit), None) = (limits.shared, limits.failed_auth_per_ip, local) else {
+            return local;
+        };
+        let key = crate::ratelimit::shared_key(ip);
+        match self.store.window_count(&key, 0, limit.per).await {
+            Ok((count, left)) if count >= u64::from(limit.burst) => {
+                Some(left.as_millis().div_ceil(1000).max(1) as u64)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "shared rate limit unavailable; this process's own applies");
+                None
+            }
+        }
+    }
+
+    /// Counts a failed authentication from `ip`, here and (with `shared`) in Redis.
+    async fn count_failed_auth(
+        &self,
+        limiter: &crate::ratelimit::Limiter<std::net::IpAddr>,
+        ip: std::net::IpAddr,
+    ) {
+        let _ = limiter.take(&ip);
+        let limits = &self.config.rate_limit;
+        if let (true, Some(limit)) = (limits.shared, limits.failed_auth_per_ip) {
+            let key = crate::ratelimit::shared_key(ip);
+            if let Err(e) = self.store.window_count(&key, 1, limit.per).await {
+                tracing::debug!(error = %e, "shared rate limit: a failure was counted locally only");
+            }
         }
     }
 
@@ -337,7 +380,7 @@ impl Pipeline {
         let route = &routes[strict];
         // An IP over its failed-authentication budget is refused before Redis.
         if let (Some(limiter), Some(ip)) = (&self.limits.failed_auth, client) {
-            if let Some(retry_after) = limiter.exhausted(&ip) {
+            if let Some(retry_after) = self.failed_auth_over(limiter, ip).await {
                 return reject(Some(index), Rejection::RateLimited { retry_after });
             }
         }

@@ -119,6 +119,11 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 }
 
+/// The Redis key of `ip`'s shared failed-authentication counter.
+pub fn shared_key(ip: IpAddr) -> String {
+    format!("sessiongate:rl:failed_auth:{ip}")
+}
+
 /// The client's IP: the peer's, or, when the peer is a trusted proxy, the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_ip(req: &Parts, peer: Option<IpAddr>, trusted: &[Cidr]) -> Option<IpAddr> {

@@ -491,3 +491,105 @@ trusted_proxies = ["10.0.0.0/8", "10.0.0.0/33", "nope"]
     assert_eq!(rl.requests_per_user.unwrap().per, Duration::from_secs(60));
     assert_eq!(rl.trusted_proxies.len(), 2);
 }
+
+/// `[rate_limit] shared = true`: two gateways on one Redis share one
+/// failed-authentication budget per IP, so an attacker who spreads bad
+/// cookies over both still gets `burst` tries, not twice that. Without
+/// `shared`, each process has its own.
+#[test]
+fn a_shared_failed_auth_budget_holds_across_gateways() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    add_session(&redis, "good-session-1", "u1");
+    let limits = "[rate_limit]\nfailed_auth_per_ip = { burst = 4, per = \"1m\" }\n\
+                  trusted_proxies = [\"127.0.0.1/32\"]\n";
+    let attack = |gateways: &[TestGateway; 2], ip: &str| -> Vec<u16> {
+        (0..10)
+            .map(|i| {
+                let cookie = format!("sid=guess-{i}");
+                get(
+                    gateways[i % 2].addr,
+                    "/x",
+                    &[("Cookie", &cookie), ("X-Forwarded-For", ip)],
+                )
+                .status
+            })
+            .collect()
+    };
+
+    let shared = config(
+        &redis,
+        &one_upstream(upstream.addr),
+        &format!("{limits}shared = true\n"),
+    );
+    let fleet = [TestGateway::start(&shared), TestGateway::start(&shared)];
+    let statuses = attack(&fleet, "203.0.113.50");
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 429, 429, 429, 429, 429, 429],
+        "one budget of 4 for both"
+    );
+    // Refused on both gateways, even with a valid session; other IPs unaffected.
+    for gateway in &fleet {
+        let good = |ip: &str| {
+            get(
+                gateway.addr,
+                "/x",
+                &[("Cookie", "sid=good-session-1"), ("X-Forwarded-For", ip)],
+            )
+            .status
+        };
+        assert_eq!(good("203.0.113.50"), 429);
+        assert_eq!(good("203.0.113.51"), 200);
+    }
+    // The counter lives in Redis, with the window as its expiry.
+    let mut conn = redis.conn();
+    let key = "sessiongate:rl:failed_auth:203.0.113.50";
+    let count: u64 = conn.get(key).unwrap();
+    assert_eq!(count, 4);
+    let pttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
+    assert!((1..=60_000).contains(&pttl), "{pttl}");
+    drop(fleet);
+
+    // Per process (the default): each gateway allows 4 on its own.
+    let own = config(&redis, &one_upstream(upstream.addr), limits);
+    let separate = [TestGateway::start(&own), TestGateway::start(&own)];
+    let statuses = attack(&separate, "203.0.113.60");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 401).count(),
+        8,
+        "{statuses:?}"
+    );
+    let exists: bool = conn
+        .exists("sessiongate:rl:failed_auth:203.0.113.60")
+        .unwrap();
+    assert!(!exists, "nothing is shared by default");
+}
+
+/// With Redis down, a shared limit falls back to each process's own bucket:
+/// malformed credentials (refused without asking Redis) are still limited.
+#[test]
+fn a_shared_limit_falls_back_to_the_process_when_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gateway = TestGateway::start(&config(
+        &redis,
+        &one_upstream(upstream.addr),
+        "[rate_limit]\nfailed_auth_per_ip = { burst = 3, per = \"1m\" }\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\nshared = true\n",
+    ));
+    redis.stop();
+    // Longer than any session id: refused as malformed, before any lookup.
+    let cookie = format!("sid={}", "x".repeat(300));
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| {
+            get(
+                gateway.addr,
+                "/x",
+                &[("Cookie", &cookie), ("X-Forwarded-For", "203.0.113.70")],
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use libfuzzer_sys::fuzz_target;
-use sessiongate::credential::jwt::{public_key_from_pem, JwtOptions, JwtVerifier};
+use sessiongate::credential::jwt::{
+    public_key_from_pem, ClaimCheck, ClaimRule, JwtOptions, JwtVerifier,
+};
 
 const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAyFlmKUcmA4IcRyx0TW3l\nXRDdYQAVnTdpvSM11KiwPUSoqBZsNssmwXu/08614nfDubQjNCh1U8yZ9UXBJ6oZ\nNwHX5z2e22nu3wMxJ6xUE26lOw77ni8RnrJEB0zrLOPntQI71Lem+ccoPSAihU5n\nwpwJDPOau/dIiCWbTdNKUxRVmX1ct9OP8d0QKtTk9TElteXBCLXN/Y22BXdTeyYR\nfCbgEl6CkbkRD1QH71cgHYEVxDoeYf4AC5AzwUOgLLYO9HqU+3lgDLN8akq5I/MN\nMkKH5u8XlWsqcgf/4ffcZJYbKO6STEPV3dVQzpajIo32wWA+zxf8847sZnTt+bIa\n5QIDAQAB\n-----END PUBLIC KEY-----\n";
 
@@ -30,8 +32,13 @@ fuzz_target!(|data: &[u8]| {
         jwks: None,
         id_claim: "tokenId".into(),
         issuer: None,
-        audience: None,
+        audience: Vec::new(),
         leeway: Duration::from_secs(30),
+        typ: Some("JWT".into()),
+        claims: vec![ClaimRule {
+            claim: "type".into(),
+            check: ClaimCheck::Equals("access".into()),
+        }],
     });
     // Only the tokens the app signed (the fixtures seed the corpus) verify; a
     // mutation that still verifies must carry one of their token ids, i.e.

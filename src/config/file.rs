@@ -32,6 +32,7 @@ pub struct RateLimit {
     pub failed_auth_per_ip: Option<Bucket>,
     pub requests_per_user: Option<Bucket>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub shared: Option<bool>,
 }
 
 /// `{ burst = 20, per = "1m" }`

@@ -38,6 +38,9 @@ pub struct RateLimitSettings {
     pub requests_per_user: Option<RateLimit>,
     /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// `shared`: count failed authentications per IP in the session Redis,
+    /// across every gateway using it (default false: per process).
+    pub shared: bool,
 }
 
 /// `{ burst = 20, per = "1m" }`: `burst` tokens, refilled evenly over `per`.

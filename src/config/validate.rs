@@ -965,6 +965,7 @@ impl<'r, 't> Checker<'r, 't> {
             return Some(Default::default());
         }
         let f: file::RateLimit = self.section(&path)?;
+        let has_failed_auth = f.failed_auth_per_ip.is_some();
         let failed_auth_per_ip =
             self.bucket(&sub(&path, "failed_auth_per_ip"), f.failed_auth_per_ip);
         let requests_per_user = self.bucket(&sub(&path, "requests_per_user"), f.requests_per_user);
@@ -983,10 +984,18 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             }
         }
+        let shared = f.shared.unwrap_or(false);
+        if shared && !has_failed_auth {
+            self.error(
+                &sub(&path, "shared"),
+                "shares `failed_auth_per_ip`, which is not set",
+            );
+        }
         Some(super::model::RateLimitSettings {
             failed_auth_per_ip: failed_auth_per_ip?,
             requests_per_user: requests_per_user?,
             trusted_proxies,
+            shared,
         })
         .filter(|_| ok)
     }
@@ -3287,6 +3296,33 @@ upstream = "ap"
         assert!(!t("sess:{id}").overlaps(&t("api:{id}")));
         assert!(t("sess:{id}").overlaps(&t("sess:{id}:api")));
         assert!(!t("{id}:a").overlaps(&t("{id}:b")));
+    }
+
+    #[test]
+    fn shared_rate_limits() {
+        let config = parse(
+            "proxy.toml",
+            &minimal(
+                "\n[rate_limit]\nfailed_auth_per_ip = { burst = 5, per = \"1m\" }\nshared = true\n",
+            ),
+            &no_env,
+        )
+        .unwrap();
+        assert!(config.rate_limit.shared);
+        assert!(
+            !parse("proxy.toml", &minimal(""), &no_env)
+                .unwrap()
+                .rate_limit
+                .shared
+        );
+        let errs = errors(&minimal(
+            "\n[rate_limit]\nrequests_per_user = { burst = 5, per = \"1m\" }\nshared = true\n",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(
+            (errs[0].path.as_str(), errs[0].line),
+            ("rate_limit.shared", 20)
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl Observed {
             crate::metrics::auth_failure(*reason);
         }
         self.reason = Some(reason(rejection));
+        tracing::debug!(reason = reason(rejection), "request refused");
     }
 
     /// Records that Redis was unreachable and the session's last known good

@@ -200,6 +200,14 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// What Pingora's own error lines (e.g. on 502/504) say about a request:
+    /// the method and the path, never the query string (tokens travel there)
+    /// nor any header.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

@@ -79,7 +79,31 @@ pub trait SessionStore: Send + Sync {
     async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError>;
     /// Removes `members` from the set at `key`; returns how many were in it.
     async fn set_remove(&self, key: &str, members: &[String]) -> Result<u64, StoreError>;
+    /// A fixed-window counter shared by every gateway on this store: adds
+    /// `add` (0 only reads) to the counter at `key`, whose window of `window`
+    /// starts with its first hit. Returns the count and the window's
+    /// remaining time. Stores without one answer `Unavailable`.
+    async fn window_count(
+        &self,
+        _key: &str,
+        _add: u32,
+        _window: Duration,
+    ) -> Result<(u64, Duration), StoreError> {
+        Err(StoreError::Unavailable("no shared counters".to_owned()))
+    }
 }
+
+/// `window_count` in one round trip: INCRBY, then the window's expiry when the
+/// key has none yet (its first hit), and what is left of it.
+const WINDOW_COUNT: &str = r"
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {n, ttl}
+";
 
 /// Redis through a multiplexed, self-reconnecting connection.
 ///
@@ -270,6 +294,28 @@ impl SessionStore for RedisStore {
             .into_iter()
             .filter_map(|m| String::from_utf8(m).ok())
             .collect())
+    }
+
+    async fn window_count(
+        &self,
+        key: &str,
+        add: u32,
+        window: Duration,
+    ) -> Result<(u64, Duration), StoreError> {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let (count, ttl): (u64, u64) = self
+            .with_timeout(|mut conn| async move {
+                redis::cmd("EVAL")
+                    .arg(WINDOW_COUNT)
+                    .arg(1)
+                    .arg(key)
+                    .arg(add)
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok((count, Duration::from_millis(ttl)))
     }
 
     async fn set_remove(&self, key: &str, members: &[String]) -> Result<u64, StoreError> {

@@ -31,6 +31,17 @@ impl TestGateway {
 
     /// Like `start`, but returns the gateway's output when it does not come up.
     pub fn try_start(config: &str) -> Result<TestGateway, String> {
+        Self::try_start_with_env(config, &[])
+    }
+
+    /// `start` with extra environment variables, e.g. `("RUST_LOG", "debug")`
+    /// (the default is `RUST_LOG=info,sessiongate=debug`).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> TestGateway {
+        Self::try_start_with_env(config, env)
+            .unwrap_or_else(|log| panic!("gateway did not start:\n{log}"))
+    }
+
+    pub fn try_start_with_env(config: &str, env: &[(&str, &str)]) -> Result<TestGateway, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, with_private_paths(config, dir.path())).expect("write config");
@@ -40,6 +51,7 @@ impl TestGateway {
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", "info,sessiongate=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
