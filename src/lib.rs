@@ -8,6 +8,7 @@
 pub mod config;
 pub mod credential;
 pub mod identity;
+pub mod labels;
 pub mod logout;
 pub mod manage;
 pub mod metrics;

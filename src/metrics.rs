@@ -11,8 +11,7 @@ use prometheus::{
 };
 
 use crate::config::Config;
-use crate::pipeline::Decision;
-use crate::session::cache::LookupSource;
+use crate::labels::{Decision, LookupResult, LookupSource};
 
 /// Request latencies: from 0.5 ms (a rejection) to 10 s (a slow upstream).
 const REQUEST_BUCKETS: &[f64] = &[
@@ -50,17 +49,6 @@ fn decision_index(decision: Decision) -> usize {
 
 /// The `route` label of requests refused before a route matched.
 pub const NO_ROUTE: &str = "-";
-
-/// The result of one session lookup, for `sessiongate_session_lookups_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LookupResult {
-    /// Found (a session, or for the cache an entry of any kind).
-    Hit,
-    /// Not there.
-    Miss,
-    /// The source could not answer.
-    Error,
-}
 
 /// A Redis operation, for `sessiongate_store_duration_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

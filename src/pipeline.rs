@@ -16,44 +16,14 @@ use crate::credential::bearer::bearer_token;
 use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
 use crate::credential::{Credential, CredentialSource};
 use crate::identity::IdentityPlan;
+use crate::labels::{Decision, LookupResult, LookupSource};
 use crate::logout::{Caller, Logout, LogoutScope};
-use crate::metrics::{self, LookupResult, PipelineMetrics};
+use crate::metrics::{self, PipelineMetrics};
 use crate::reject::{login_url, AuthFailure, Rejection, Rendered};
 use crate::route::table::{RouteTable, Selection};
 use crate::route::target::{Rewrite, Target};
-use crate::session::cache::{Lookup, LookupSource, Principal, SessionCache};
+use crate::session::cache::{Lookup, Principal, SessionCache};
 use crate::session::{Session, SessionStore, StoreError};
-
-/// What happened to a request, as counted in metrics and access logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Forwarded,
-    Public,
-    Unauthenticated,
-    Forbidden,
-    StoreError,
-    /// Refused before authentication: bad path, no route, oversized headers.
-    Invalid,
-    /// A logout answered by the gateway (`logout_path`, `logout_all_path`).
-    LoggedOut,
-    /// Refused by `[rate_limit]` (429).
-    RateLimited,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Forwarded => "forwarded",
-            Decision::Public => "public",
-            Decision::Unauthenticated => "unauthenticated",
-            Decision::Forbidden => "forbidden",
-            Decision::StoreError => "store_error",
-            Decision::Invalid => "invalid",
-            Decision::LoggedOut => "logged_out",
-            Decision::RateLimited => "rate_limited",
-        }
-    }
-}
 
 /// The pipeline's verdict on one request.
 #[derive(Debug)]

@@ -11,8 +11,9 @@ use http::header::HOST;
 use pingora::proxy::Session;
 use serde::Serialize;
 
+use crate::labels::Decision;
 use crate::metrics::{self, UpstreamClass};
-use crate::pipeline::{Decision, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::reject::Rejection;
 use crate::route::target::Rewrite;
 use crate::session::cache::Principal;

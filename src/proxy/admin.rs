@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::config::BasicAuth;
 use crate::metrics;
 use crate::pipeline::Pipeline;
-use crate::proxy::service::ListenAddr;
+use crate::proxy::listen::ListenAddr;
 use crate::session::SessionStore;
 
 /// Answers the admin endpoints. It reads the current pipeline for its

@@ -13,7 +13,8 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::pipeline::{Decision, Outcome, Pipeline};
+use crate::labels::Decision;
+use crate::pipeline::{Outcome, Pipeline};
 use crate::proxy::access::{self, Finished, Observed};
 use crate::reject::Rendered;
 use crate::route::target::Rewrite;

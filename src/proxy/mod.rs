@@ -7,5 +7,6 @@ pub mod admin;
 pub mod forwarded;
 pub mod gateway;
 pub mod idle;
+pub mod listen;
 pub mod reload;
 pub mod service;

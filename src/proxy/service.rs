@@ -1,7 +1,6 @@
 //! Builds and runs the Pingora server from our own configuration: Pingora's
 //! settings are embedded in `proxy.toml` and Pingora never parses the command line.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,13 +11,13 @@ use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::proxy::admin::{self, AdminApp};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::idle::LeanHttp;
+use crate::proxy::listen::prepare_listen;
 use crate::proxy::reload::{self, Build, Reloader};
 use crate::session::cache::{spawn_invalidator, KeyFilter, SessionCache};
 use crate::session::{RedisStore, SessionStore};
@@ -27,47 +26,6 @@ use crate::session::{RedisStore, SessionStore};
 /// read straight into Pingora's header buffer (see `idle`), bodies into body
 /// buffers, so a buffer here would only add a copy and idle memory.
 const READ_BUFFER_BYTES: usize = 0;
-
-/// A listen address ready for Pingora. Port 0 is resolved here to a real port
-/// that stays reserved (an unlistened `SO_REUSEPORT` socket) until Pingora binds
-/// it too, so the port printed at start is the one served, with no race.
-pub struct ListenAddr {
-    pub addr: SocketAddr,
-    pub reuse_port: bool,
-    _reservation: Option<Socket>,
-}
-
-pub fn prepare_listen(addr: &str) -> anyhow::Result<ListenAddr> {
-    let requested = addr
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve listen address {addr}"))?
-        .next()
-        .with_context(|| format!("listen address {addr} resolves to nothing"))?;
-    if requested.port() != 0 {
-        return Ok(ListenAddr {
-            addr: requested,
-            reuse_port: false,
-            _reservation: None,
-        });
-    }
-    let socket = Socket::new(
-        Domain::for_address(requested),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&requested.into())?;
-    let addr = socket
-        .local_addr()?
-        .as_socket()
-        .context("reserved listen address is not an IP address")?;
-    Ok(ListenAddr {
-        addr,
-        reuse_port: true,
-        _reservation: Some(socket),
-    })
-}
 
 /// Redacts the password of a Redis URL for messages.
 pub fn redact_url(url: &str) -> String {

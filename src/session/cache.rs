@@ -13,7 +13,8 @@ use futures_util::StreamExt;
 use quick_cache::sync::Cache;
 
 use crate::config::{CacheSettings, RedisSettings, RedisTopology};
-use crate::metrics::{self, LookupResult};
+use crate::labels::{LookupResult, LookupSource};
+use crate::metrics;
 use crate::reject::AuthFailure;
 use crate::session::topology;
 use crate::session::StoreError;
@@ -35,15 +36,6 @@ pub struct Principal {
 pub enum Lookup {
     Found(Arc<Principal>),
     Invalid(AuthFailure),
-}
-
-/// Where a lookup was answered (for metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LookupSource {
-    Cache,
-    Redis,
-    /// A last-known-good record, served while Redis is unreachable (`on_store_error = "stale"`).
-    Stale,
 }
 
 const STRIPES: usize = 1024;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::config::{RedisSettings, ValueFormat};
-use crate::metrics::{self, LookupResult, StoreOp};
-use crate::session::cache::LookupSource;
+use crate::labels::{LookupResult, LookupSource};
+use crate::metrics::{self, StoreOp};
 use crate::session::topology::{Conn, Connector};
 
 /// A session key's value as Redis returned it, before decoding.
