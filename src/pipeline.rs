@@ -158,7 +158,7 @@ impl Pipeline {
             .limits
             .failed_auth
             .as_ref()
-            .and_then(|_| crate::ratelimit::client_ip(req, peer, trusted))
+            .and_then(|_| crate::client_ip::client_ip(req, peer, trusted))
             .map(crate::ratelimit::client_key);
         let outcome = self.decide_limited(req, target, client).await;
         match &outcome {
