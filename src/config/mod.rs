@@ -7,4 +7,4 @@ pub mod model;
 pub mod validate;
 
 pub use model::*;
-pub use validate::{load, parse, ConfigError, ConfigErrors};
+pub use validate::{accepted_keys, load, parse, ConfigError, ConfigErrors};

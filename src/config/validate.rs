@@ -410,6 +410,35 @@ fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
     fields
 }
 
+/// Every key `proxy.toml` accepts, by table, straight from the file format's
+/// types (so it cannot drift from what `check` accepts). Inline tables are
+/// named after their key (`route.on_unauthenticated`); `jwt.claims` and the
+/// `identity.headers` names are free-form.
+pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("", fields_of::<file::File>()),
+        ("server", fields_of::<file::Server>()),
+        ("redis", fields_of::<file::Redis>()),
+        ("session", fields_of::<file::Session>()),
+        ("session.sliding", fields_of::<file::Sliding>()),
+        ("jwt", fields_of::<file::Jwt>()),
+        ("cache", fields_of::<file::Cache>()),
+        ("identity", fields_of::<file::Identity>()),
+        ("identity.headers", fields_of::<file::IdentityTable>()),
+        ("upstream", fields_of::<file::Upstream>()),
+        ("upstream.health_check", fields_of::<file::HealthCheck>()),
+        ("rate_limit", fields_of::<file::RateLimit>()),
+        ("rate_limit.failed_auth_per_ip", fields_of::<file::Bucket>()),
+        ("route", fields_of::<file::Route>()),
+        (
+            "route.on_unauthenticated",
+            fields_of::<file::OnUnauthenticated>(),
+        ),
+        ("admin", fields_of::<file::Admin>()),
+        ("admin.metrics_basic_auth", fields_of::<file::BasicAuth>()),
+    ]
+}
+
 /// The closest candidate to `word`, if one is close enough to be a typo.
 fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
