@@ -9,21 +9,16 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use http::HeaderName;
 use serde::de::{DeserializeOwned, IntoDeserializer as _};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::file;
-use super::model::{
-    Access, AdminSettings, BasicAuth, BearerMode, CacheSettings, Config, CookieFormat, FieldPath,
-    IdentityHeader, KeyTemplate, RedisSettings, RedisTopology, Route, ServerSettings,
-    SessionSettings, Sliding, StoreErrorPolicy, Upstream, ValueFormat,
-};
+use super::model::{Config, FieldPath, KeyTemplate};
 
 /// `[identity.headers]` values longer than this are not sent, unless the
 /// header sets its own `max_bytes`.
-const DEFAULT_IDENTITY_BYTES: usize = 1024;
+pub(super) const DEFAULT_IDENTITY_BYTES: usize = 1024;
 
 /// One problem in the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +55,7 @@ pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
 }
 
-fn render_errors(source_name: &str, errors: &[ConfigError]) -> String {
+pub(super) fn render_errors(source_name: &str, errors: &[ConfigError]) -> String {
     let mut out = String::new();
     for (i, error) in errors.iter().enumerate() {
         if i > 0 {
@@ -174,7 +169,7 @@ pub fn parse(
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -189,12 +184,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 // Key paths
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
+pub(super) enum Seg {
     Key(String),
     Index(usize),
 }
 
-fn fmt_path(path: &[Seg]) -> String {
+pub(super) fn fmt_path(path: &[Seg]) -> String {
     let mut out = String::new();
     for seg in path {
         match seg {
@@ -220,19 +215,19 @@ fn fmt_path(path: &[Seg]) -> String {
     out
 }
 
-fn sub(path: &[Seg], key: &str) -> Vec<Seg> {
+pub(super) fn sub(path: &[Seg], key: &str) -> Vec<Seg> {
     let mut path = path.to_vec();
     path.push(Seg::Key(key.to_owned()));
     path
 }
 
-fn idx(path: &[Seg], index: usize) -> Vec<Seg> {
+pub(super) fn idx(path: &[Seg], index: usize) -> Vec<Seg> {
     let mut path = path.to_vec();
     path.push(Seg::Index(index));
     path
 }
 
-fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
+pub(super) fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
     match path {
         serde_ignored::Path::Root => Vec::new(),
         serde_ignored::Path::Seq { parent, index } => idx(&ignored_path(parent), *index),
@@ -243,7 +238,7 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
     }
 }
 
-fn tracked_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
+pub(super) fn tracked_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
     path.iter()
         .filter_map(|seg| match seg {
             serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
@@ -259,13 +254,13 @@ fn tracked_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
 // `${VAR}` expansion
 
 #[derive(Debug, PartialEq, Eq)]
-struct Pending {
-    offset: usize,
-    path: String,
-    message: String,
+pub(super) struct Pending {
+    pub(super) offset: usize,
+    pub(super) path: String,
+    pub(super) message: String,
 }
 
-fn expand_env(
+pub(super) fn expand_env(
     value: &mut Spanned<DeValue<'_>>,
     path: &mut Vec<Seg>,
     env: &dyn Fn(&str) -> Option<String>,
@@ -304,7 +299,7 @@ fn expand_env(
 /// or empty, as in a POSIX shell); `$${` is a literal `${`. `Ok(None)` when
 /// there is nothing to expand; `Err` lists every unset variable or malformed
 /// reference.
-fn expand_str(
+pub(super) fn expand_str(
     s: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, Vec<String>> {
@@ -363,7 +358,7 @@ fn expand_str(
     }
 }
 
-fn is_env_name(name: &str) -> bool {
+pub(super) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
@@ -375,7 +370,7 @@ fn is_env_name(name: &str) -> bool {
 // Helpers
 
 /// The field names serde knows for struct `T` (used for "did you mean").
-fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(super) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
     struct Probe<'a>(&'a mut &'static [&'static str]);
 
     impl<'de> serde::Deserializer<'de> for Probe<'_> {
@@ -440,7 +435,10 @@ pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
 }
 
 /// The closest candidate to `word`, if one is close enough to be a typo.
-fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(super) fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -451,7 +449,7 @@ fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -470,7 +468,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn with_article(kind: &str) -> String {
+pub(super) fn with_article(kind: &str) -> String {
     match kind.chars().next() {
         Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {kind}"),
         _ => format!("a {kind}"),
@@ -478,7 +476,7 @@ fn with_article(kind: &str) -> String {
 }
 
 /// serde's "expected ..." phrases, in the file's vocabulary.
-fn friendly_expected(expected: &str) -> String {
+pub(super) fn friendly_expected(expected: &str) -> String {
     match expected {
         // Every list in proxy.toml is a list of strings.
         "a sequence" => "a list of strings".to_owned(),
@@ -489,7 +487,7 @@ fn friendly_expected(expected: &str) -> String {
     }
 }
 
-fn is_listen_addr(addr: &str) -> bool {
+pub(super) fn is_listen_addr(addr: &str) -> bool {
     if addr.parse::<SocketAddr>().is_ok() {
         return true;
     }
@@ -505,7 +503,7 @@ fn is_listen_addr(addr: &str) -> bool {
 
 /// Whether two listen addresses would be the same socket (port 0 never is:
 /// each gets its own free port).
-fn same_listener(a: &str, b: &str) -> bool {
+pub(super) fn same_listener(a: &str, b: &str) -> bool {
     let port = |s: &str| s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
     if port(a).is_none_or(|p| p == 0) || port(a) != port(b) {
         return false;
@@ -519,7 +517,7 @@ fn same_listener(a: &str, b: &str) -> bool {
     }
 }
 
-fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+pub(super) fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs = match addr.parse::<SocketAddr>() {
         Ok(sa) => vec![sa],
         Err(_) => {
@@ -553,7 +551,7 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// RFC 6265 cookie-name: an RFC 2616 token.
-fn is_cookie_name(name: &str) -> bool {
+pub(super) fn is_cookie_name(name: &str) -> bool {
     !name.is_empty()
         && name.bytes().all(|b| {
             b.is_ascii_graphic()
@@ -581,7 +579,7 @@ fn is_cookie_name(name: &str) -> bool {
 
 /// Headers that describe the connection or carry credentials: never set from
 /// a session. `name` is lower-cased with `_` folded to `-`.
-fn is_reserved_header(name: &str) -> bool {
+pub(super) fn is_reserved_header(name: &str) -> bool {
     matches!(
         name,
         "host"
@@ -598,7 +596,7 @@ fn is_reserved_header(name: &str) -> bool {
 }
 
 /// `host` as a route stores it: lower-case, without a port.
-fn normalize_host(host: &str) -> Result<String, String> {
+pub(super) fn normalize_host(host: &str) -> Result<String, String> {
     let invalid = || format!("{host:?} is not a valid host name");
     if host.is_empty() || host.contains('@') {
         return Err(invalid());
@@ -612,37 +610,37 @@ fn normalize_host(host: &str) -> Result<String, String> {
 }
 
 /// A cookie attribute value (`Path`): no separators, spaces or control characters.
-fn is_cookie_attribute(value: &str) -> bool {
+pub(super) fn is_cookie_attribute(value: &str) -> bool {
     !value
         .chars()
         .any(|c| c == ';' || c == ',' || c.is_whitespace() || c.is_control())
 }
 
 /// The `[session]` keys of logout and per-user sets, as written.
-struct LifecycleKeys {
-    logout_path: Option<String>,
-    logout_all_path: Option<String>,
-    logout_redirect: Option<String>,
-    user_field: Option<String>,
-    user_sessions_key: Option<String>,
-    user_tokens_key: Option<String>,
-    cookie_path: Option<String>,
-    cookie_domain: Option<String>,
+pub(super) struct LifecycleKeys {
+    pub(super) logout_path: Option<String>,
+    pub(super) logout_all_path: Option<String>,
+    pub(super) logout_redirect: Option<String>,
+    pub(super) user_field: Option<String>,
+    pub(super) user_sessions_key: Option<String>,
+    pub(super) user_tokens_key: Option<String>,
+    pub(super) cookie_path: Option<String>,
+    pub(super) cookie_domain: Option<String>,
 }
 
 /// The validated `[session]` keys of logout and per-user sets.
-struct Lifecycle {
-    logout_path: Option<String>,
-    logout_all_path: Option<String>,
-    logout_redirect: Option<String>,
-    user_field: FieldPath,
-    user_sessions_key: Option<KeyTemplate>,
-    user_tokens_key: Option<KeyTemplate>,
-    cookie_path: String,
-    cookie_domain: Option<String>,
+pub(super) struct Lifecycle {
+    pub(super) logout_path: Option<String>,
+    pub(super) logout_all_path: Option<String>,
+    pub(super) logout_redirect: Option<String>,
+    pub(super) user_field: FieldPath,
+    pub(super) user_sessions_key: Option<KeyTemplate>,
+    pub(super) user_tokens_key: Option<KeyTemplate>,
+    pub(super) cookie_path: String,
+    pub(super) cookie_domain: Option<String>,
 }
 
-fn is_valid_redirect(target: &str) -> bool {
+pub(super) fn is_valid_redirect(target: &str) -> bool {
     if target.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
@@ -662,23 +660,23 @@ fn is_valid_redirect(target: &str) -> bool {
 // ---------------------------------------------------------------------------
 // The checker
 
-struct Checker<'r, 't> {
-    text: &'t str,
-    root: &'r Spanned<DeTable<'t>>,
-    errors: Vec<Pending>,
+pub(super) struct Checker<'r, 't> {
+    pub(super) text: &'t str,
+    pub(super) root: &'r Spanned<DeTable<'t>>,
+    pub(super) errors: Vec<Pending>,
     /// Paths whose absence is already explained (a type error removed the
     /// key, or an unknown key was suggested as this one).
-    quiet: HashSet<String>,
+    pub(super) quiet: HashSet<String>,
     /// The configuration file's directory: key files are relative to it.
-    base: std::path::PathBuf,
+    pub(super) base: std::path::PathBuf,
 }
 
-const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
+pub(super) const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
 
 impl<'r, 't> Checker<'r, 't> {
     // -- positions ---------------------------------------------------------
 
-    fn table_at(&self, path: &[Seg]) -> Option<&'r DeTable<'t>> {
+    pub(super) fn table_at(&self, path: &[Seg]) -> Option<&'r DeTable<'t>> {
         if path.is_empty() {
             Some(self.root.get_ref())
         } else {
@@ -686,7 +684,7 @@ impl<'r, 't> Checker<'r, 't> {
         }
     }
 
-    fn lookup(&self, path: &[Seg]) -> Option<&'r Spanned<DeValue<'t>>> {
+    pub(super) fn lookup(&self, path: &[Seg]) -> Option<&'r Spanned<DeValue<'t>>> {
         let (last, parent) = path.split_last()?;
         match last {
             Seg::Key(key) => self.table_at(parent)?.get(key.as_str()),
@@ -696,7 +694,7 @@ impl<'r, 't> Checker<'r, 't> {
 
     /// Byte offset of the value at `path` (or of its key, with `key`); when
     /// the path does not exist, of its closest existing ancestor.
-    fn position(&self, path: &[Seg], key: bool) -> usize {
+    pub(super) fn position(&self, path: &[Seg], key: bool) -> usize {
         if key {
             if let Some((Seg::Key(name), parent)) = path.split_last() {
                 if let Some((k, _)) = self
@@ -713,13 +711,13 @@ impl<'r, 't> Checker<'r, 't> {
             .map_or(self.root.span().start, |v| v.span().start)
     }
 
-    fn line_of(&self, offset: usize) -> usize {
+    pub(super) fn line_of(&self, offset: usize) -> usize {
         line_col(self.text, offset).0
     }
 
     // -- reporting ---------------------------------------------------------
 
-    fn error_at(&mut self, offset: usize, path: &[Seg], message: impl Into<String>) {
+    pub(super) fn error_at(&mut self, offset: usize, path: &[Seg], message: impl Into<String>) {
         self.errors.push(Pending {
             offset,
             path: fmt_path(path),
@@ -728,19 +726,19 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     /// An error about the value at `path`.
-    fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+    pub(super) fn error(&mut self, path: &[Seg], message: impl Into<String>) {
         let offset = self.position(path, false);
         self.error_at(offset, path, message);
     }
 
     /// A required key is absent (reported at its table, unless explained).
-    fn missing(&mut self, path: &[Seg], message: impl Into<String>) {
+    pub(super) fn missing(&mut self, path: &[Seg], message: impl Into<String>) {
         if !self.quiet.contains(&fmt_path(path)) {
             self.error(path, message);
         }
     }
 
-    fn missing_key(&mut self, path: &[Seg]) {
+    pub(super) fn missing_key(&mut self, path: &[Seg]) {
         let name = match path.last() {
             Some(Seg::Key(name)) => name.clone(),
             _ => String::new(),
@@ -748,7 +746,7 @@ impl<'r, 't> Checker<'r, 't> {
         self.missing(path, format!("missing required key `{name}`"));
     }
 
-    fn unknown_key(&mut self, path: &[Seg], candidates: &[&'static str]) {
+    pub(super) fn unknown_key(&mut self, path: &[Seg], candidates: &[&'static str]) {
         let Some((Seg::Key(name), parent)) = path.split_last() else {
             return;
         };
@@ -767,7 +765,7 @@ impl<'r, 't> Checker<'r, 't> {
     /// reported and its key dropped before trying again, so every type error
     /// and every unknown key of the section is reported. `None` when the
     /// value is not a table at all.
-    fn section<T: DeserializeOwned>(&mut self, path: &[Seg]) -> Option<T> {
+    pub(super) fn section<T: DeserializeOwned>(&mut self, path: &[Seg]) -> Option<T> {
         let value = self.lookup(path)?;
         if !value.get_ref().is_table() {
             let found = with_article(value.get_ref().type_str());
@@ -808,7 +806,7 @@ impl<'r, 't> Checker<'r, 't> {
         None
     }
 
-    fn type_error(&mut self, path: &[Seg], err: &toml::de::Error) {
+    pub(super) fn type_error(&mut self, path: &[Seg], err: &toml::de::Error) {
         let message = err.message();
         let friendly = message
             .strip_prefix("invalid type: ")
@@ -829,7 +827,11 @@ impl<'r, 't> Checker<'r, 't> {
         self.error_at(offset, path, friendly.unwrap_or_else(|| message.to_owned()));
     }
 
-    fn report_unknown<T: DeserializeOwned>(&mut self, base: &[Seg], ignored: &[Vec<Seg>]) {
+    pub(super) fn report_unknown<T: DeserializeOwned>(
+        &mut self,
+        base: &[Seg],
+        ignored: &[Vec<Seg>],
+    ) {
         for relative in ignored {
             let candidates = match relative.split_last().map(|(_, parent)| parent) {
                 Some([]) => fields_of::<T>(),
@@ -855,7 +857,7 @@ impl<'r, 't> Checker<'r, 't> {
 
     // -- value helpers -----------------------------------------------------
 
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         path: &[Seg],
         value: Option<&str>,
@@ -884,7 +886,7 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     /// One of a fixed set of strings; `None` (after reporting) when unknown.
-    fn choice<T: Copy>(
+    pub(super) fn choice<T: Copy>(
         &mut self,
         path: &[Seg],
         value: Option<&str>,
@@ -911,7 +913,12 @@ impl<'r, 't> Checker<'r, 't> {
         None
     }
 
-    fn non_empty(&mut self, path: &[Seg], value: Option<String>, default: &str) -> String {
+    pub(super) fn non_empty(
+        &mut self,
+        path: &[Seg],
+        value: Option<String>,
+        default: &str,
+    ) -> String {
         match value {
             Some(v) if v.is_empty() => {
                 self.error(path, "must not be empty");
@@ -923,7 +930,7 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     /// A required, non-empty list of `host:port` servers.
-    fn servers(
+    pub(super) fn servers(
         &mut self,
         path: &[Seg],
         value: Option<Vec<String>>,
@@ -951,7 +958,7 @@ impl<'r, 't> Checker<'r, 't> {
         }
     }
 
-    fn string_list(&mut self, path: &[Seg], value: Option<&[String]>, what: &str) {
+    pub(super) fn string_list(&mut self, path: &[Seg], value: Option<&[String]>, what: &str) {
         match value {
             None => self.missing_key(path),
             Some([]) => self.error(path, format!("must list at least one {what}")),
@@ -961,7 +968,7 @@ impl<'r, 't> Checker<'r, 't> {
 
     // -- sections ----------------------------------------------------------
 
-    fn check(&mut self) -> Option<Config> {
+    pub(super) fn check(&mut self) -> Option<Config> {
         self.top_level();
         let server = self.server();
         let redis = self.redis();
@@ -987,88 +994,7 @@ impl<'r, 't> Checker<'r, 't> {
         })
     }
 
-    /// `[rate_limit]`: two optional buckets and the trusted proxies.
-    fn rate_limit(&mut self) -> Option<super::model::RateLimitSettings> {
-        let path = [Seg::Key("rate_limit".to_owned())];
-        if self.lookup(&path).is_none() {
-            return Some(Default::default());
-        }
-        let f: file::RateLimit = self.section(&path)?;
-        let has_failed_auth = f.failed_auth_per_ip.is_some();
-        let failed_auth_per_ip =
-            self.bucket(&sub(&path, "failed_auth_per_ip"), f.failed_auth_per_ip);
-        let requests_per_user = self.bucket(&sub(&path, "requests_per_user"), f.requests_per_user);
-        let proxies_path = sub(&path, "trusted_proxies");
-        let mut trusted_proxies = Vec::new();
-        let mut ok = true;
-        for (i, text) in f.trusted_proxies.unwrap_or_default().iter().enumerate() {
-            match super::model::Cidr::parse(text) {
-                Some(cidr) => trusted_proxies.push(cidr),
-                None => {
-                    self.error(
-                        &idx(&proxies_path, i),
-                        format!("invalid network {text:?}; write e.g. \"10.0.0.0/8\" or \"127.0.0.1/32\""),
-                    );
-                    ok = false;
-                }
-            }
-        }
-        let shared = f.shared.unwrap_or(false);
-        if shared && !has_failed_auth {
-            self.error(
-                &sub(&path, "shared"),
-                "shares `failed_auth_per_ip`, which is not set",
-            );
-        }
-        Some(super::model::RateLimitSettings {
-            failed_auth_per_ip: failed_auth_per_ip?,
-            requests_per_user: requests_per_user?,
-            trusted_proxies,
-            shared,
-        })
-        .filter(|_| ok)
-    }
-
-    /// `{ burst = N, per = "1m" }`; `Some(None)` when absent.
-    fn bucket(
-        &mut self,
-        path: &[Seg],
-        f: Option<file::Bucket>,
-    ) -> Option<Option<super::model::RateLimit>> {
-        let Some(f) = f else { return Some(None) };
-        let burst_path = sub(path, "burst");
-        let burst = match f.burst {
-            None => {
-                self.missing_key(&burst_path);
-                None
-            }
-            Some(n) => match u32::try_from(n) {
-                Ok(n) if n >= 1 => Some(n),
-                _ => {
-                    self.error(&burst_path, "must be between 1 and 4294967295");
-                    None
-                }
-            },
-        };
-        let per_path = sub(path, "per");
-        let per = match f.per {
-            None => {
-                self.missing_key(&per_path);
-                None
-            }
-            Some(text) => {
-                let before = self.errors.len();
-                let d = self.duration(&per_path, Some(&text), Duration::ZERO, false);
-                (self.errors.len() == before).then_some(d)
-            }
-        };
-        Some(Some(super::model::RateLimit {
-            burst: burst?,
-            per: per?,
-        }))
-    }
-
-    fn top_level(&mut self) {
+    pub(super) fn top_level(&mut self) {
         let known = fields_of::<file::File>();
         for (key, value) in self.root.get_ref().iter() {
             let name = key.get_ref().as_ref();
@@ -1093,1635 +1019,11 @@ impl<'r, 't> Checker<'r, 't> {
             self.error_at(key.span().start, &path, message);
         }
     }
-
-    fn server(&mut self) -> Option<ServerSettings> {
-        let path = [Seg::Key("server".to_owned())];
-        if self.lookup(&path).is_none() {
-            self.missing(
-                &path,
-                "missing required table [server] (it must set `listen`)",
-            );
-            return None;
-        }
-        let f: file::Server = self.section(&path)?;
-
-        let listen_path = sub(&path, "listen");
-        self.string_list(&listen_path, f.listen.as_deref(), "address");
-        let listen = f.listen.unwrap_or_default();
-        for (i, addr) in listen.iter().enumerate() {
-            if !is_listen_addr(addr) {
-                self.error(
-                    &idx(&listen_path, i),
-                    format!("{addr:?} is not a host:port address"),
-                );
-            }
-        }
-
-        let threads = match f.threads {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(n) => match usize::try_from(n) {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    self.error(&sub(&path, "threads"), "must be at least 1");
-                    1
-                }
-            },
-        };
-        let grace_period = self.duration(
-            &sub(&path, "grace_period"),
-            f.grace_period.as_deref(),
-            Duration::from_secs(5),
-            true,
-        );
-        let graceful_shutdown_timeout = self.duration(
-            &sub(&path, "graceful_shutdown_timeout"),
-            f.graceful_shutdown_timeout.as_deref(),
-            Duration::from_secs(10),
-            true,
-        );
-        let pid_file = self.non_empty(&sub(&path, "pid_file"), f.pid_file, "/tmp/sessiongate.pid");
-        let upgrade_sock = self.non_empty(
-            &sub(&path, "upgrade_sock"),
-            f.upgrade_sock,
-            "/tmp/sessiongate_upgrade.sock",
-        );
-        let max_request_header_bytes = match f.max_request_header_bytes {
-            None => 65536,
-            Some(n) => match usize::try_from(n) {
-                Ok(n) if n >= 1024 => n,
-                _ => {
-                    self.error(
-                        &sub(&path, "max_request_header_bytes"),
-                        "must be at least 1024",
-                    );
-                    65536
-                }
-            },
-        };
-        use crate::route::target::{NonCanonicalPaths, PathParameters, TargetPolicy};
-        let non_canonical_paths = self.choice(
-            &sub(&path, "non_canonical_paths"),
-            f.non_canonical_paths.as_deref(),
-            NonCanonicalPaths::Rewrite,
-            &[
-                ("rewrite", NonCanonicalPaths::Rewrite),
-                ("reject", NonCanonicalPaths::Reject),
-            ],
-        );
-        let path_parameters = self.choice(
-            &sub(&path, "path_parameters"),
-            f.path_parameters.as_deref(),
-            PathParameters::Reject,
-            &[
-                ("reject", PathParameters::Reject),
-                ("allow", PathParameters::Allow),
-            ],
-        );
-        let request_head_timeout = self.duration(
-            &sub(&path, "request_head_timeout"),
-            f.request_head_timeout.as_deref(),
-            Duration::from_secs(10),
-            false,
-        );
-        let body_idle_timeout = self.duration(
-            &sub(&path, "body_idle_timeout"),
-            f.body_idle_timeout.as_deref(),
-            Duration::from_secs(60),
-            false,
-        );
-        let write_timeout = self.duration(
-            &sub(&path, "write_timeout"),
-            f.write_timeout.as_deref(),
-            Duration::from_secs(30),
-            false,
-        );
-        let mut limit = |key: &str, value: Option<i64>, default: usize| match value {
-            None => default,
-            Some(n) => usize::try_from(n).unwrap_or_else(|_| {
-                self.error(&sub(&path, key), "must be 0 (no limit) or more");
-                default
-            }),
-        };
-        let max_connections = limit("max_connections", f.max_connections, 4096);
-        let max_connections_per_ip = limit("max_connections_per_ip", f.max_connections_per_ip, 256);
-        Some(ServerSettings {
-            target: TargetPolicy {
-                non_canonical_paths: non_canonical_paths?,
-                path_parameters: path_parameters?,
-            },
-            listen,
-            threads,
-            grace_period,
-            graceful_shutdown_timeout,
-            pid_file,
-            upgrade_sock,
-            max_request_header_bytes,
-            request_head_timeout,
-            body_idle_timeout,
-            write_timeout,
-            max_connections,
-            max_connections_per_ip,
-        })
-    }
-
-    /// `[admin]`: optional; without it there is no admin listener and the
-    /// access log is on.
-    fn admin(&mut self, public: &[String]) -> Option<AdminSettings> {
-        let path = [Seg::Key("admin".to_owned())];
-        let defaults = AdminSettings::default();
-        if self.lookup(&path).is_none() {
-            return Some(defaults);
-        }
-        let f: file::Admin = self.section(&path)?;
-        let mut ok = true;
-
-        let listen_path = sub(&path, "listen");
-        let listen = match f.listen {
-            Some(addr) if !is_listen_addr(&addr) => {
-                self.error(&listen_path, format!("{addr:?} is not a host:port address"));
-                ok = false;
-                None
-            }
-            Some(addr) => {
-                if let Some(i) = public.iter().position(|p| same_listener(p, &addr)) {
-                    self.error(
-                        &listen_path,
-                        format!(
-                            "{addr:?} is also a public listen address (server.listen[{i}]); \
-                             the admin listener needs its own"
-                        ),
-                    );
-                    ok = false;
-                }
-                Some(addr)
-            }
-            None => None,
-        };
-
-        let auth_path = sub(&path, "metrics_basic_auth");
-        let metrics_basic_auth = match f.metrics_basic_auth {
-            None => None,
-            Some(auth) => {
-                let user_path = sub(&auth_path, "username");
-                let pass_path = sub(&auth_path, "password");
-                match &auth.username {
-                    None => self.missing_key(&user_path),
-                    Some(u) if u.is_empty() => self.error(&user_path, "must not be empty"),
-                    Some(u) if u.contains(':') || u.chars().any(char::is_control) => {
-                        self.error(&user_path, "must not contain `:` or control characters")
-                    }
-                    Some(_) => {}
-                }
-                match &auth.password {
-                    None => self.missing_key(&pass_path),
-                    Some(p) if p.is_empty() => self.error(&pass_path, "must not be empty"),
-                    Some(_) => {}
-                }
-                if listen.is_none() && !self.quiet.contains(&fmt_path(&listen_path)) {
-                    self.error(&auth_path, "has no effect without `listen`");
-                }
-                match (auth.username, auth.password) {
-                    (Some(username), Some(password)) => Some(BasicAuth { username, password }),
-                    _ => {
-                        ok = false;
-                        None
-                    }
-                }
-            }
-        };
-
-        if !ok {
-            return None;
-        }
-        Some(AdminSettings {
-            listen,
-            metrics_basic_auth,
-            access_log: f.access_log.unwrap_or(defaults.access_log),
-            access_log_user: f.access_log_user.unwrap_or(defaults.access_log_user),
-        })
-    }
-
-    fn cache(&mut self) -> Option<CacheSettings> {
-        let path = [Seg::Key("cache".to_owned())];
-        let defaults = CacheSettings::default();
-        if self.lookup(&path).is_none() {
-            return Some(defaults);
-        }
-        let f: file::Cache = self.section(&path)?;
-        let max_entries = match f.max_entries {
-            None => defaults.max_entries,
-            Some(n) => match u64::try_from(n) {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    self.error(&sub(&path, "max_entries"), "must be at least 1");
-                    defaults.max_entries
-                }
-            },
-        };
-        let max_age = self.duration(
-            &sub(&path, "max_age"),
-            f.max_age.as_deref(),
-            defaults.max_age,
-            false,
-        );
-        let negative_ttl = self.duration(
-            &sub(&path, "negative_ttl"),
-            f.negative_ttl.as_deref(),
-            defaults.negative_ttl,
-            true,
-        );
-        let stale_for = self.duration(
-            &sub(&path, "stale_for"),
-            f.stale_for.as_deref(),
-            defaults.stale_for,
-            false,
-        );
-        if stale_for > Duration::from_secs(24 * 3600) {
-            self.error(&sub(&path, "stale_for"), "must be at most \"24h\"");
-        }
-        Some(CacheSettings {
-            stale_for,
-            enabled: f.enabled.unwrap_or(defaults.enabled),
-            max_entries,
-            max_age,
-            negative_ttl,
-            configure_notifications: f
-                .configure_notifications
-                .unwrap_or(defaults.configure_notifications),
-        })
-    }
-
-    fn redis(&mut self) -> Option<RedisSettings> {
-        let path = [Seg::Key("redis".to_owned())];
-        if self.lookup(&path).is_none() {
-            self.missing(&path, "missing required table [redis]");
-            return None;
-        }
-        let f: file::Redis = self.section(&path)?;
-
-        #[derive(Clone, Copy, PartialEq, Eq)]
-        enum Mode {
-            Standalone,
-            Sentinel,
-            Cluster,
-        }
-        let mode = self.choice(
-            &sub(&path, "mode"),
-            f.mode.as_deref(),
-            Mode::Standalone,
-            &[
-                ("standalone", Mode::Standalone),
-                ("sentinel", Mode::Sentinel),
-                ("cluster", Mode::Cluster),
-            ],
-        );
-        let url_path = sub(&path, "url");
-        // The URL may hold a password: never echo it.
-        let url = match f.url {
-            None if mode == Some(Mode::Standalone) => {
-                self.missing_key(&url_path);
-                None
-            }
-            None => None,
-            Some(_) if mode != Some(Mode::Standalone) => {
-                if mode.is_some() {
-                    self.error(
-                        &url_path,
-                        "not used with this mode: list the servers in `sentinels` (sentinel) or `nodes` (cluster), credentials in `username`/`password`",
-                    );
-                }
-                None
-            }
-            Some(url) => {
-                const SCHEMES: [&str; 4] = ["redis://", "rediss://", "unix://", "redis+unix://"];
-                let scheme = SCHEMES.iter().find(|s| {
-                    url.get(..s.len())
-                        .is_some_and(|p| p.eq_ignore_ascii_case(s))
-                });
-                match scheme {
-                    None => {
-                        self.error(
-                            &url_path,
-                            "must start with redis://, rediss://, unix:// or redis+unix://",
-                        );
-                        None
-                    }
-                    Some(s) if url.len() == s.len() => {
-                        self.error(&url_path, format!("has nothing after {s}"));
-                        None
-                    }
-                    Some(_) => Some(url),
-                }
-            }
-        };
-        let only = |this: &mut Self, key: &str, given: bool, modes: &str| {
-            if given {
-                this.error(&sub(&path, key), format!("only with mode = {modes}"));
-            }
-        };
-        let topology = match mode {
-            None => None,
-            Some(Mode::Standalone) => {
-                only(self, "sentinels", f.sentinels.is_some(), "\"sentinel\"");
-                only(self, "master", f.master.is_some(), "\"sentinel\"");
-                only(self, "nodes", f.nodes.is_some(), "\"cluster\"");
-                only(
-                    self,
-                    "tls",
-                    f.tls.is_some(),
-                    "\"sentinel\" or \"cluster\" (standalone: use a rediss:// url)",
-                );
-                Some(RedisTopology::Standalone)
-            }
-            Some(Mode::Sentinel) => {
-                only(self, "nodes", f.nodes.is_some(), "\"cluster\"");
-                let sentinels = self.servers(&sub(&path, "sentinels"), f.sentinels, "sentinel");
-                let master_path = sub(&path, "master");
-                let master = match f.master {
-                    None => {
-                        self.missing_key(&master_path);
-                        None
-                    }
-                    Some(m) if m.trim().is_empty() => {
-                        self.error(&master_path, "must not be empty");
-                        None
-                    }
-                    Some(m) => Some(m),
-                };
-                match (sentinels, master) {
-                    (Some(sentinels), Some(master)) => {
-                        Some(RedisTopology::Sentinel { sentinels, master })
-                    }
-                    _ => None,
-                }
-            }
-            Some(Mode::Cluster) => {
-                only(self, "sentinels", f.sentinels.is_some(), "\"sentinel\"");
-                only(self, "master", f.master.is_some(), "\"sentinel\"");
-                self.servers(&sub(&path, "nodes"), f.nodes, "node")
-                    .map(|nodes| RedisTopology::Cluster { nodes })
-            }
-        };
-        let username = match f.username {
-            Some(u) if u.is_empty() => {
-                self.error(&sub(&path, "username"), "must not be empty");
-                None
-            }
-            other => other,
-        };
-        let password = match (f.password, f.password_file) {
-            (Some(_), Some(_)) => {
-                self.error(
-                    &sub(&path, "password_file"),
-                    "set either `password` or `password_file`, not both",
-                );
-                None
-            }
-            (Some(p), None) => Some(p),
-            (None, Some(file)) => self.key_file(&sub(&path, "password_file"), &file, |bytes| {
-                // Never echo the contents: they are a secret.
-                let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8".to_owned())?;
-                let text = text.trim_end_matches(['\r', '\n']);
-                if text.is_empty() {
-                    return Err("is empty".to_owned());
-                }
-                Ok(text.to_owned())
-            }),
-            (None, None) => None,
-        };
-        let tls = f.tls.unwrap_or(false);
-        // What logs, errors and reloads name the servers by (no credentials).
-        let url = match &topology {
-            Some(RedisTopology::Sentinel { sentinels, master }) => Some(format!(
-                "{}://{}/{master}",
-                if tls {
-                    "rediss+sentinel"
-                } else {
-                    "redis+sentinel"
-                },
-                sentinels.join(",")
-            )),
-            Some(RedisTopology::Cluster { nodes }) => Some(format!(
-                "{}://{}",
-                if tls {
-                    "rediss+cluster"
-                } else {
-                    "redis+cluster"
-                },
-                nodes.join(",")
-            )),
-            _ => url,
-        };
-        let command_timeout = self.duration(
-            &sub(&path, "command_timeout"),
-            f.command_timeout.as_deref(),
-            Duration::from_millis(100),
-            false,
-        );
-        let connect_timeout = self.duration(
-            &sub(&path, "connect_timeout"),
-            f.connect_timeout.as_deref(),
-            Duration::from_secs(1),
-            false,
-        );
-        let breaker_failures = match f.breaker_failures {
-            None => 5,
-            Some(n) => match u32::try_from(n) {
-                Ok(n) if (1..=10_000).contains(&n) => n,
-                _ => {
-                    self.error(
-                        &sub(&path, "breaker_failures"),
-                        "must be between 1 and 10000",
-                    );
-                    5
-                }
-            },
-        };
-        let cooldown_path = sub(&path, "breaker_cooldown");
-        let breaker_cooldown = self.duration(
-            &cooldown_path,
-            f.breaker_cooldown.as_deref(),
-            Duration::from_secs(1),
-            false,
-        );
-        if breaker_cooldown > Duration::from_secs(60) {
-            self.error(&cooldown_path, "must be at most \"60s\"");
-        }
-        Some(RedisSettings {
-            url: url?,
-            topology: topology?,
-            username,
-            password,
-            tls,
-            command_timeout,
-            connect_timeout,
-            breaker_failures,
-            breaker_cooldown,
-        })
-    }
-
-    fn session(&mut self) -> Option<SessionSettings> {
-        let path = [Seg::Key("session".to_owned())];
-        if self.lookup(&path).is_none() {
-            self.missing(&path, "missing required table [session]");
-            return None;
-        }
-        let f: file::Session = self.section(&path)?;
-
-        let cookie = f.cookie.unwrap_or_else(|| "connect.sid".to_owned());
-        if !is_cookie_name(&cookie) {
-            self.error(
-                &sub(&path, "cookie"),
-                format!("{cookie:?} is not a valid cookie name"),
-            );
-        }
-        let cookie_format = self.choice(
-            &sub(&path, "cookie_format"),
-            f.cookie_format.as_deref(),
-            CookieFormat::Express,
-            &[
-                ("express", CookieFormat::Express),
-                ("plain", CookieFormat::Plain),
-            ],
-        );
-        // Secrets are never echoed.
-        let secrets_path = sub(&path, "secrets");
-        if cookie_format == Some(CookieFormat::Express) {
-            match f.secrets.as_deref() {
-                None => self.missing(
-                    &secrets_path,
-                    "missing required key `secrets` (cookie_format = \"express\" needs the \
-                     express-session secrets)",
-                ),
-                Some([]) => self.error(&secrets_path, "must list at least one secret"),
-                Some(_) => {}
-            }
-        }
-        let secrets = f.secrets.unwrap_or_default();
-        for (i, secret) in secrets.iter().enumerate() {
-            if secret.is_empty() {
-                self.error(&idx(&secrets_path, i), "a secret must not be empty");
-            }
-        }
-        let bearer_path = sub(&path, "bearer");
-        let bearer = self.choice(
-            &bearer_path,
-            f.bearer.as_deref(),
-            BearerMode::Off,
-            &[
-                ("off", BearerMode::Off),
-                ("opaque", BearerMode::Opaque),
-                ("jwt", BearerMode::Jwt),
-            ],
-        );
-        let key_text = f.key.unwrap_or_else(|| "sess:{id}".to_owned());
-        let key = KeyTemplate::parse(&key_text, "{id}");
-        if key.is_none() {
-            self.error(
-                &sub(&path, "key"),
-                format!("{key_text:?} must contain `{{id}}` exactly once"),
-            );
-        }
-        let bearer_key = self.bearer_key(
-            &path,
-            bearer,
-            cookie_format,
-            key.as_ref(),
-            f.bearer_key,
-            f.allow_unsigned_bearer,
-        );
-        let value = self.choice(
-            &sub(&path, "value"),
-            f.value.as_deref(),
-            ValueFormat::Json,
-            &[("json", ValueFormat::Json), ("hash", ValueFormat::Hash)],
-        );
-        let role_text = f.role_field.unwrap_or_else(|| "user.role".to_owned());
-        let role_field = FieldPath::parse(&role_text);
-        if role_field.is_none() {
-            self.error(
-                &sub(&path, "role_field"),
-                format!("{role_text:?} is not a dotted field path (e.g. \"user.role\")"),
-            );
-        }
-        let lifecycle = LifecycleKeys {
-            logout_path: f.logout_path,
-            logout_all_path: f.logout_all_path,
-            logout_redirect: f.logout_redirect,
-            user_field: f.user_field,
-            user_sessions_key: f.user_sessions_key,
-            user_tokens_key: f.user_tokens_key,
-            cookie_path: f.cookie_path,
-            cookie_domain: f.cookie_domain,
-        };
-        let lifecycle = self.lifecycle(&path, lifecycle, &cookie);
-        let sliding = self.sliding(&sub(&path, "sliding"), f.sliding);
-        let lifecycle = lifecycle?;
-        Some(SessionSettings {
-            logout_path: lifecycle.logout_path,
-            logout_all_path: lifecycle.logout_all_path,
-            logout_redirect: lifecycle.logout_redirect,
-            user_field: lifecycle.user_field,
-            user_sessions_key: lifecycle.user_sessions_key,
-            user_tokens_key: lifecycle.user_tokens_key,
-            cookie_path: lifecycle.cookie_path,
-            cookie_domain: lifecycle.cookie_domain,
-            sliding: sliding?,
-            cookie,
-            cookie_format: cookie_format?,
-            secrets,
-            bearer: bearer?,
-            bearer_key: bearer_key?,
-            key: key?,
-            value: value?,
-            role_field: role_field?,
-        })
-    }
-
-    /// `bearer_key` and `allow_unsigned_bearer`: where opaque bearer ids are
-    /// looked up. Required with `bearer = "opaque"`; a bearer key that can name
-    /// the keys of signed (express) cookies needs `allow_unsigned_bearer = true`,
-    /// since a bare session id would then be as good as its signed cookie.
-    fn bearer_key(
-        &mut self,
-        path: &[Seg],
-        bearer: Option<BearerMode>,
-        cookie_format: Option<CookieFormat>,
-        cookie_key: Option<&KeyTemplate>,
-        text: Option<String>,
-        allow_unsigned: Option<bool>,
-    ) -> Option<Option<KeyTemplate>> {
-        let key_path = sub(path, "bearer_key");
-        let allow_path = sub(path, "allow_unsigned_bearer");
-        let bearer = bearer?;
-        if bearer != BearerMode::Opaque {
-            for (set, key) in [
-                (text.is_some(), &key_path),
-                (allow_unsigned.is_some(), &allow_path),
-            ] {
-                if set {
-                    self.error(key, "is only used with bearer = \"opaque\"");
-                }
-            }
-            return Some(None);
-        }
-        let Some(text) = text else {
-            self.missing(
-                &key_path,
-                "missing required key `bearer_key` (bearer = \"opaque\" needs the Redis key of \
-                 a bearer id, e.g. \"api:{id}\", or \"same_as_cookie\" to look bearer ids up \
-                 under the cookie's `key`)",
-            );
-            return None;
-        };
-        let same = text == "same_as_cookie";
-        let template = if same {
-            cookie_key.cloned()
-        } else {
-            let template = KeyTemplate::parse(&text, "{id}");
-            if template.is_none() {
-                self.error(
-                    &key_path,
-                    format!(
-                        "{text:?} must contain `{{id}}` exactly once (or be \"same_as_cookie\")"
-                    ),
-                );
-            }
-            template
-        };
-        let template = template?;
-        let cookie_key = cookie_key?;
-        let signed = cookie_format? == CookieFormat::Express;
-        if signed && allow_unsigned != Some(true) && template.overlaps(cookie_key) {
-            let why = if same {
-                "\"same_as_cookie\" lets a bare session id, sent as a bearer token, in without \
-                 the cookie's signature"
-                    .to_owned()
-            } else {
-                format!(
-                    "{text:?} can name the same Redis keys as `key`, so a bare session id sent as \
-                     a bearer token would get in without the cookie's signature; use a prefix of \
-                     its own (e.g. \"api:{{id}}\")"
-                )
-            };
-            self.error(
-                &key_path,
-                format!(
-                    "{why} (cookie_format = \"express\"); set `allow_unsigned_bearer = true` \
-                     to accept that"
-                ),
-            );
-            return None;
-        }
-        Some(Some(template))
-    }
-
-    /// The `[session]` keys of logout and of the per-user id sets.
-    fn lifecycle(&mut self, path: &[Seg], f: LifecycleKeys, cookie: &str) -> Option<Lifecycle> {
-        let mut ok = true;
-        let logout_path = f.logout_path.as_deref().and_then(|p| {
-            let checked = self.exact_path(&sub(path, "logout_path"), p);
-            ok &= checked.is_some();
-            checked
-        });
-        let all_path = sub(path, "logout_all_path");
-        let logout_all_path = f.logout_all_path.as_deref().and_then(|p| {
-            let checked = self.exact_path(&all_path, p);
-            ok &= checked.is_some();
-            checked
-        });
-        if logout_all_path.is_some() && logout_all_path == logout_path {
-            self.error(&all_path, "must differ from `logout_path`");
-            ok = false;
-        }
-
-        let redirect_path = sub(path, "logout_redirect");
-        let logout_redirect = match f.logout_redirect.clone() {
-            Some(target) if !is_valid_redirect(&target) => {
-                self.error(
-                    &redirect_path,
-                    format!(
-                        "{target:?} must be a path starting with \"/\" (not \"//\") or an \
-                         absolute http(s) URL"
-                    ),
-                );
-                ok = false;
-                None
-            }
-            Some(_) if f.logout_path.is_none() && f.logout_all_path.is_none() => {
-                self.error(
-                    &redirect_path,
-                    "has no effect without `logout_path` or `logout_all_path`",
-                );
-                ok = false;
-                None
-            }
-            other => other,
-        };
-
-        let user_text = f.user_field.as_deref().unwrap_or("user.id");
-        let user_field = FieldPath::parse(user_text);
-        if user_field.is_none() {
-            self.error(
-                &sub(path, "user_field"),
-                format!("{user_text:?} is not a dotted field path (e.g. \"user.id\")"),
-            );
-        }
-
-        let mut user_set = |key: &str| -> Option<Option<KeyTemplate>> {
-            let Some(text) = (match key {
-                "user_sessions_key" => f.user_sessions_key.as_deref(),
-                _ => f.user_tokens_key.as_deref(),
-            }) else {
-                return Some(None);
-            };
-            let template = KeyTemplate::parse(text, "{user}");
-            if template.is_none() {
-                self.error(
-                    &sub(path, key),
-                    format!("{text:?} must contain `{{user}}` exactly once"),
-                );
-            }
-            template.map(Some)
-        };
-        let user_sessions_key = user_set("user_sessions_key");
-        let user_tokens_key = user_set("user_tokens_key");
-        let jwt = [Seg::Key("jwt".to_owned())];
-        if f.user_tokens_key.is_some() && self.lookup(&jwt).is_none() {
-            self.error(
-                &sub(path, "user_tokens_key"),
-                "lists token ids, which only exist with bearer = \"jwt\" and a [jwt] table \
-                 (their keys are its `key`)",
-            );
-            ok = false;
-        }
-        if f.logout_all_path.is_some()
-            && f.user_sessions_key.is_none()
-            && f.user_tokens_key.is_none()
-        {
-            self.error(
-                &all_path,
-                "needs `user_sessions_key` (the Redis set of each user's session ids) to find \
-                 the user's sessions",
-            );
-            ok = false;
-        }
-
-        let host_prefixed = cookie.starts_with("__Host-");
-        let cookie_path_path = sub(path, "cookie_path");
-        let cookie_path = f.cookie_path.clone().unwrap_or_else(|| "/".to_owned());
-        if !cookie_path.starts_with('/') || !is_cookie_attribute(&cookie_path) {
-            self.error(
-                &cookie_path_path,
-                format!(
-                    "{cookie_path:?} must start with \"/\" and hold no `;`, `,`, spaces or \
-                     control characters"
-                ),
-            );
-            ok = false;
-        } else if host_prefixed && cookie_path != "/" {
-            self.error(&cookie_path_path, "a `__Host-` cookie must have Path=/");
-            ok = false;
-        }
-        let domain_path = sub(path, "cookie_domain");
-        let cookie_domain = f.cookie_domain.clone();
-        if let Some(domain) = &cookie_domain {
-            let bare = domain.strip_prefix('.').unwrap_or(domain);
-            let valid = !bare.is_empty()
-                && bare
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-            if !valid {
-                self.error(&domain_path, format!("{domain:?} is not a domain name"));
-                ok = false;
-            } else if host_prefixed {
-                self.error(&domain_path, "a `__Host-` cookie cannot have a Domain");
-                ok = false;
-            }
-        }
-
-        let lifecycle = Lifecycle {
-            logout_path,
-            logout_all_path,
-            logout_redirect,
-            user_field: user_field?,
-            user_sessions_key: user_sessions_key?,
-            user_tokens_key: user_tokens_key?,
-            cookie_path,
-            cookie_domain,
-        };
-        ok.then_some(lifecycle)
-    }
-
-    /// A path matched exactly (after normalisation): absolute, plain and normal.
-    fn exact_path(&mut self, path: &[Seg], text: &str) -> Option<String> {
-        if !text.starts_with('/') {
-            self.error(path, format!("{text:?} must start with \"/\""));
-            return None;
-        }
-        if text.contains(['?', '#']) || text.contains(char::is_whitespace) {
-            self.error(
-                path,
-                format!("{text:?} must be a plain path (no query, fragment or spaces)"),
-            );
-            return None;
-        }
-        match crate::route::path::normalise_path(text) {
-            Ok(normal) if normal == text => Some(text.to_owned()),
-            Ok(normal) => {
-                self.error(
-                    path,
-                    format!("{text:?} is not a normalised path; write {normal:?}"),
-                );
-                None
-            }
-            Err(e) => {
-                self.error(path, format!("{text:?}: {e}"));
-                None
-            }
-        }
-    }
-
-    /// `[jwt]`: required by, and only used with, `[session] bearer = "jwt"`.
-    /// Key files are read (relative to the configuration file) and parsed here,
-    /// so a bad key is a configuration error, not a failure per request.
-    fn jwt(&mut self) -> Option<Option<super::model::JwtSettings>> {
-        use crate::credential::jwt;
-        use jsonwebtoken::AlgorithmFamily;
-
-        let path = [Seg::Key("jwt".to_owned())];
-        let bearer_path = [
-            Seg::Key("session".to_owned()),
-            Seg::Key("bearer".to_owned()),
-        ];
-        let wants_jwt = self
-            .lookup(&bearer_path)
-            .is_some_and(|v| v.get_ref().as_str() == Some("jwt"));
-        if self.lookup(&path).is_none() {
-            if wants_jwt {
-                self.error(
-                    &bearer_path,
-                    "bearer = \"jwt\" needs a [jwt] table (its `algorithms`, and a `secret`, \
-                     `public_key_file` or `jwks_file`)",
-                );
-                return None;
-            }
-            return Some(None);
-        }
-        if !wants_jwt {
-            let offset = self.position(&path, true);
-            self.error_at(
-                offset,
-                &path,
-                "[jwt] is only used with [session] bearer = \"jwt\"",
-            );
-        }
-        let f: file::Jwt = self.section(&path)?;
-
-        let algs_path = sub(&path, "algorithms");
-        self.string_list(&algs_path, f.algorithms.as_deref(), "algorithm");
-        let names = f.algorithms.unwrap_or_default();
-        let mut algorithms = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            match jwt::algorithm(name) {
-                Some(alg) if algorithms.contains(&alg) => {}
-                Some(alg) => algorithms.push(alg),
-                None if name.eq_ignore_ascii_case("none") => self.error(
-                    &idx(&algs_path, i),
-                    "\"none\" (unsigned tokens) is never accepted",
-                ),
-                None => {
-                    let known: Vec<&str> = jwt::ALGORITHMS.iter().map(|(n, _)| *n).collect();
-                    self.error(
-                        &idx(&algs_path, i),
-                        format!(
-                            "unknown algorithm {name:?}, expected some of {}",
-                            known.join(", ")
-                        ),
-                    );
-                }
-            }
-        }
-        // Whether the key settings are sound enough to say which algorithm lacks a key.
-        let mut keys_ok = !algorithms.is_empty();
-
-        // The secret is never echoed.
-        let secret_path = sub(&path, "secret");
-        let hmac = algorithms
-            .iter()
-            .any(|a| a.family() == AlgorithmFamily::Hmac);
-        let secret = match f.secret {
-            Some(s) if s.is_empty() => {
-                self.error(&secret_path, "must not be empty");
-                keys_ok = false;
-                None
-            }
-            Some(_) if !hmac && !algorithms.is_empty() => {
-                self.error(
-                    &secret_path,
-                    "is set but `algorithms` lists no HS algorithm",
-                );
-                None
-            }
-            Some(s) => Some(s.into_bytes()),
-            None => {
-                if hmac {
-                    self.missing(
-                        &secret_path,
-                        "missing required key `secret` (`algorithms` lists an HS algorithm)",
-                    );
-                    keys_ok = false;
-                }
-                None
-            }
-        };
-
-        let public_key = self
-            .jwt_keys(
-                &sub(&path, "public_key_file"),
-                f.public_key_file,
-                |pem| jwt::public_key_from_pem(pem).map(|key| vec![key]),
-                &algorithms,
-                &mut keys_ok,
-            )
-            .and_then(|keys| keys.into_iter().next());
-        let jwks = self.jwt_keys(
-            &sub(&path, "jwks_file"),
-            f.jwks_file,
-            jwt::jwks_keys,
-            &algorithms,
-            &mut keys_ok,
-        );
-
-        let id_claim = self.non_empty(&sub(&path, "id_claim"), f.id_claim, "tokenId");
-        let key_text = f.key.unwrap_or_else(|| "token:{id}".to_owned());
-        let key = KeyTemplate::parse(&key_text, "{id}");
-        if key.is_none() {
-            self.error(
-                &sub(&path, "key"),
-                format!("{key_text:?} must contain `{{id}}` exactly once"),
-            );
-        }
-        let mut optional = |name: &str, value: Option<String>| match value {
-            Some(v) if v.is_empty() => {
-                self.error(&sub(&path, name), "must not be empty");
-                None
-            }
-            other => other,
-        };
-        let issuer = optional("issuer", f.issuer);
-        let typ = optional("typ", f.typ);
-        let audience_path = sub(&path, "audience");
-        let audience = match f.audience {
-            None => Vec::new(),
-            Some(file::OneOrMany::One(aud)) => vec![aud],
-            Some(file::OneOrMany::Many(list)) => {
-                if list.is_empty() {
-                    self.error(&audience_path, "must list at least one audience");
-                }
-                list
-            }
-        };
-        for (i, aud) in audience.iter().enumerate() {
-            if aud.is_empty() {
-                let at = match audience.len() {
-                    1 => audience_path.clone(),
-                    _ => idx(&audience_path, i),
-                };
-                self.error(&at, "must not be empty");
-            }
-        }
-        let claims = self.claim_rules(&sub(&path, "claims"), f.claims.unwrap_or_default());
-        let leeway_path = sub(&path, "leeway");
-        let leeway = self.duration(
-            &leeway_path,
-            f.leeway.as_deref(),
-            Duration::from_secs(30),
-            true,
-        );
-        if leeway > jwt::MAX_LEEWAY {
-            self.error(&leeway_path, "must be at most 1h");
-        }
-
-        let verifier = jwt::JwtVerifier::new(jwt::JwtOptions {
-            algorithms,
-            secret,
-            public_key,
-            jwks,
-            id_claim,
-            issuer,
-            audience,
-            leeway,
-            typ,
-            claims,
-        });
-        if keys_ok {
-            for (i, name) in names.iter().enumerate() {
-                match jwt::algorithm(name) {
-                    Some(alg) if !verifier.has_key_for(alg) => self.error(
-                        &idx(&algs_path, i),
-                        format!(
-                            "{name} is listed but no key can verify it; set `public_key_file` \
-                             or `jwks_file`"
-                        ),
-                    ),
-                    _ => {}
-                }
-            }
-        }
-        Some(Some(super::model::JwtSettings {
-            verifier: std::sync::Arc::new(verifier),
-            key: key?,
-        }))
-    }
-
-    /// `[jwt.claims]`: `name = value` (exactly), `name = [values]` (one of) or
-    /// `name = { contains = [values] }` (an array claim, or a space-separated
-    /// string claim, holding every one). Values are strings, integers or booleans.
-    fn claim_rules(
-        &mut self,
-        path: &[Seg],
-        rules: std::collections::BTreeMap<String, toml::Value>,
-    ) -> Vec<crate::credential::jwt::ClaimRule> {
-        use crate::credential::jwt::{ClaimCheck, ClaimRule};
-        const SHAPE: &str =
-            "a claim rule is a string, integer or boolean (the exact value), a list \
-                             of them (one of), or { contains = [...] }";
-        let mut out = Vec::new();
-        for (claim, rule) in rules {
-            let at = sub(path, &claim);
-            if claim.is_empty() {
-                self.error(&at, "a claim name must not be empty");
-                continue;
-            }
-            let scalar = |v: &toml::Value| match v {
-                toml::Value::String(s) => Some(serde_json::Value::from(s.clone())),
-                toml::Value::Integer(i) => Some(serde_json::Value::from(*i)),
-                toml::Value::Boolean(b) => Some(serde_json::Value::from(*b)),
-                _ => None,
-            };
-            let list = |this: &mut Self, at: &[Seg], items: &[toml::Value]| {
-                if items.is_empty() {
-                    this.error(at, "must list at least one value");
-                    return None;
-                }
-                let mut values = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    match scalar(item) {
-                        Some(v) => values.push(v),
-                        None => {
-                            this.error(&idx(at, i), "must be a string, integer or boolean");
-                            return None;
-                        }
-                    }
-                }
-                Some(values)
-            };
-            let check = match &rule {
-                toml::Value::Array(items) => list(self, &at, items).map(ClaimCheck::OneOf),
-                toml::Value::Table(table) => {
-                    let mut check = None;
-                    for (key, value) in table {
-                        let key_at = sub(&at, key);
-                        match (key.as_str(), value) {
-                            ("contains", toml::Value::Array(items)) => {
-                                check = list(self, &key_at, items).map(ClaimCheck::Contains);
-                            }
-                            ("contains", _) => {
-                                self.error(&key_at, "must be a list of values");
-                            }
-                            _ => self.error(
-                                &key_at,
-                                format!("unknown rule {key:?}, expected `contains`"),
-                            ),
-                        }
-                    }
-                    if table.is_empty() {
-                        self.error(&at, SHAPE);
-                    }
-                    check
-                }
-                other => match scalar(other) {
-                    Some(v) => Some(ClaimCheck::Equals(v)),
-                    None => {
-                        self.error(&at, SHAPE);
-                        None
-                    }
-                },
-            };
-            if let Some(check) = check {
-                out.push(ClaimRule { claim, check });
-            }
-        }
-        out
-    }
-
-    /// Reads the file `file` names (relative to the configuration file's
-    /// directory) and parses it; problems are reported at `path`.
-    /// Reads the keys in a `[jwt]` key file; an unreadable file clears
-    /// `keys_ok`, and keys that none of `algorithms` uses are an error.
-    fn jwt_keys(
-        &mut self,
-        path: &[Seg],
-        file: Option<String>,
-        parse: fn(&[u8]) -> Result<Vec<crate::credential::jwt::PublicKey>, String>,
-        algorithms: &[jsonwebtoken::Algorithm],
-        keys_ok: &mut bool,
-    ) -> Option<Vec<crate::credential::jwt::PublicKey>> {
-        let file = file?;
-        let Some(keys) = self.key_file(path, &file, parse) else {
-            *keys_ok = false;
-            return None;
-        };
-        let fits = keys.iter().any(|k| algorithms.iter().any(|a| k.fits(*a)));
-        if !algorithms.is_empty() && !fits {
-            let message = match keys.as_slice() {
-                [one] => format!(
-                    "{file:?} holds {}, which none of `algorithms` uses",
-                    one.kind().describe()
-                ),
-                _ => format!("{file:?} holds no key that any of `algorithms` uses"),
-            };
-            self.error(path, message);
-        }
-        Some(keys)
-    }
-
-    fn key_file<T>(
-        &mut self,
-        path: &[Seg],
-        file: &str,
-        parse: fn(&[u8]) -> Result<T, String>,
-    ) -> Option<T> {
-        if file.is_empty() {
-            self.error(path, "must not be empty");
-            return None;
-        }
-        let full = self.base.join(file);
-        match std::fs::read(&full) {
-            Err(e) => {
-                self.error(path, format!("cannot read {}: {e}", full.display()));
-                None
-            }
-            Ok(bytes) => match parse(&bytes) {
-                Ok(parsed) => Some(parsed),
-                Err(message) => {
-                    self.error(path, format!("{} {message}", full.display()));
-                    None
-                }
-            },
-        }
-    }
-
-    /// `sliding = { ttl, touch_after }`: both durations, touch_after below ttl.
-    fn sliding(&mut self, path: &[Seg], f: Option<file::Sliding>) -> Option<Option<Sliding>> {
-        let Some(f) = f else { return Some(None) };
-        let ttl_path = sub(path, "ttl");
-        let ttl = match f.ttl {
-            None => {
-                self.missing_key(&ttl_path);
-                return None;
-            }
-            Some(t) => self.duration(&ttl_path, Some(&t), Duration::ZERO, false),
-        };
-        let touch_path = sub(path, "touch_after");
-        let touch_after = self.duration(
-            &touch_path,
-            f.touch_after.as_deref(),
-            Duration::from_secs(60).min(ttl / 2),
-            true,
-        );
-        if !ttl.is_zero() && touch_after >= ttl {
-            self.error(&touch_path, "must be shorter than `ttl`");
-            return None;
-        }
-        Some(Some(Sliding { ttl, touch_after }))
-    }
-
-    fn identity(&mut self) -> Option<Vec<IdentityHeader>> {
-        let path = [Seg::Key("identity".to_owned())];
-        if self.lookup(&path).is_none() {
-            return Some(Vec::new());
-        }
-        let f: file::Identity = self.section(&path)?;
-        let Some(headers) = f.headers else {
-            return Some(Vec::new());
-        };
-        let headers_path = sub(&path, "headers");
-        let mut entries: Vec<(usize, String, file::IdentityEntry)> = headers
-            .into_iter()
-            .map(|(name, entry)| {
-                let offset = self.position(&sub(&headers_path, &name), true);
-                (offset, name, entry)
-            })
-            .collect();
-        entries.sort_by_key(|(offset, _, _)| *offset);
-
-        let mut seen: Vec<(String, String, usize)> = Vec::new();
-        let mut out = Vec::new();
-        let mut ok = true;
-        for (offset, name, entry) in entries {
-            let entry_path = sub(&headers_path, &name);
-            let (field, required, max_bytes) = match entry {
-                file::IdentityEntry::Field(field) => (field, false, DEFAULT_IDENTITY_BYTES),
-                file::IdentityEntry::Table(t) => {
-                    let max_bytes = match t.max_bytes {
-                        None => DEFAULT_IDENTITY_BYTES,
-                        Some(n) => match usize::try_from(n) {
-                            Ok(n) if (1..=65536).contains(&n) => n,
-                            _ => {
-                                self.error(
-                                    &sub(&entry_path, "max_bytes"),
-                                    "must be between 1 and 65536",
-                                );
-                                ok = false;
-                                DEFAULT_IDENTITY_BYTES
-                            }
-                        },
-                    };
-                    (t.field, t.required.unwrap_or(false), max_bytes)
-                }
-            };
-            let lower = name.to_ascii_lowercase();
-            let folded = lower.replace('_', "-");
-            let header = HeaderName::from_bytes(lower.as_bytes()).ok();
-            if header.is_none() {
-                self.error_at(
-                    offset,
-                    &entry_path,
-                    format!("{name:?} is not a valid header name"),
-                );
-            } else if is_reserved_header(&folded) {
-                self.error_at(
-                    offset,
-                    &entry_path,
-                    format!(
-                        "{name:?} cannot be set from the session (it is a hop-by-hop or \
-                         credential header)"
-                    ),
-                );
-                ok = false;
-            }
-            if let Some((_, first, first_offset)) = seen.iter().find(|(f, _, _)| *f == folded) {
-                let message = format!(
-                    "{name:?} is the same header as {first:?} (line {})",
-                    self.line_of(*first_offset)
-                );
-                self.error_at(offset, &entry_path, message);
-                ok = false;
-            } else {
-                seen.push((folded, name.clone(), offset));
-            }
-            let field_path = FieldPath::parse(&field);
-            if field_path.is_none() {
-                self.error(
-                    &entry_path,
-                    format!("{field:?} is not a dotted field path (e.g. \"user.id\")"),
-                );
-            }
-            match (header, field_path) {
-                (Some(name), Some(field)) => out.push(IdentityHeader {
-                    name,
-                    field,
-                    required,
-                    max_bytes,
-                }),
-                _ => ok = false,
-            }
-        }
-        ok.then_some(out)
-    }
-
-    /// The upstreams, and each `[[upstream]]`'s name by position (known even
-    /// when the rest of it is invalid, so routes can still refer to it);
-    /// `None` names when the section itself is missing or malformed.
-    #[allow(clippy::type_complexity)]
-    fn upstreams(&mut self) -> (Option<Vec<Upstream>>, Option<Vec<Option<String>>>) {
-        let path = [Seg::Key("upstream".to_owned())];
-        let Some(value) = self.lookup(&path) else {
-            self.missing(&path, "at least one [[upstream]] is required");
-            return (None, None);
-        };
-        let Some(items) = value.get_ref().as_array() else {
-            let found = with_article(value.get_ref().type_str());
-            self.error(
-                &path,
-                format!("expected [[upstream]] tables, found {found}"),
-            );
-            return (None, None);
-        };
-        if items.is_empty() {
-            self.error(&path, "at least one [[upstream]] is required");
-        }
-
-        let mut names: Vec<Option<String>> = Vec::new();
-        let mut out = Vec::new();
-        for i in 0..items.len() {
-            let entry = idx(&path, i);
-            let Some(f) = self.section::<file::Upstream>(&entry) else {
-                names.push(None);
-                out.push(None);
-                continue;
-            };
-            let name_path = sub(&entry, "name");
-            let name = match f.name {
-                None => {
-                    self.missing_key(&name_path);
-                    None
-                }
-                Some(name) if name.is_empty() => {
-                    self.error(&name_path, "must not be empty");
-                    None
-                }
-                Some(name) => {
-                    if let Some(first) = names.iter().position(|n| n.as_ref() == Some(&name)) {
-                        let line = self.line_of(self.position(&idx(&path, first), false));
-                        self.error(
-                            &name_path,
-                            format!("duplicate upstream name {name:?} (first used on line {line})"),
-                        );
-                    }
-                    Some(name)
-                }
-            };
-            names.push(name.clone());
-
-            let addrs_path = sub(&entry, "addrs");
-            self.string_list(&addrs_path, f.addrs.as_deref(), "address");
-            let mut addrs = Vec::new();
-            let mut ok = f.addrs.as_ref().is_some_and(|a| !a.is_empty());
-            for (j, addr) in f.addrs.unwrap_or_default().iter().enumerate() {
-                match resolve(addr) {
-                    Ok(resolved) => addrs.extend(resolved),
-                    Err(message) => {
-                        self.error(&idx(&addrs_path, j), message);
-                        ok = false;
-                    }
-                }
-            }
-            let connect_timeout = self.duration(
-                &sub(&entry, "connect_timeout"),
-                f.connect_timeout.as_deref(),
-                Duration::from_secs(1),
-                false,
-            );
-            let read_timeout = self.duration(
-                &sub(&entry, "read_timeout"),
-                f.read_timeout.as_deref(),
-                Duration::from_secs(30),
-                false,
-            );
-            let health_check = f.health_check.map(|h| {
-                let hc_path = sub(&entry, "health_check");
-                let path = h.path.filter(|p| {
-                    let good = p.starts_with('/') && !p.bytes().any(|b| b <= b' ' || b == 0x7f);
-                    if !good {
-                        self.error(
-                            &sub(&hc_path, "path"),
-                            "must start with `/` and contain no spaces or control characters",
-                        );
-                        ok = false;
-                    }
-                    good
-                });
-                let interval = self.duration(
-                    &sub(&hc_path, "interval"),
-                    h.interval.as_deref(),
-                    Duration::from_secs(5),
-                    false,
-                );
-                super::model::HealthCheck { path, interval }
-            });
-            out.push(match name {
-                Some(name) if ok => Some(Upstream {
-                    name,
-                    addrs,
-                    connect_timeout,
-                    read_timeout,
-                    health_check,
-                }),
-                _ => None,
-            });
-        }
-        (out.into_iter().collect(), Some(names))
-    }
-
-    fn routes(&mut self, upstreams: Option<&[Option<String>]>) -> Option<Vec<Route>> {
-        let path = [Seg::Key("route".to_owned())];
-        let Some(value) = self.lookup(&path) else {
-            self.missing(&path, "at least one [[route]] is required");
-            return None;
-        };
-        let Some(items) = value.get_ref().as_array() else {
-            let found = with_article(value.get_ref().type_str());
-            self.error(&path, format!("expected [[route]] tables, found {found}"));
-            return None;
-        };
-        if items.is_empty() {
-            self.error(&path, "at least one [[route]] is required");
-        }
-
-        // (name, offset of its route)
-        let mut seen: Vec<(String, usize)> = Vec::new();
-        let mut out = Vec::new();
-        for i in 0..items.len() {
-            let entry = idx(&path, i);
-            let Some(f) = self.section::<file::Route>(&entry) else {
-                out.push(None);
-                continue;
-            };
-
-            let prefix_path = sub(&entry, "path_prefix");
-            let path_prefix = match f.path_prefix {
-                None => {
-                    self.missing_key(&prefix_path);
-                    None
-                }
-                Some(prefix) if !prefix.starts_with('/') => {
-                    self.error(&prefix_path, format!("{prefix:?} must start with \"/\""));
-                    None
-                }
-                Some(prefix)
-                    if prefix.contains(['?', '#', ';']) || prefix.contains(char::is_whitespace) =>
-                {
-                    self.error(
-                        &prefix_path,
-                        format!(
-                            "{prefix:?} must be a plain path (no query, fragment, `;` \
-                             parameters or spaces)"
-                        ),
-                    );
-                    None
-                }
-                // Requests are matched on their normalised path, so a prefix that is
-                // not itself normal (dot segments, `//`, raw non-ASCII) could never match.
-                Some(prefix) => match crate::route::path::normalise_path(&prefix) {
-                    Ok(normal) if normal == prefix.as_str() => Some(prefix),
-                    Ok(normal) => {
-                        self.error(
-                            &prefix_path,
-                            format!("{prefix:?} is not a normalised path; write {normal:?}"),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        self.error(&prefix_path, format!("{prefix:?}: {e}"));
-                        None
-                    }
-                },
-            };
-
-            let name_path = sub(&entry, "name");
-            let explicit = f.name.is_some();
-            let name = match f.name {
-                Some(name) if name.is_empty() => {
-                    self.error(&name_path, "must not be empty");
-                    None
-                }
-                Some(name) => Some(name),
-                None => path_prefix.clone(),
-            };
-            if let Some(name) = &name {
-                let offset = self.position(&entry, false);
-                if let Some((_, first)) = seen.iter().find(|(n, _)| n == name) {
-                    let line = self.line_of(*first);
-                    let message = if explicit {
-                        format!("duplicate route name {name:?} (first used on line {line})")
-                    } else {
-                        format!(
-                            "duplicate route name {name:?} (first used on line {line}); a route \
-                             without `name` is named after its path_prefix, so give it a `name`"
-                        )
-                    };
-                    self.error(&name_path, message);
-                } else {
-                    seen.push((name.clone(), offset));
-                }
-            }
-
-            // `Some(Err(()))`: a host that was reported as invalid.
-            let host = f.host.map(|host| {
-                normalize_host(&host).map_err(|message| self.error(&sub(&entry, "host"), message))
-            });
-
-            let upstream_path = sub(&entry, "upstream");
-            let upstream = match (f.upstream, upstreams) {
-                (None, _) => {
-                    self.missing_key(&upstream_path);
-                    None
-                }
-                (Some(_), None) => None, // the missing [[upstream]] is reported already
-                (Some(wanted), Some(names)) => {
-                    let found = names
-                        .iter()
-                        .position(|n| n.as_deref() == Some(wanted.as_str()));
-                    if found.is_none() {
-                        let mut message = format!("no [[upstream]] is named {wanted:?}");
-                        if let Some(close) =
-                            suggest(&wanted, names.iter().flatten().map(String::as_str))
-                        {
-                            let _ = write!(message, "; did you mean {close:?}?");
-                        }
-                        self.error(&upstream_path, message);
-                    }
-                    found
-                }
-            };
-
-            let access = self.choice(
-                &sub(&entry, "access"),
-                f.access.as_deref(),
-                Access::Authenticated,
-                &[
-                    ("public", Access::Public),
-                    ("authenticated", Access::Authenticated),
-                ],
-            );
-            let roles_path = sub(&entry, "roles");
-            if f.roles.is_some() && access == Some(Access::Public) {
-                self.error(
-                    &roles_path,
-                    "`roles` only applies to access = \"authenticated\" routes",
-                );
-            }
-            let roles = f.roles.unwrap_or_default();
-            for (j, role) in roles.iter().enumerate() {
-                if role.is_empty() {
-                    self.error(&idx(&roles_path, j), "a role must not be empty");
-                }
-            }
-
-            let on_store_error = self.choice(
-                &sub(&entry, "on_store_error"),
-                f.on_store_error.as_deref(),
-                StoreErrorPolicy::Deny,
-                &[
-                    ("deny", StoreErrorPolicy::Deny),
-                    ("stale", StoreErrorPolicy::Stale),
-                ],
-            );
-            if f.on_store_error.is_some() && access == Some(Access::Public) {
-                self.error(
-                    &sub(&entry, "on_store_error"),
-                    "`on_store_error` only applies to access = \"authenticated\" routes",
-                );
-            }
-
-            let login_redirect = match f.on_unauthenticated {
-                None => Some(None),
-                Some(on) => {
-                    let redirect_path = sub(&sub(&entry, "on_unauthenticated"), "redirect");
-                    match on.redirect {
-                        None => {
-                            self.missing_key(&redirect_path);
-                            None
-                        }
-                        Some(target) if !is_valid_redirect(&target) => {
-                            self.error(
-                                &redirect_path,
-                                format!(
-                                    "{target:?} must be a path starting with \"/\" (not \"//\") \
-                                     or an absolute http(s) URL"
-                                ),
-                            );
-                            None
-                        }
-                        Some(target) => Some(Some(target)),
-                    }
-                }
-            };
-
-            let methods_path = sub(&entry, "methods");
-            let methods = match f.methods {
-                None => Some(None),
-                Some(list) if list.is_empty() => {
-                    self.error(&methods_path, "must list at least one method");
-                    None
-                }
-                Some(list) => {
-                    let mut ok = Vec::with_capacity(list.len());
-                    for (j, m) in list.iter().enumerate() {
-                        match http::Method::from_bytes(m.as_bytes()) {
-                            Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => {
-                                if method == http::Method::CONNECT {
-                                    self.error(
-                                        &idx(&methods_path, j),
-                                        "CONNECT is never proxied (its target is not a path)",
-                                    );
-                                }
-                                ok.push(method);
-                            }
-                            _ => self.error(
-                                &idx(&methods_path, j),
-                                format!("{m:?} is not an upper-case HTTP method name"),
-                            ),
-                        }
-                    }
-                    Some(Some(ok))
-                }
-            };
-
-            out.push((|| {
-                Some(Route {
-                    methods: methods?,
-                    name: name?,
-                    host: host.transpose().ok()?,
-                    path_prefix: path_prefix?,
-                    upstream: upstream?,
-                    access: access?,
-                    roles,
-                    login_redirect: login_redirect?,
-                    on_store_error: on_store_error?,
-                })
-            })());
-        }
-        out.into_iter().collect()
-    }
 }
 
 /// Drops the key a type error points into (the innermost key on `path`) so
 /// the section can be deserialized again; returns the dropped key's path.
-fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Vec<Seg>> {
+pub(super) fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Vec<Seg>> {
     let at = path.iter().rposition(|seg| matches!(seg, Seg::Key(_)))?;
     let Seg::Key(key) = &path[at] else {
         return None;
@@ -2743,6 +1045,7 @@ fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Vec<Seg>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::model::*;
 
     fn no_env(_: &str) -> Option<String> {
         None

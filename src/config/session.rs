@@ -1,0 +1,504 @@
+//! The checks of `[session]` (cookie, bearer, keys, logout and per-user sets, sliding expiry) and `[identity.headers]`.
+
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::file;
+use super::model::{
+    BearerMode, CookieFormat, FieldPath, IdentityHeader, KeyTemplate, SessionSettings, Sliding,
+    ValueFormat,
+};
+use super::validate::*;
+
+impl<'r, 't> Checker<'r, 't> {
+    pub(super) fn session(&mut self) -> Option<SessionSettings> {
+        let path = [Seg::Key("session".to_owned())];
+        if self.lookup(&path).is_none() {
+            self.missing(&path, "missing required table [session]");
+            return None;
+        }
+        let f: file::Session = self.section(&path)?;
+
+        let cookie = f.cookie.unwrap_or_else(|| "connect.sid".to_owned());
+        if !is_cookie_name(&cookie) {
+            self.error(
+                &sub(&path, "cookie"),
+                format!("{cookie:?} is not a valid cookie name"),
+            );
+        }
+        let cookie_format = self.choice(
+            &sub(&path, "cookie_format"),
+            f.cookie_format.as_deref(),
+            CookieFormat::Express,
+            &[
+                ("express", CookieFormat::Express),
+                ("plain", CookieFormat::Plain),
+            ],
+        );
+        // Secrets are never echoed.
+        let secrets_path = sub(&path, "secrets");
+        if cookie_format == Some(CookieFormat::Express) {
+            match f.secrets.as_deref() {
+                None => self.missing(
+                    &secrets_path,
+                    "missing required key `secrets` (cookie_format = \"express\" needs the \
+                     express-session secrets)",
+                ),
+                Some([]) => self.error(&secrets_path, "must list at least one secret"),
+                Some(_) => {}
+            }
+        }
+        let secrets = f.secrets.unwrap_or_default();
+        for (i, secret) in secrets.iter().enumerate() {
+            if secret.is_empty() {
+                self.error(&idx(&secrets_path, i), "a secret must not be empty");
+            }
+        }
+        let bearer_path = sub(&path, "bearer");
+        let bearer = self.choice(
+            &bearer_path,
+            f.bearer.as_deref(),
+            BearerMode::Off,
+            &[
+                ("off", BearerMode::Off),
+                ("opaque", BearerMode::Opaque),
+                ("jwt", BearerMode::Jwt),
+            ],
+        );
+        let key_text = f.key.unwrap_or_else(|| "sess:{id}".to_owned());
+        let key = KeyTemplate::parse(&key_text, "{id}");
+        if key.is_none() {
+            self.error(
+                &sub(&path, "key"),
+                format!("{key_text:?} must contain `{{id}}` exactly once"),
+            );
+        }
+        let bearer_key = self.bearer_key(
+            &path,
+            bearer,
+            cookie_format,
+            key.as_ref(),
+            f.bearer_key,
+            f.allow_unsigned_bearer,
+        );
+        let value = self.choice(
+            &sub(&path, "value"),
+            f.value.as_deref(),
+            ValueFormat::Json,
+            &[("json", ValueFormat::Json), ("hash", ValueFormat::Hash)],
+        );
+        let role_text = f.role_field.unwrap_or_else(|| "user.role".to_owned());
+        let role_field = FieldPath::parse(&role_text);
+        if role_field.is_none() {
+            self.error(
+                &sub(&path, "role_field"),
+                format!("{role_text:?} is not a dotted field path (e.g. \"user.role\")"),
+            );
+        }
+        let lifecycle = LifecycleKeys {
+            logout_path: f.logout_path,
+            logout_all_path: f.logout_all_path,
+            logout_redirect: f.logout_redirect,
+            user_field: f.user_field,
+            user_sessions_key: f.user_sessions_key,
+            user_tokens_key: f.user_tokens_key,
+            cookie_path: f.cookie_path,
+            cookie_domain: f.cookie_domain,
+        };
+        let lifecycle = self.lifecycle(&path, lifecycle, &cookie);
+        let sliding = self.sliding(&sub(&path, "sliding"), f.sliding);
+        let lifecycle = lifecycle?;
+        Some(SessionSettings {
+            logout_path: lifecycle.logout_path,
+            logout_all_path: lifecycle.logout_all_path,
+            logout_redirect: lifecycle.logout_redirect,
+            user_field: lifecycle.user_field,
+            user_sessions_key: lifecycle.user_sessions_key,
+            user_tokens_key: lifecycle.user_tokens_key,
+            cookie_path: lifecycle.cookie_path,
+            cookie_domain: lifecycle.cookie_domain,
+            sliding: sliding?,
+            cookie,
+            cookie_format: cookie_format?,
+            secrets,
+            bearer: bearer?,
+            bearer_key: bearer_key?,
+            key: key?,
+            value: value?,
+            role_field: role_field?,
+        })
+    }
+
+    /// `bearer_key` and `allow_unsigned_bearer`: where opaque bearer ids are
+    /// looked up. Required with `bearer = "opaque"`; a bearer key that can name
+    /// the keys of signed (express) cookies needs `allow_unsigned_bearer = true`,
+    /// since a bare session id would then be as good as its signed cookie.
+    pub(super) fn bearer_key(
+        &mut self,
+        path: &[Seg],
+        bearer: Option<BearerMode>,
+        cookie_format: Option<CookieFormat>,
+        cookie_key: Option<&KeyTemplate>,
+        text: Option<String>,
+        allow_unsigned: Option<bool>,
+    ) -> Option<Option<KeyTemplate>> {
+        let key_path = sub(path, "bearer_key");
+        let allow_path = sub(path, "allow_unsigned_bearer");
+        let bearer = bearer?;
+        if bearer != BearerMode::Opaque {
+            for (set, key) in [
+                (text.is_some(), &key_path),
+                (allow_unsigned.is_some(), &allow_path),
+            ] {
+                if set {
+                    self.error(key, "is only used with bearer = \"opaque\"");
+                }
+            }
+            return Some(None);
+        }
+        let Some(text) = text else {
+            self.missing(
+                &key_path,
+                "missing required key `bearer_key` (bearer = \"opaque\" needs the Redis key of \
+                 a bearer id, e.g. \"api:{id}\", or \"same_as_cookie\" to look bearer ids up \
+                 under the cookie's `key`)",
+            );
+            return None;
+        };
+        let same = text == "same_as_cookie";
+        let template = if same {
+            cookie_key.cloned()
+        } else {
+            let template = KeyTemplate::parse(&text, "{id}");
+            if template.is_none() {
+                self.error(
+                    &key_path,
+                    format!(
+                        "{text:?} must contain `{{id}}` exactly once (or be \"same_as_cookie\")"
+                    ),
+                );
+            }
+            template
+        };
+        let template = template?;
+        let cookie_key = cookie_key?;
+        let signed = cookie_format? == CookieFormat::Express;
+        if signed && allow_unsigned != Some(true) && template.overlaps(cookie_key) {
+            let why = if same {
+                "\"same_as_cookie\" lets a bare session id, sent as a bearer token, in without \
+                 the cookie's signature"
+                    .to_owned()
+            } else {
+                format!(
+                    "{text:?} can name the same Redis keys as `key`, so a bare session id sent as \
+                     a bearer token would get in without the cookie's signature; use a prefix of \
+                     its own (e.g. \"api:{{id}}\")"
+                )
+            };
+            self.error(
+                &key_path,
+                format!(
+                    "{why} (cookie_format = \"express\"); set `allow_unsigned_bearer = true` \
+                     to accept that"
+                ),
+            );
+            return None;
+        }
+        Some(Some(template))
+    }
+
+    /// The `[session]` keys of logout and of the per-user id sets.
+    pub(super) fn lifecycle(
+        &mut self,
+        path: &[Seg],
+        f: LifecycleKeys,
+        cookie: &str,
+    ) -> Option<Lifecycle> {
+        let mut ok = true;
+        let logout_path = f.logout_path.as_deref().and_then(|p| {
+            let checked = self.exact_path(&sub(path, "logout_path"), p);
+            ok &= checked.is_some();
+            checked
+        });
+        let all_path = sub(path, "logout_all_path");
+        let logout_all_path = f.logout_all_path.as_deref().and_then(|p| {
+            let checked = self.exact_path(&all_path, p);
+            ok &= checked.is_some();
+            checked
+        });
+        if logout_all_path.is_some() && logout_all_path == logout_path {
+            self.error(&all_path, "must differ from `logout_path`");
+            ok = false;
+        }
+
+        let redirect_path = sub(path, "logout_redirect");
+        let logout_redirect = match f.logout_redirect.clone() {
+            Some(target) if !is_valid_redirect(&target) => {
+                self.error(
+                    &redirect_path,
+                    format!(
+                        "{target:?} must be a path starting with \"/\" (not \"//\") or an \
+                         absolute http(s) URL"
+                    ),
+                );
+                ok = false;
+                None
+            }
+            Some(_) if f.logout_path.is_none() && f.logout_all_path.is_none() => {
+                self.error(
+                    &redirect_path,
+                    "has no effect without `logout_path` or `logout_all_path`",
+                );
+                ok = false;
+                None
+            }
+            other => other,
+        };
+
+        let user_text = f.user_field.as_deref().unwrap_or("user.id");
+        let user_field = FieldPath::parse(user_text);
+        if user_field.is_none() {
+            self.error(
+                &sub(path, "user_field"),
+                format!("{user_text:?} is not a dotted field path (e.g. \"user.id\")"),
+            );
+        }
+
+        let mut user_set = |key: &str| -> Option<Option<KeyTemplate>> {
+            let Some(text) = (match key {
+                "user_sessions_key" => f.user_sessions_key.as_deref(),
+                _ => f.user_tokens_key.as_deref(),
+            }) else {
+                return Some(None);
+            };
+            let template = KeyTemplate::parse(text, "{user}");
+            if template.is_none() {
+                self.error(
+                    &sub(path, key),
+                    format!("{text:?} must contain `{{user}}` exactly once"),
+                );
+            }
+            template.map(Some)
+        };
+        let user_sessions_key = user_set("user_sessions_key");
+        let user_tokens_key = user_set("user_tokens_key");
+        let jwt = [Seg::Key("jwt".to_owned())];
+        if f.user_tokens_key.is_some() && self.lookup(&jwt).is_none() {
+            self.error(
+                &sub(path, "user_tokens_key"),
+                "lists token ids, which only exist with bearer = \"jwt\" and a [jwt] table \
+                 (their keys are its `key`)",
+            );
+            ok = false;
+        }
+        if f.logout_all_path.is_some()
+            && f.user_sessions_key.is_none()
+            && f.user_tokens_key.is_none()
+        {
+            self.error(
+                &all_path,
+                "needs `user_sessions_key` (the Redis set of each user's session ids) to find \
+                 the user's sessions",
+            );
+            ok = false;
+        }
+
+        let host_prefixed = cookie.starts_with("__Host-");
+        let cookie_path_path = sub(path, "cookie_path");
+        let cookie_path = f.cookie_path.clone().unwrap_or_else(|| "/".to_owned());
+        if !cookie_path.starts_with('/') || !is_cookie_attribute(&cookie_path) {
+            self.error(
+                &cookie_path_path,
+                format!(
+                    "{cookie_path:?} must start with \"/\" and hold no `;`, `,`, spaces or \
+                     control characters"
+                ),
+            );
+            ok = false;
+        } else if host_prefixed && cookie_path != "/" {
+            self.error(&cookie_path_path, "a `__Host-` cookie must have Path=/");
+            ok = false;
+        }
+        let domain_path = sub(path, "cookie_domain");
+        let cookie_domain = f.cookie_domain.clone();
+        if let Some(domain) = &cookie_domain {
+            let bare = domain.strip_prefix('.').unwrap_or(domain);
+            let valid = !bare.is_empty()
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !valid {
+                self.error(&domain_path, format!("{domain:?} is not a domain name"));
+                ok = false;
+            } else if host_prefixed {
+                self.error(&domain_path, "a `__Host-` cookie cannot have a Domain");
+                ok = false;
+            }
+        }
+
+        let lifecycle = Lifecycle {
+            logout_path,
+            logout_all_path,
+            logout_redirect,
+            user_field: user_field?,
+            user_sessions_key: user_sessions_key?,
+            user_tokens_key: user_tokens_key?,
+            cookie_path,
+            cookie_domain,
+        };
+        ok.then_some(lifecycle)
+    }
+
+    /// A path matched exactly (after normalisation): absolute, plain and normal.
+    pub(super) fn exact_path(&mut self, path: &[Seg], text: &str) -> Option<String> {
+        if !text.starts_with('/') {
+            self.error(path, format!("{text:?} must start with \"/\""));
+            return None;
+        }
+        if text.contains(['?', '#']) || text.contains(char::is_whitespace) {
+            self.error(
+                path,
+                format!("{text:?} must be a plain path (no query, fragment or spaces)"),
+            );
+            return None;
+        }
+        match crate::route::path::normalise_path(text) {
+            Ok(normal) if normal == text => Some(text.to_owned()),
+            Ok(normal) => {
+                self.error(
+                    path,
+                    format!("{text:?} is not a normalised path; write {normal:?}"),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(path, format!("{text:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `sliding = { ttl, touch_after }`: both durations, touch_after below ttl.
+    pub(super) fn sliding(
+        &mut self,
+        path: &[Seg],
+        f: Option<file::Sliding>,
+    ) -> Option<Option<Sliding>> {
+        let Some(f) = f else { return Some(None) };
+        let ttl_path = sub(path, "ttl");
+        let ttl = match f.ttl {
+            None => {
+                self.missing_key(&ttl_path);
+                return None;
+            }
+            Some(t) => self.duration(&ttl_path, Some(&t), Duration::ZERO, false),
+        };
+        let touch_path = sub(path, "touch_after");
+        let touch_after = self.duration(
+            &touch_path,
+            f.touch_after.as_deref(),
+            Duration::from_secs(60).min(ttl / 2),
+            true,
+        );
+        if !ttl.is_zero() && touch_after >= ttl {
+            self.error(&touch_path, "must be shorter than `ttl`");
+            return None;
+        }
+        Some(Some(Sliding { ttl, touch_after }))
+    }
+
+    pub(super) fn identity(&mut self) -> Option<Vec<IdentityHeader>> {
+        let path = [Seg::Key("identity".to_owned())];
+        if self.lookup(&path).is_none() {
+            return Some(Vec::new());
+        }
+        let f: file::Identity = self.section(&path)?;
+        let Some(headers) = f.headers else {
+            return Some(Vec::new());
+        };
+        let headers_path = sub(&path, "headers");
+        let mut entries: Vec<(usize, String, file::IdentityEntry)> = headers
+            .into_iter()
+            .map(|(name, entry)| {
+                let offset = self.position(&sub(&headers_path, &name), true);
+                (offset, name, entry)
+            })
+            .collect();
+        entries.sort_by_key(|(offset, _, _)| *offset);
+
+        let mut seen: Vec<(String, String, usize)> = Vec::new();
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (offset, name, entry) in entries {
+            let entry_path = sub(&headers_path, &name);
+            let (field, required, max_bytes) = match entry {
+                file::IdentityEntry::Field(field) => (field, false, DEFAULT_IDENTITY_BYTES),
+                file::IdentityEntry::Table(t) => {
+                    let max_bytes = match t.max_bytes {
+                        None => DEFAULT_IDENTITY_BYTES,
+                        Some(n) => match usize::try_from(n) {
+                            Ok(n) if (1..=65536).contains(&n) => n,
+                            _ => {
+                                self.error(
+                                    &sub(&entry_path, "max_bytes"),
+                                    "must be between 1 and 65536",
+                                );
+                                ok = false;
+                                DEFAULT_IDENTITY_BYTES
+                            }
+                        },
+                    };
+                    (t.field, t.required.unwrap_or(false), max_bytes)
+                }
+            };
+            let lower = name.to_ascii_lowercase();
+            let folded = lower.replace('_', "-");
+            let header = HeaderName::from_bytes(lower.as_bytes()).ok();
+            if header.is_none() {
+                self.error_at(
+                    offset,
+                    &entry_path,
+                    format!("{name:?} is not a valid header name"),
+                );
+            } else if is_reserved_header(&folded) {
+                self.error_at(
+                    offset,
+                    &entry_path,
+                    format!(
+                        "{name:?} cannot be set from the session (it is a hop-by-hop or \
+                         credential header)"
+                    ),
+                );
+                ok = false;
+            }
+            if let Some((_, first, first_offset)) = seen.iter().find(|(f, _, _)| *f == folded) {
+                let message = format!(
+                    "{name:?} is the same header as {first:?} (line {})",
+                    self.line_of(*first_offset)
+                );
+                self.error_at(offset, &entry_path, message);
+                ok = false;
+            } else {
+                seen.push((folded, name.clone(), offset));
+            }
+            let field_path = FieldPath::parse(&field);
+            if field_path.is_none() {
+                self.error(
+                    &entry_path,
+                    format!("{field:?} is not a dotted field path (e.g. \"user.id\")"),
+                );
+            }
+            match (header, field_path) {
+                (Some(name), Some(field)) => out.push(IdentityHeader {
+                    name,
+                    field,
+                    required,
+                    max_bytes,
+                }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+}
