@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::Result;
 
@@ -22,7 +23,7 @@ pub fn apply(
     req: &mut RequestHeader,
     peer: Option<IpAddr>,
     trusted: &[Cidr],
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) -> Result<()> {
     let from_trusted = peer.is_some_and(|ip| trusted.iter().any(|c| c.contains(ip)));
     let Some(peer) = peer else {
@@ -43,9 +44,10 @@ pub fn apply(
             req.insert_header(XFP, "http")?;
         }
         if let (None, Some(host)) = (req.headers.get(XFH), host) {
-            req.insert_header(XFH, host.to_owned())?;
+            req.insert_header(XFH, host.clone())?;
         }
         if let Some(chain) = joined(req, FORWARDED) {
+            let host = host.and_then(|h| h.to_str().ok());
             req.insert_header(FORWARDED, format!("{chain}, {}", element(peer, host)))?;
         }
     } else {
@@ -53,7 +55,7 @@ pub fn apply(
         req.insert_header(XFF, peer.to_string())?;
         req.insert_header(XFP, "http")?;
         match host {
-            Some(host) => req.insert_header(XFH, host.to_owned())?,
+            Some(host) => req.insert_header(XFH, host.clone())?,
             None => {
                 req.remove_header(XFH);
             }
@@ -125,7 +127,7 @@ mod tests {
             &mut r,
             Some("192.0.2.7".parse().unwrap()),
             &trusted,
-            Some("site.test"),
+            Some(&HeaderValue::from_static("site.test")),
         )
         .unwrap();
         assert_eq!(values(&r, XFF), ["192.0.2.7"]);
@@ -147,7 +149,7 @@ mod tests {
             &mut r,
             Some("10.1.2.3".parse().unwrap()),
             &trusted,
-            Some("site.test"),
+            Some(&HeaderValue::from_static("site.test")),
         )
         .unwrap();
         assert_eq!(values(&r, XFF), ["198.51.100.1, 203.0.113.9, 10.1.2.3"]);
@@ -159,7 +161,13 @@ mod tests {
         );
         let mut r = req(&[("Forwarded", "for=x")]);
         let v6 = [Cidr::parse("::1").unwrap()];
-        apply(&mut r, Some("::1".parse().unwrap()), &v6, Some("[::1]")).unwrap();
+        apply(
+            &mut r,
+            Some("::1".parse().unwrap()),
+            &v6,
+            Some(&HeaderValue::from_static("[::1]")),
+        )
+        .unwrap();
         assert_eq!(
             values(&r, FORWARDED),
             [r#"for=x, for="[::1]";host="[::1]";proto=http"#]

@@ -177,16 +177,13 @@ impl ProxyHttp for Gateway {
         if let Some(host) = &ctx.rewrite.host {
             upstream_request.insert_header(http::header::HOST, host.clone())?;
         }
-        let host = upstream_request
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
+        // A shared handle on the (already canonical) Host bytes, not a copy.
+        let host = upstream_request.headers.get(http::header::HOST).cloned();
         crate::proxy::forwarded::apply(
             upstream_request,
             ctx.peer,
             &ctx.pipeline.config.rate_limit.trusted_proxies,
-            host.as_deref(),
+            host.as_ref(),
         )?;
         let plan = &ctx.pipeline.identity;
         let spoofed = plan.spoofed(upstream_request.headers.keys().map(|n| n.as_str()));
