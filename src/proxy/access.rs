@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::HOST;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use serde::Serialize;
 
 use crate::labels::Decision;
@@ -92,7 +92,7 @@ pub struct Finished<'a> {
 }
 
 /// Records the request's metrics and writes its access log line.
-pub fn finish(session: &Session, f: Finished<'_>) {
+pub fn finish(req: &RequestHeader, status: u16, f: Finished<'_>) {
     let elapsed = f.started.elapsed();
     // No decision: Pingora gave up before the pipeline ran (e.g. a malformed request).
     let decision = f.decision.unwrap_or(Decision::Invalid);
@@ -111,7 +111,6 @@ pub fn finish(session: &Session, f: Finished<'_>) {
     if !admin.access_log {
         return;
     }
-    let req = session.req_header();
     // The forwarded host and path: what the upstream was sent.
     let host = f
         .rewrite
@@ -125,9 +124,6 @@ pub fn finish(session: &Session, f: Finished<'_>) {
         .uri
         .as_ref()
         .map_or_else(|| req.uri.path(), |uri| uri.path());
-    let status = session
-        .response_written()
-        .map_or(0, |resp| resp.status.as_u16());
     let record = Record {
         time: Rfc3339(humantime::format_rfc3339_millis(SystemTime::now())),
         method: req.method.as_str(),

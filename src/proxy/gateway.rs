@@ -167,35 +167,13 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The upstream sees the method, path and host that the route was chosen on.
-        for name in crate::route::target::OVERRIDE_HEADERS {
-            upstream_request.remove_header(name);
-        }
-        if let Some(uri) = &ctx.rewrite.uri {
-            upstream_request.set_uri(uri.clone());
-        }
-        if let Some(host) = &ctx.rewrite.host {
-            upstream_request.insert_header(http::header::HOST, host.clone())?;
-        }
-        // A shared handle on the (already canonical) Host bytes, not a copy.
-        let host = upstream_request.headers.get(http::header::HOST).cloned();
-        crate::proxy::forwarded::apply(
+        prepare_upstream_request(
             upstream_request,
+            &ctx.pipeline,
+            &ctx.rewrite,
             ctx.peer,
-            &ctx.pipeline.config.rate_limit.trusted_proxies,
-            host.as_ref(),
-        )?;
-        let plan = &ctx.pipeline.identity;
-        let spoofed = plan.spoofed(upstream_request.headers.keys().map(|n| n.as_str()));
-        for name in spoofed {
-            upstream_request.remove_header(name.as_str());
-        }
-        if let Some(principal) = &ctx.principal {
-            for (name, value) in plan.headers(&principal.identity) {
-                upstream_request.insert_header(name.clone(), value)?;
-            }
-        }
-        Ok(())
+            ctx.principal.as_deref(),
+        )
     }
 
     /// What Pingora's own error lines (e.g. on 502/504) say about a request:
@@ -221,27 +199,7 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        let (status, body): (u16, &'static str) = match e.etype() {
-            ErrorType::HTTPStatus(code) => (*code, ""),
-            // The client paused its request body longer than `body_idle_timeout`.
-            ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => (
-                408,
-                r#"{"error":"request_timeout","message":"the request body did not arrive in time"}"#,
-            ),
-            _ if e.esource() == &ErrorSource::Downstream => (0, ""),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
-                504,
-                r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#,
-            ),
-            _ => match e.esource() {
-                ErrorSource::Upstream => (
-                    502,
-                    r#"{"error":"bad_gateway","message":"the upstream could not be reached"}"#,
-                ),
-                ErrorSource::Downstream => (0, ""),
-                _ => (500, r#"{"error":"internal","message":"internal error"}"#),
-            },
-        };
+        let (status, body) = error_answer(e);
         if status > 0 {
             if let Ok(status) = http::StatusCode::from_u16(status) {
                 let rendered = Rendered {
@@ -261,8 +219,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |resp| resp.status.as_u16());
         access::finish(
-            session,
+            session.req_header(),
+            status,
             Finished {
                 pipeline: &ctx.pipeline,
                 route: ctx.route,
@@ -277,15 +239,15 @@ impl ProxyHttp for Gateway {
 }
 
 /// RFC 9110 9.2.2.
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
 }
 
-/// Writes a complete small response, keeping the connection open.
-async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
+/// The head of a complete small response written by the gateway itself.
+pub(crate) fn rendered_head(rendered: &Rendered) -> Result<Box<ResponseHeader>> {
     let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))?;
     if !rendered.body.is_empty() {
         resp.insert_header("content-type", "application/json")?;
@@ -295,17 +257,89 @@ async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
         resp.insert_header("content-length", rendered.body.len())?;
     }
     resp.insert_header("cache-control", "no-store")?;
-    for (name, value) in rendered.headers {
-        resp.insert_header(name, value)?;
+    for (name, value) in &rendered.headers {
+        resp.insert_header(*name, value.as_str())?;
     }
+    Ok(Box::new(resp))
+}
+
+/// Writes a complete small response, keeping the connection open.
+async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
+    let resp = rendered_head(&rendered)?;
     let head_only = rendered.body.is_empty() || session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
+    session.write_response_header(resp, head_only).await?;
     if !head_only {
         session
             .write_response_body(Some(Bytes::from_static(rendered.body.as_bytes())), true)
             .await?;
+    }
+    Ok(())
+}
+
+/// The status and JSON body answering a request whose forwarding failed
+/// before a response started; status 0: the client is gone, answer nothing.
+pub(crate) fn error_answer(e: &Error) -> (u16, &'static str) {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => (*code, ""),
+        // The client paused its request body longer than `body_idle_timeout`.
+        ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => (
+            408,
+            r#"{"error":"request_timeout","message":"the request body did not arrive in time"}"#,
+        ),
+        _ if e.esource() == &ErrorSource::Downstream => (0, ""),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
+            504,
+            r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#,
+        ),
+        _ => match e.esource() {
+            ErrorSource::Upstream => (
+                502,
+                r#"{"error":"bad_gateway","message":"the upstream could not be reached"}"#,
+            ),
+            ErrorSource::Downstream => (0, ""),
+            _ => (500, r#"{"error":"internal","message":"internal error"}"#),
+        },
+    }
+}
+
+/// Makes the upstream request say what was decided: the canonical target and
+/// host, no method or path override headers, the forwarding headers, no
+/// client-sent identity headers, and the principal's identity headers.
+/// Shared by both forwarding paths.
+pub(crate) fn prepare_upstream_request(
+    upstream_request: &mut RequestHeader,
+    pipeline: &Pipeline,
+    rewrite: &Rewrite,
+    peer: Option<std::net::IpAddr>,
+    principal: Option<&Principal>,
+) -> Result<()> {
+    // The upstream sees the method, path and host that the route was chosen on.
+    for name in crate::route::target::OVERRIDE_HEADERS {
+        upstream_request.remove_header(name);
+    }
+    if let Some(uri) = &rewrite.uri {
+        upstream_request.set_uri(uri.clone());
+    }
+    if let Some(host) = &rewrite.host {
+        upstream_request.insert_header(http::header::HOST, host.clone())?;
+    }
+    // A shared handle on the (already canonical) Host bytes, not a copy.
+    let host = upstream_request.headers.get(http::header::HOST).cloned();
+    crate::proxy::forwarded::apply(
+        upstream_request,
+        peer,
+        &pipeline.config.rate_limit.trusted_proxies,
+        host.as_ref(),
+    )?;
+    let plan = &pipeline.identity;
+    let spoofed = plan.spoofed(upstream_request.headers.keys().map(|n| n.as_str()));
+    for name in spoofed {
+        upstream_request.remove_header(name.as_str());
+    }
+    if let Some(principal) = &principal {
+        for (name, value) in plan.headers(&principal.identity) {
+            upstream_request.insert_header(name.clone(), value)?;
+        }
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::metrics::{self, BadRequest};
 use crate::pipeline::Pipeline;
-use crate::proxy::access;
+use crate::proxy::{access, fast};
 use crate::reject::Rejection;
 
 /// How long a connection may stay idle before its next request (Pingora's
@@ -333,7 +333,18 @@ where
                     return None;
                 }
             };
-            let mut session = ServerSession::new_http1(stream);
+            // The common request takes the lean path; the rest, and any head
+            // Pingora's parser refuses, the full proxy.
+            let (full_stream, head) =
+                match fast::serve(stream, head, pipeline.clone(), shutdown, started).await {
+                    fast::Lane::Served(Some(reused)) => {
+                        stream = reused;
+                        continue;
+                    }
+                    fast::Lane::Served(None) => return None,
+                    fast::Lane::Full(stream, head) => (stream, head),
+                };
+            let mut session = ServerSession::new_http1(full_stream);
             session.set_read_timeout(Some(server.body_idle_timeout));
             session.set_write_timeout(Some(server.write_timeout));
             match settings.take() {

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod fast;
 pub mod forwarded;
 pub mod gateway;
 pub mod idle;

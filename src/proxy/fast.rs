@@ -1,0 +1,448 @@
+//! The lean forwarding path: one HTTP/1.1 exchange at a time on Pingora's
+//! own HTTP/1 server and client sessions (their parsers, framing and
+//! smuggling defences), without the per-request machinery of Pingora's proxy
+//! engine: no channels and no tasks per request, and upstream connections
+//! kept per worker thread, handed back without a task.
+//!
+//! It takes the common request: HTTP/1.x, origin-form, no body, no upgrade,
+//! no `Expect`, and no hop-by-hop fields but `Connection: keep-alive|close`.
+//! Anything else goes to the full proxy ([`Lane::Full`]), which shares every
+//! security decision: both ask [`Pipeline::decide_from`] and both prepare the
+//! upstream request with [`prepare_upstream_request`].
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::header;
+use http::{Method, Version};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::v1::server::HttpSession as DownstreamSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorType, Result};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::labels::Decision;
+use crate::pipeline::{Outcome, Pipeline};
+use crate::proxy::access::{self, Finished, Observed};
+use crate::proxy::gateway::{error_answer, prepare_upstream_request, rendered_head};
+use crate::reject::Rendered;
+use crate::route::target::Rewrite;
+use crate::session::cache::Principal;
+
+/// Idle upstream connections kept per worker thread, over all upstreams.
+const POOL_SIZE: usize = 128;
+
+/// How long an idle upstream connection is kept. Shorter than the idle
+/// timeout of common app servers (Node's is 5 s), so a kept connection is
+/// rarely one the upstream is about to close.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Which path a request head takes.
+pub enum Lane {
+    /// Served here; the connection comes back when it may be reused.
+    Served(Option<Stream>),
+    /// Not a request this path takes: the connection and the bytes read so
+    /// far, for the full proxy.
+    Full(Stream, BytesMut),
+}
+
+/// Serves one request whose whole head is in `head` on the lean path, or
+/// hands it back untouched for the full proxy.
+pub async fn serve(
+    stream: Stream,
+    head: BytesMut,
+    pipeline: Arc<Pipeline>,
+    shutdown: &ShutdownWatch,
+    started: Instant,
+) -> Lane {
+    let prefix = head.clone();
+    let mut down = DownstreamSession::new(stream);
+    down.set_pipelined_prefix(head);
+    // The head is whole in the prefix, so this parses without reading.
+    match down.read_request().await {
+        Ok(Some(_)) => {}
+        // A head Pingora's parser refuses is answered by the full proxy,
+        // which counts and logs it as it always has.
+        _ => return Lane::Full(down.into_inner(), prefix),
+    }
+    if !takes(down.req_header()) || !down.is_body_empty() {
+        return Lane::Full(down.into_inner(), prefix);
+    }
+    drop(prefix);
+    let server = &pipeline.config.server;
+    down.set_read_timeout(Some(server.body_idle_timeout));
+    down.set_write_timeout(Some(server.write_timeout));
+    if *shutdown.borrow() {
+        down.set_server_keepalive(None);
+    }
+    let mut exchange = Exchange {
+        pipeline: &pipeline,
+        route: None,
+        decision: None,
+        principal: None,
+        observed: Observed::default(),
+        rewrite: Rewrite::default(),
+        reusable: true,
+    };
+    let forwarded = exchange.run(&mut down).await;
+    let status = down.response_written().map_or(0, |r| r.status.as_u16());
+    let req = forwarded.as_deref().unwrap_or(down.req_header());
+    access::finish(
+        req,
+        status,
+        Finished {
+            pipeline: &pipeline,
+            route: exchange.route,
+            decision: exchange.decision,
+            principal: exchange.principal.as_deref(),
+            rewrite: &exchange.rewrite,
+            started,
+            observed: &exchange.observed,
+        },
+    );
+    if !exchange.reusable {
+        down.shutdown().await;
+        return Lane::Served(None);
+    }
+    match down.reuse().await {
+        Ok(Some(reused)) => Lane::Served(Some(reused.into_parts().0)),
+        _ => Lane::Served(None),
+    }
+}
+
+/// Whether the lean path takes this request (its body is checked apart).
+fn takes(req: &RequestHeader) -> bool {
+    if !matches!(req.version, Version::HTTP_11 | Version::HTTP_10)
+        || req.method == Method::CONNECT
+        || req.raw_path().first() != Some(&b'/')
+    {
+        return false;
+    }
+    let headers = &req.headers;
+    for name in [
+        header::UPGRADE,
+        header::EXPECT,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        if headers.contains_key(name) {
+            return false;
+        }
+    }
+    if headers.contains_key("keep-alive")
+        || headers.contains_key("proxy-connection")
+        || headers.contains_key("http2-settings")
+    {
+        return false;
+    }
+    // `Connection` may only say keep-alive or close: any other token
+    // nominates a field to strip, which the full proxy does.
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => true,
+        (Some(value), None) => {
+            let value = value.as_bytes();
+            value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
+        }
+        _ => false,
+    }
+}
+
+/// One request's state on the lean path.
+struct Exchange<'a> {
+    pipeline: &'a Pipeline,
+    route: Option<usize>,
+    decision: Option<Decision>,
+    principal: Option<Arc<Principal>>,
+    observed: Observed,
+    rewrite: Rewrite,
+    /// Whether the client connection may carry another request.
+    reusable: bool,
+}
+
+impl Exchange<'_> {
+    /// Decides, then answers or forwards. Returns the request as forwarded,
+    /// for the access log.
+    async fn run(&mut self, down: &mut DownstreamSession) -> Option<Box<RequestHeader>> {
+        let peer = down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let req = down.req_header();
+        let outcome = self.pipeline.decide_from(req, req.raw_path(), peer).await;
+        self.decision = Some(outcome.decision());
+        let (route, principal, rewrite) = match outcome {
+            Outcome::Forward {
+                route,
+                principal,
+                stale,
+                rewrite,
+                ..
+            } => {
+                if stale {
+                    self.observed.served_stale();
+                }
+                (route, principal, rewrite)
+            }
+            Outcome::Reject { route, rejection } => {
+                self.route = route;
+                self.observed.rejected(&rejection);
+                self.answer(down, rejection.render()).await;
+                return None;
+            }
+            Outcome::Respond { rendered, .. } => {
+                self.answer(down, rendered).await;
+                return None;
+            }
+        };
+        self.route = Some(route);
+        self.principal = principal;
+        self.rewrite = rewrite;
+        let mut upstream_req = Box::new(down.req_header().clone());
+        upstream_req.set_version(Version::HTTP_11);
+        // Hop-by-hop: the upstream connection's own is not the client's.
+        upstream_req.remove_header(&header::CONNECTION);
+        if let Err(e) = prepare_upstream_request(
+            &mut upstream_req,
+            self.pipeline,
+            &self.rewrite,
+            peer,
+            self.principal.as_deref(),
+        ) {
+            self.failed(down, &e, &upstream_req).await;
+            return Some(upstream_req);
+        }
+        if let Err(e) = self.forward(down, route, &upstream_req).await {
+            self.failed(down, &e, &upstream_req).await;
+        }
+        Some(upstream_req)
+    }
+
+    /// Writes a response of the gateway's own; the connection stays open.
+    async fn answer(&mut self, down: &mut DownstreamSession, rendered: Rendered) {
+        if let Err(e) = write_rendered(down, &rendered).await {
+            tracing::debug!(error = %e, "could not write the response");
+            self.reusable = false;
+        }
+    }
+
+    /// Sends the request upstream and its response back.
+    async fn forward(
+        &mut self,
+        down: &mut DownstreamSession,
+        route: usize,
+        req: &RequestHeader,
+    ) -> Result<()> {
+        let upstream = self.pipeline.route(route).upstream;
+        let settings = &self.pipeline.config.upstreams[upstream];
+        self.observed.upstream_chosen(upstream);
+        let idempotent = crate::proxy::gateway::is_idempotent(&req.method);
+        // A connection that cannot be made is tried on the next address
+        // (the round robin moves on), once per other address, for
+        // idempotent methods; a kept connection that fails before any
+        // response byte is retried once on a new one.
+        let mut connect_tries = if idempotent { settings.addrs.len() } else { 1 };
+        let mut reuse_retry = true;
+        let (mut client, addr) = loop {
+            let addr = self.pipeline.upstream_addr(route);
+            let (stream, reused) = match checkout(addr) {
+                Some(stream) if reuse_retry => (stream, true),
+                _ => match connect(addr, settings.connect_timeout).await {
+                    Ok(stream) => (stream, false),
+                    Err(e) => {
+                        connect_tries -= 1;
+                        if connect_tries == 0 {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                },
+            };
+            let mut client = UpstreamSession::new(stream);
+            client.read_timeout = Some(settings.read_timeout);
+            let sent = async {
+                client.write_request_header(Box::new(req.clone())).await?;
+                client.read_response().await
+            };
+            match sent.await.map_err(Error::into_up) {
+                Ok(_) => break (client, addr),
+                Err(e) if reused => {
+                    tracing::debug!(error = %e, "a kept upstream connection failed; retrying on a new one");
+                    reuse_retry = false;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // Informational responses are passed on, as the full proxy does.
+        loop {
+            let Some(status) = client.get_status() else {
+                return Err(upstream_error("no response status"));
+            };
+            if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                return Err(upstream_error("101 to a request that asked for no upgrade"));
+            }
+            if !status.is_informational() {
+                break;
+            }
+            let info = Box::new(client.resp_header().cloned().unwrap_or_else(|| {
+                ResponseHeader::build(status, None).expect("a status is a valid head")
+            }));
+            down.write_response_header(info).await.map_err(downstream)?;
+            client.read_response().await.map_err(Error::into_up)?;
+        }
+        let mut resp = Box::new(
+            client
+                .resp_header()
+                .cloned()
+                .ok_or_else(|| upstream_error("no response header"))?,
+        );
+        self.observed.upstream_answered(resp.status.as_u16());
+        // A close-delimited response is sent on as chunked so the client
+        // connection can be kept, as the full proxy does.
+        let no_body = req.method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
+        if !no_body
+            && !resp.headers.contains_key(header::TRANSFER_ENCODING)
+            && !resp.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            resp.set_version(Version::HTTP_11);
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
+        down.write_response_header(resp).await.map_err(downstream)?;
+        while let Some(chunk) = client.read_body_bytes().await.map_err(Error::into_up)? {
+            down.write_body(&chunk).await.map_err(downstream)?;
+        }
+        down.finish_body().await.map_err(downstream)?;
+        client.respect_keepalive();
+        if let Some(stream) = client.reuse().await {
+            checkin(addr, stream);
+        }
+        Ok(())
+    }
+
+    /// Answers a request whose forwarding failed, as the full proxy does.
+    async fn failed(&mut self, down: &mut DownstreamSession, e: &Error, req: &RequestHeader) {
+        self.reusable = false;
+        tracing::error!("Fail to proxy: {e}, {} {}", req.method, req.uri.path());
+        if down.response_written().is_some() {
+            // The response has started: closing is all that is left.
+            return;
+        }
+        let (status, body) = error_answer(e);
+        let Ok(status) = http::StatusCode::from_u16(status) else {
+            return;
+        };
+        let rendered = Rendered {
+            status,
+            headers: Vec::new(),
+            body,
+        };
+        if let Err(e) = write_rendered(down, &rendered).await {
+            tracing::debug!(error = %e, "could not write the error response");
+        }
+    }
+}
+
+async fn write_rendered(down: &mut DownstreamSession, rendered: &Rendered) -> Result<()> {
+    let head = rendered_head(rendered)?;
+    let head_only = rendered.body.is_empty() || down.req_header().method == Method::HEAD;
+    down.write_response_header(head).await?;
+    if !head_only {
+        down.write_body(rendered.body.as_bytes()).await?;
+    }
+    down.finish_body().await?;
+    Ok(())
+}
+
+fn upstream_error(why: &'static str) -> Box<Error> {
+    let mut e = Error::explain(ErrorType::InvalidHTTPHeader, why);
+    e.as_up();
+    e
+}
+
+fn downstream(e: Box<Error>) -> Box<Error> {
+    e.into_down()
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream> {
+    let connecting = tokio::net::TcpStream::connect(addr);
+    let tcp = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            let mut e = Error::because(ErrorType::ConnectError, format!("connecting to {addr}"), e);
+            e.as_up();
+            return Err(e);
+        }
+        Err(_) => {
+            let mut e = Error::explain(ErrorType::ConnectTimedout, format!("connecting to {addr}"));
+            e.as_up();
+            return Err(e);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(Box::new(L4Stream::from(tcp)))
+}
+
+/// An idle upstream connection of this worker thread.
+struct Idle {
+    addr: SocketAddr,
+    stream: Stream,
+    since: Instant,
+}
+
+thread_local! {
+    /// Idle upstream connections, most recently used last. Each worker
+    /// thread runs its own runtime, so a connection is only ever taken by
+    /// the thread that kept it, and no lock or task is involved.
+    static POOL: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes a kept connection to `addr` that is still open, if there is one.
+fn checkout(addr: SocketAddr) -> Option<Stream> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let now = Instant::now();
+        pool.retain(|idle| now.duration_since(idle.since) < POOL_IDLE);
+        while let Some(i) = pool.iter().rposition(|idle| idle.addr == addr) {
+            let mut idle = pool.remove(i);
+            if still_open(&mut idle.stream) {
+                return Some(idle.stream);
+            }
+        }
+        None
+    })
+}
+
+/// Keeps a connection for the next request to `addr`.
+fn checkin(addr: SocketAddr, stream: Stream) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() >= POOL_SIZE {
+            pool.remove(0);
+        }
+        pool.push(Idle {
+            addr,
+            stream,
+            since: Instant::now(),
+        });
+    });
+}
+
+/// An idle connection is usable if reading it would wait: it has neither
+/// been closed nor sent anything unasked.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    matches!(
+        Pin::new(&mut *stream).poll_read(&mut cx, &mut buf),
+        Poll::Pending
+    )
+}
