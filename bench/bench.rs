@@ -256,7 +256,113 @@ fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> G
     }
 }
 
-/// utime + stime of a process, in seconds.
+
+/// Debian's nginx as a reverse proxy to the same upstream, one process
+/// pinned like the gateway (`master_process off`, so its CPU is one PID's),
+/// keep-alive upstream connections, an access log like the gateway's. With
+/// `lua_redis`, a Lua access phase does one Redis GET of the session per
+/// request (a cosocket, kept alive): the closest peer that checks Redis.
+/// `None` when nginx is not installed.
+fn start_nginx(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    redis_url: &str,
+    lua_redis: bool,
+) -> Option<(Proc, SocketAddr)> {
+    Command::new("nginx").arg("-v").output().ok()?;
+    let tag = if lua_redis { "nginx-lua" } else { "nginx" };
+    let prefix = dir.join(tag);
+    std::fs::create_dir_all(prefix.join("logs")).ok()?;
+    let port = free_port();
+    let lua_module = "/usr/share/nginx/modules/ngx_http_lua_module.so";
+    let (modules, access) = if lua_redis {
+        if !std::path::Path::new(lua_module).exists() {
+            return None;
+        }
+        let redis = redis_url.trim_start_matches("redis://");
+        let (host, port) = redis.split_once(':')?;
+        let port = port.trim_end_matches(|c: char| !c.is_ascii_digit());
+        (
+            format!(
+                "load_module /usr/share/nginx/modules/ndk_http_module.so;\nload_module {lua_module};\n"
+            ),
+            format!(
+                r#"access_by_lua_block {{
+                local sock = ngx.socket.tcp()
+                sock:settimeout(500)
+                local ok = sock:connect("{host}", {port})
+                if not ok then return ngx.exit(503) end
+                local key = "{SESSION_KEY}"
+                sock:send("*2\r\n$3\r\nGET\r\n$" .. #key .. "\r\n" .. key .. "\r\n")
+                local line = sock:receive("*l")
+                if not line or line == "$-1" then return ngx.exit(401) end
+                local body = sock:receive(tonumber(string.sub(line, 2)) + 2)
+                if not body then return ngx.exit(503) end
+                sock:setkeepalive(10000, 64)
+                ngx.req.set_header("X-User-Id", "1001")
+            }}"#
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let conf = format!(
+        r#"{modules}daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log {prefix}/logs/access.log combined buffer=64k;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream app {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            {access}
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"#,
+        prefix = prefix.display()
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).ok()?;
+    let child = pinned("0", "nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(prefix.join("stderr.log")).ok()?)
+        .spawn()
+        .ok()?;
+    let proc = Proc(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            eprintln!(
+                "{tag} did not start: {}",
+                std::fs::read_to_string(prefix.join("stderr.log")).unwrap_or_default()
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((proc, addr))
+}
+
 /// (utime, stime) of a process, in seconds: its own code versus the kernel's
 /// work for it (syscalls, and waking the peers it sends to).
 fn cpu_split(pid: u32) -> (f64, f64) {
@@ -377,14 +483,36 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
         dir,
         "uncached",
     );
+    let nginx = start_nginx(dir, upstream, redis_url, false);
+    let nginx_lua = start_nginx(dir, upstream, redis_url, true);
+    if nginx.is_none() {
+        eprintln!("nginx is not installed: no proxy-hop floor in this run (bench/run.sh installs it)");
+    }
     let cookie = format!("Cookie: {COOKIE}");
-    let cases: Vec<(&str, String, Vec<&str>, Option<u32>)> = vec![
-        (
-            "direct to upstream",
-            format!("http://{upstream}/public/x"),
+    let mut cases: Vec<(&str, String, Vec<&str>, Option<u32>)> = vec![(
+        "direct to upstream",
+        format!("http://{upstream}/public/x"),
+        vec![cookie.as_str()],
+        None,
+    )];
+    if let Some((proc, addr)) = &nginx {
+        cases.push((
+            "nginx pass-through",
+            format!("http://{addr}/public/x"),
             vec![cookie.as_str()],
-            None,
-        ),
+            Some(proc.0.id()),
+        ));
+    }
+    if let Some((proc, addr)) = &nginx_lua {
+        cases.push((
+            "nginx + Lua, Redis GET",
+            format!("http://{addr}/app"),
+            vec![cookie.as_str()],
+            Some(proc.0.id()),
+        ));
+    }
+    let public = cases.len();
+    cases.extend([
         (
             "gateway, public route",
             format!("http://{}/public/x", cached.addr),
@@ -403,7 +531,8 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
             vec![cookie.as_str()],
             Some(uncached.proc.0.id()),
         ),
-    ];
+    ]);
+    let (auth_cache, auth_nocache) = (public + 1, public + 2);
     // Every target gets the same request bytes (the session cookie included),
     // so the ratios isolate what the auth check itself costs.
     // Warm up each target once (connections, cache) before measuring.
@@ -424,71 +553,78 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
             samples[i].push(s);
         }
     }
-    println!("\n## Throughput ({} rounds x {} s, {} connections, gateway on 1 thread pinned to CPU 0; wrk, upstream and redis on CPU 1)", o.rounds, o.duration, o.connections);
-    println!("| target | req/s | p50 ms | p99 ms | gateway CPU us/req | of which user-space | gateway RSS MB | non-2xx/errors |");
+    println!("\n## Throughput ({} rounds x {} s, {} connections, each proxy on 1 thread pinned to CPU 0; wrk, upstream and redis on CPU 1)", o.rounds, o.duration, o.connections);
+    println!("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | of which user-space | proxy RSS MB | non-2xx/errors |");
     println!("|---|---|---|---|---|---|---|---|");
-    let mut rps = Vec::new();
-    let mut cpu = Vec::new();
     for (i, (name, ..)) in cases.iter().enumerate() {
         let col = |f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
         let errors: u64 = samples[i].iter().map(|s| s.errors).sum();
-        let (r, c) = (col(|s| s.rps), col(|s| s.cpu_us));
-        rps.push(r);
-        cpu.push(c);
+        let measured = |v: f64| {
+            if i == 0 {
+                "-".to_owned()
+            } else {
+                format!("{v:.1}")
+            }
+        };
         println!(
-            "| {name} | {r:.0} | {:.3} | {:.3} | {} | {} | {} | {errors} |",
+            "| {name} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {errors} |",
+            col(|s| s.rps),
             col(|s| s.p50_ms),
             col(|s| s.p99_ms),
-            if i == 0 {
-                "-".into()
-            } else {
-                format!("{c:.1}")
-            },
-            if i == 0 {
-                "-".into()
-            } else {
-                format!("{:.1}", col(|s| s.user_us))
-            },
-            if i == 0 {
-                "-".into()
-            } else {
-                format!("{:.1}", col(|s| s.rss_mb))
-            }
+            measured(col(|s| s.cpu_us)),
+            measured(col(|s| s.user_us)),
+            measured(col(|s| s.rss_mb)),
         );
     }
     // Each round measures every target back to back, so a ratio taken within
     // a round compares like with like even when the machine's speed drifts
     // between rounds; the medians of those per-round ratios are the result.
-    let per_round = |num: usize, f: fn(&Sample) -> f64| -> (f64, f64, f64) {
+    let per_round = |num: usize, base: usize, f: fn(&Sample) -> f64| -> (f64, f64, f64) {
         let ratios: Vec<f64> = samples[num]
             .iter()
-            .zip(&samples[1])
+            .zip(&samples[base])
             .map(|(a, b)| f(a) / f(b))
             .collect();
         let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         (median(ratios), lo, hi)
     };
-    println!(
-        "\nper-round ratios to the public route (median [min..max] over {} rounds):",
-        o.rounds
-    );
-    for (i, target) in [(2, 0.95), (3, 0.85)] {
-        let (r, rlo, rhi) = per_round(i, |s| s.rps);
-        let (c, clo, chi) = per_round(i, |s| s.cpu_us);
-        let (u, ulo, uhi) = per_round(i, |s| s.user_us);
+    let report = |base: usize, targets: &[(usize, &str)]| {
         println!(
-            "- {:<28} {r:.3}x req/s [{rlo:.3}..{rhi:.3}], {c:.3}x CPU per request [{clo:.3}..{chi:.3}], {u:.3}x user-space CPU [{ulo:.3}..{uhi:.3}]  (target >= {target}x req/s)",
-            format!("{}:", cases[i].0)
+            "\nper-round ratios to {} (median [min..max] over {} rounds):",
+            cases[base].0, o.rounds
+        );
+        for (i, target) in targets {
+            let (r, rlo, rhi) = per_round(*i, base, |s| s.rps);
+            let (c, clo, chi) = per_round(*i, base, |s| s.cpu_us);
+            let (u, ulo, uhi) = per_round(*i, base, |s| s.user_us);
+            println!(
+                "- {:<28} {r:.3}x req/s [{rlo:.3}..{rhi:.3}], {c:.3}x CPU per request [{clo:.3}..{chi:.3}], {u:.3}x user-space CPU [{ulo:.3}..{uhi:.3}]  ({target})",
+                format!("{}:", cases[*i].0)
+            );
+        }
+    };
+    if nginx.is_some() {
+        report(
+            1,
+            &[
+                (public, "-"),
+                (auth_cache, "target >= 0.55x req/s, <= 1.9x CPU per request"),
+                (auth_nocache, "-"),
+            ],
         );
     }
-    println!("\nratios (medians of each target's rounds):");
-    println!(
-        "- public route / direct:            {:.3}x req/s",
-        rps[1] / rps[0]
+    if nginx_lua.is_some() {
+        let lua = if nginx.is_some() { 2 } else { 1 };
+        report(lua, &[(public, "-"), (auth_cache, "-"), (auth_nocache, "-")]);
+    }
+    report(
+        public,
+        &[
+            (auth_cache, "target >= 0.95x req/s"),
+            (auth_nocache, "target >= 0.85x req/s"),
+        ],
     );
-    println!("- auth + cache / public route:      {:.3}x req/s, {:.3}x CPU per request  (target >= 0.95x)", rps[2] / rps[1], cpu[2] / cpu[1]);
-    println!("- auth, no cache / public route:    {:.3}x req/s, {:.3}x CPU per request  (target >= 0.85x)", rps[3] / rps[1], cpu[3] / cpu[1]);
 }
 
 /// Loads one target (`--target public|cache|nocache`) for `--duration`
