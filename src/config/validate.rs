@@ -423,6 +423,7 @@ pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("upstream", fields_of::<file::Upstream>()),
         ("upstream.health_check", fields_of::<file::HealthCheck>()),
         ("rate_limit", fields_of::<file::RateLimit>()),
+        ("rollout", fields_of::<file::Rollout>()),
         ("rate_limit.failed_auth_per_ip", fields_of::<file::Bucket>()),
         ("route", fields_of::<file::Route>()),
         (
@@ -975,7 +976,8 @@ impl<'r, 't> Checker<'r, 't> {
         let session = self.session();
         let identity = self.identity();
         let (upstreams, names) = self.upstreams();
-        let routes = self.routes(names.as_deref());
+        let default_mode = self.rollout();
+        let routes = self.routes(names.as_deref(), default_mode);
         let cache = self.cache();
         let jwt = self.jwt();
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
