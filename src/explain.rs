@@ -49,7 +49,10 @@ impl ExplainRequest {
         if authority.contains('@') {
             return Err("url: must not carry user information".into());
         }
-        let target = uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+        let target = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
         let method = self.method.as_deref().unwrap_or("GET");
         let method = http::Method::from_bytes(method.as_bytes())
             .map_err(|_| format!("method: {method:?} is not an HTTP method"))?;
@@ -257,7 +260,11 @@ impl fmt::Display for Explanation {
                 route.mode,
                 readings.join(", ")
             );
-            if let Some(by) = route.authenticated_by.as_ref().filter(|by| **by != route.name) {
+            if let Some(by) = route
+                .authenticated_by
+                .as_ref()
+                .filter(|by| **by != route.name)
+            {
                 let _ = writeln!(out, "            authentication settings of route {by}");
             }
         }

@@ -304,10 +304,7 @@ pub fn auth_failure(reason: crate::reject::AuthFailure) {
 /// Counts a request a report-mode route forwarded that enforcement would
 /// have refused, by its route name and reason code (both bounded).
 pub fn would_deny(route: &str, reason: &'static str) {
-    METRICS
-        .would_deny
-        .with_label_values(&[route, reason])
-        .inc();
+    METRICS.would_deny.with_label_values(&[route, reason]).inc();
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(build);

@@ -388,7 +388,8 @@ impl Pipeline {
             .and_then(|l| l.matches(path).map(|scope| (l, scope)))
         {
             if let Some(e) = trace {
-                e.notes.push("a logout path: answered by the gateway (explain ends nothing)");
+                e.notes
+                    .push("a logout path: answered by the gateway (explain ends nothing)");
                 return Outcome::Respond {
                     decision: Decision::LoggedOut,
                     rendered: logout.done(),
@@ -554,9 +555,7 @@ impl Pipeline {
                 }
                 Some(Some(token)) => {
                     return match self.resolve_token(token, trace).await {
-                        Ok(Lookup::Found(principal)) => {
-                            self.authorize(selection, principal, trace)
-                        }
+                        Ok(Lookup::Found(principal)) => self.authorize(selection, principal, trace),
                         Ok(Lookup::Invalid(reason)) => unauthenticated(reason, true),
                         Err(e) => {
                             tracing::warn!(route = %route.name, error = %e, "session store error");

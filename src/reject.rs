@@ -275,7 +275,10 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(r.body).unwrap();
             assert_eq!(body["reason"], failure.as_str());
             assert_eq!(body["error"], "unauthenticated");
-            assert_eq!(unauthenticated(failure).render_with(false).body, unauthenticated(failure).render().body);
+            assert_eq!(
+                unauthenticated(failure).render_with(false).body,
+                unauthenticated(failure).render().body
+            );
         }
         for rejection in [Rejection::Forbidden, Rejection::IdentityUnavailable] {
             let body: serde_json::Value =

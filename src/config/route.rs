@@ -145,7 +145,10 @@ impl<'r, 't> Checker<'r, 't> {
             path,
             value,
             default,
-            &[("enforce", RouteMode::Enforce), ("report", RouteMode::Report)],
+            &[
+                ("enforce", RouteMode::Enforce),
+                ("report", RouteMode::Report),
+            ],
         )
     }
 

@@ -50,7 +50,10 @@ impl Observed {
         let reason = rejection.reason();
         crate::metrics::would_deny(route, reason);
         self.reason = Some(reason);
-        tracing::debug!(reason, "request forwarded in report mode; enforcement would refuse it");
+        tracing::debug!(
+            reason,
+            "request forwarded in report mode; enforcement would refuse it"
+        );
     }
 
     /// Records that Redis was unreachable and the session's last known good
