@@ -122,17 +122,15 @@ impl<'r, 't> Checker<'r, 't> {
         (out.into_iter().collect(), Some(names))
     }
 
-    /// `[rollout] mode`: the mode of routes without their own (default enforce).
-    pub(super) fn rollout(&mut self) -> RouteMode {
+    /// `[rollout] mode`: the mode of routes without their own (default
+    /// enforce); `None` when it is invalid (and reported).
+    pub(super) fn rollout(&mut self) -> Option<RouteMode> {
         let path = [Seg::Key("rollout".to_owned())];
         if self.lookup(&path).is_none() {
-            return RouteMode::Enforce;
+            return Some(RouteMode::Enforce);
         }
-        let Some(f) = self.section::<file::Rollout>(&path) else {
-            return RouteMode::Enforce;
-        };
+        let f = self.section::<file::Rollout>(&path)?;
         self.route_mode(&sub(&path, "mode"), f.mode.as_deref(), RouteMode::Enforce)
-            .unwrap_or(RouteMode::Enforce)
     }
 
     fn route_mode(
@@ -155,7 +153,7 @@ impl<'r, 't> Checker<'r, 't> {
     pub(super) fn routes(
         &mut self,
         upstreams: Option<&[Option<String>]>,
-        default_mode: RouteMode,
+        default_mode: Option<RouteMode>,
     ) -> Option<Vec<Route>> {
         let path = [Seg::Key("route".to_owned())];
         let Some(value) = self.lookup(&path) else {
@@ -348,12 +346,17 @@ impl<'r, 't> Checker<'r, 't> {
                     "`mode` only applies to access = \"authenticated\" routes",
                 );
             }
-            let mode = self
-                .route_mode(&mode_path, f.mode.as_deref(), default_mode)
-                .map(|mode| match access {
-                    Some(Access::Public) => RouteMode::Enforce,
-                    _ => mode,
-                });
+            // Unknown (`None`) when it, or the default it falls back to, is invalid.
+            let mode = match (f.mode.as_deref(), default_mode) {
+                (None, None) => None,
+                (mode, default) => {
+                    self.route_mode(&mode_path, mode, default.unwrap_or(RouteMode::Enforce))
+                }
+            }
+            .map(|mode| match access {
+                Some(Access::Public) => RouteMode::Enforce,
+                _ => mode,
+            });
             let report_path = sub(&entry, "report_store_unavailable");
             let report_store_unavailable = self.choice(
                 &report_path,
