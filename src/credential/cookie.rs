@@ -292,6 +292,44 @@ mod tests {
     }
 
     #[test]
+    fn check_names_the_signing_secret_or_why_a_cookie_was_refused() {
+        let fx = fixture();
+        let name = fx["cookie_name"].as_str().expect("cookie_name");
+        let verifier = ExpressVerifier::new(&strings(&fx["secrets"]));
+        let cookie = |label: &str, list: &str| {
+            let entry = fx[list]
+                .as_array()
+                .expect(list)
+                .iter()
+                .find(|e| e["name"] == label)
+                .unwrap_or_else(|| panic!("{label}"));
+            let header = entry["cookie_header"].as_str().expect("cookie_header");
+            find_cookie([header.as_bytes()], name)
+                .expect(label)
+                .to_owned()
+        };
+        let (id, index) = verifier.check(&cookie("user-shape", "valid")).unwrap();
+        assert_eq!(
+            (id.as_str(), index),
+            ("f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o", 0)
+        );
+        let (_, index) = verifier
+            .check(&cookie("signed-with-previous-secret", "valid"))
+            .unwrap();
+        assert_eq!(index, 1);
+        assert_eq!(
+            verifier
+                .check(&cookie("tampered-signature", "invalid"))
+                .err(),
+            Some(SignedCookieRejected::BadSignature)
+        );
+        assert_eq!(
+            verifier.check(&cookie("unsigned-bare-id", "invalid")).err(),
+            Some(SignedCookieRejected::Malformed)
+        );
+    }
+
+    #[test]
     fn express_sign_reproduces_fixture_cookies() {
         let fx = fixture();
         let secrets = strings(&fx["secrets"]);
