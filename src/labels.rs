@@ -18,6 +18,9 @@ pub enum Decision {
     LoggedOut,
     /// Refused by `[rate_limit]` (429).
     RateLimited,
+    /// A `mode = "report"` route forwarded a request that enforcement would
+    /// have refused (the reason says why).
+    WouldDeny,
 }
 
 impl Decision {
@@ -31,6 +34,7 @@ impl Decision {
             Decision::Invalid => "invalid",
             Decision::LoggedOut => "logged_out",
             Decision::RateLimited => "rate_limited",
+            Decision::WouldDeny => "would_deny",
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod client_ip;
 pub mod config;
 pub mod credential;
+pub mod explain;
 pub mod identity;
 pub mod labels;
 pub mod logout;

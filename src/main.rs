@@ -53,6 +53,29 @@ enum Command {
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
     },
+    /// Show what the gateway decides for one request and why, stage by stage,
+    /// against the configured Redis, without forwarding it or changing anything.
+    Explain {
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// The request's URL, e.g. `https://app.example.com/admin/users`.
+        #[arg(long)]
+        url: String,
+        /// The session cookie's value, or `name=value` pairs as in a `Cookie` header.
+        #[arg(long, conflicts_with = "bearer")]
+        cookie: Option<String>,
+        /// A bearer token (`Authorization: Bearer ...`).
+        #[arg(long)]
+        bearer: Option<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// More request headers, e.g. `--header 'Accept: text/html'`.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, show, list or revoke sessions in the configured Redis.
     Session {
         #[arg(short, long, default_value = "proxy.toml", global = true)]
@@ -125,6 +148,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
+                for warning in config::warnings(&cfg) {
+                    eprintln!("{}: warning: {warning}", config.display());
+                }
                 println!(
                     "{}: ok ({} routes, {} upstreams, {} identity headers)",
                     config.display(),
@@ -139,6 +165,46 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Explain {
+            config,
+            url,
+            cookie,
+            bearer,
+            method,
+            headers,
+            json,
+        } => {
+            let cfg = match config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut request = sessiongate::explain::ExplainRequest {
+                url,
+                method: Some(method),
+                cookie,
+                bearer,
+                ..Default::default()
+            };
+            for header in &headers {
+                let Some((name, value)) = header.split_once(':') else {
+                    eprintln!("sessiongate: --header {header:?}: expected `NAME: VALUE`");
+                    return ExitCode::from(2);
+                };
+                request
+                    .headers
+                    .insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+            match explain_command(cfg, &request, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sessiongate: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Session { config, action } => {
             let cfg = match config::load(&config) {
                 Ok(cfg) => cfg,
@@ -179,6 +245,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            for warning in config::warnings(&cfg) {
+                tracing::warn!("{warning}");
+            }
             match sessiongate::proxy::service::run(cfg, &config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -188,6 +257,40 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Explains one request against the configured Redis, with a pipeline of
+/// its own (and an empty cache: every lookup goes to Redis).
+fn explain_command(
+    cfg: config::Config,
+    request: &sessiongate::explain::ExplainRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    let (parts, target) = request
+        .head(&cfg.session.cookie)
+        .map_err(anyhow::Error::msg)?;
+    let store = sessiongate::session::RedisStore::new(&cfg.redis)?;
+    let cache = sessiongate::session::cache::SessionCache::new(cfg.cache.clone());
+    let pipeline = sessiongate::pipeline::Pipeline::new(
+        cfg,
+        store as Arc<dyn sessiongate::session::SessionStore>,
+        cache,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut explained = runtime.block_on(pipeline.explain(&parts, target.as_bytes()));
+    explained
+        .notes
+        .push("this command has no cache: sessions are read from redis, not a gateway's cache");
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explained)?);
+    } else {
+        print!("{explained}");
+    }
+    Ok(())
 }
 
 fn session_command(cfg: &config::Config, action: SessionAction) -> Result<(), ManageError> {

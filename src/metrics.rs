@@ -23,7 +23,7 @@ const STORE_BUCKETS: &[f64] = &[
 ];
 
 /// Every `Decision`, in the order of `decision_index`.
-const DECISIONS: [Decision; 8] = [
+const DECISIONS: [Decision; 9] = [
     Decision::Forwarded,
     Decision::Public,
     Decision::Unauthenticated,
@@ -32,6 +32,7 @@ const DECISIONS: [Decision; 8] = [
     Decision::Invalid,
     Decision::LoggedOut,
     Decision::RateLimited,
+    Decision::WouldDeny,
 ];
 
 fn decision_index(decision: Decision) -> usize {
@@ -44,6 +45,7 @@ fn decision_index(decision: Decision) -> usize {
         Decision::Invalid => 5,
         Decision::LoggedOut => 6,
         Decision::RateLimited => 7,
+        Decision::WouldDeny => 8,
     }
 }
 
@@ -133,6 +135,7 @@ struct Metrics {
     /// `[bad_request, head_too_large]`
     bad_requests: [IntCounter; 2],
     auth_failures: IntCounterVec,
+    would_deny: IntCounterVec,
 }
 
 /// A built-in metric definition. Names, help texts and labels are constants
@@ -163,7 +166,7 @@ fn build() -> Metrics {
 
     let requests = counter_vec(
         "sessiongate_requests_total",
-        "Requests by route and decision (forwarded, public, unauthenticated, forbidden, store_error, invalid, logged_out, rate_limited).",
+        "Requests by route and decision (forwarded, public, unauthenticated, forbidden, store_error, invalid, logged_out, rate_limited, would_deny).",
         &["route", "decision"],
     );
     let request_duration = histogram_vec(
@@ -174,8 +177,13 @@ fn build() -> Metrics {
     );
     let auth_failures = counter_vec(
         "sessiongate_auth_failures_total",
-        "Requests refused with 401, by reason (missing, bad_signature, not_found, unreadable, expired, revoked, claim_mismatch).",
+        "Requests refused with 401, by reason (no_credential, bad_signature, unknown_session, unreadable, expired, revoked, claim_mismatch).",
         &["reason"],
+    );
+    let would_deny = counter_vec(
+        "sessiongate_would_deny_total",
+        "Requests a mode = \"report\" route forwarded that enforcement would have refused, by route and reason.",
+        &["route", "reason"],
     );
     let lookups_vec = counter_vec(
         "sessiongate_session_lookups_total",
@@ -281,6 +289,7 @@ fn build() -> Metrics {
         last_reload_success,
         access_log_dropped,
         auth_failures,
+        would_deny,
     }
 }
 
@@ -290,6 +299,12 @@ pub fn auth_failure(reason: crate::reject::AuthFailure) {
         .auth_failures
         .with_label_values(&[reason.as_str()])
         .inc();
+}
+
+/// Counts a request a report-mode route forwarded that enforcement would
+/// have refused, by its route name and reason code (both bounded).
+pub fn would_deny(route: &str, reason: &'static str) {
+    METRICS.would_deny.with_label_values(&[route, reason]).inc();
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(build);

@@ -11,10 +11,14 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method};
 
-use crate::config::{Access, BearerMode, Config, CookieFormat, Route, StoreErrorPolicy};
+use crate::config::{
+    Access, BearerMode, Config, CookieFormat, ReportStoreUnavailable, Route, RouteMode,
+    StoreErrorPolicy,
+};
 use crate::credential::bearer::bearer_token;
 use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
 use crate::credential::{Credential, CredentialSource};
+use crate::explain::{self, Explanation};
 use crate::identity::IdentityPlan;
 use crate::labels::{Decision, LookupResult, LookupSource};
 use crate::logout::{Caller, Logout, LogoutScope};
@@ -39,6 +43,9 @@ pub enum Outcome {
         stale: bool,
         /// The canonical target and host to send instead of the client's.
         rewrite: Rewrite,
+        /// A `mode = "report"` route let in what enforcement would refuse
+        /// with this (`decision` is `WouldDeny`).
+        would_deny: Option<Rejection>,
     },
     Reject {
         route: Option<usize>,
@@ -172,6 +179,16 @@ impl Pipeline {
                 }
                 outcome
             }
+            // Report mode relaxes the refusal, not the failed-auth budget.
+            Outcome::Forward {
+                would_deny: Some(Rejection::Unauthenticated { reason, .. }),
+                ..
+            } if counts_as_failed_auth(*reason) => {
+                if let (Some(limiter), Some(ip)) = (&self.limits.failed_auth, client) {
+                    self.count_failed_auth(limiter, ip).await;
+                }
+                outcome
+            }
             Outcome::Forward {
                 route,
                 principal: Some(principal),
@@ -252,6 +269,99 @@ impl Pipeline {
         raw_target: &[u8],
         client: Option<std::net::IpAddr>,
     ) -> Outcome {
+        self.decide_traced(req, raw_target, client, &mut None).await
+    }
+
+    /// Runs the pipeline on one request head without serving it and says
+    /// what each stage found. Changes nothing: no rate limit is applied or
+    /// counted, nothing is cached, touched or logged out, no metric moves
+    /// (the Redis reads themselves aside).
+    pub async fn explain(&self, req: &Parts, raw_target: &[u8]) -> Explanation {
+        let mut trace = Some(Explanation::default());
+        let outcome = self.decide_traced(req, raw_target, None, &mut trace).await;
+        let mut explained = trace.unwrap_or_default();
+        explained.request.method = req.method.as_str().to_owned();
+        let name = |r: usize| self.config.routes[r].name.clone();
+        explained.decision = match &outcome {
+            Outcome::Forward {
+                route,
+                decision,
+                stale,
+                would_deny,
+                ..
+            } => explain::DecisionStage {
+                decision: decision.as_str(),
+                reason: match would_deny {
+                    Some(rejection) => Some(rejection.reason()),
+                    None => stale.then_some("stale"),
+                },
+                status: 0,
+                route: Some(name(*route)),
+            },
+            Outcome::Reject { route, rejection } => explain::DecisionStage {
+                decision: outcome.decision().as_str(),
+                reason: Some(rejection.reason()),
+                status: self.render(*route, rejection).status.as_u16(),
+                route: route.map(name),
+            },
+            Outcome::Respond { decision, rendered } => explain::DecisionStage {
+                decision: decision.as_str(),
+                reason: None,
+                status: rendered.status.as_u16(),
+                route: None,
+            },
+        };
+        explained.notes.push(
+            "explain changes nothing: no rate limit is applied or counted, nothing is cached, \
+             touched or logged out",
+        );
+        explained
+    }
+
+    /// The response for a refusal on `route`: with its `show_error_details`,
+    /// a 401 or 403 body carries the reason code.
+    pub fn render(&self, route: Option<usize>, rejection: &Rejection) -> Rendered {
+        let details = route.is_some_and(|r| self.config.routes[r].show_error_details);
+        rejection.render_with(details)
+    }
+
+    /// Whether every authenticated route of `selection` is in report mode.
+    fn reporting(&self, selection: &Selection) -> bool {
+        let mut authenticated = selection
+            .routes()
+            .map(|r| &self.config.routes[r])
+            .filter(|r| r.access == Access::Authenticated)
+            .peekable();
+        authenticated.peek().is_some() && authenticated.all(|r| r.mode == RouteMode::Report)
+    }
+
+    /// Whether report mode forwards a request refused with `rejection`: a
+    /// missing or invalid credential, a role or a rule, when every reading's
+    /// route is in report mode (the strictest reading wins); a store error
+    /// only when each of them also says `report_store_unavailable = "forward"`.
+    /// Canonicalisation, method and rate-limit refusals are never relaxed.
+    fn relaxed(&self, selection: &Selection, rejection: &Rejection) -> bool {
+        let relaxable = match rejection {
+            Rejection::Unauthenticated { .. }
+            | Rejection::Forbidden
+            | Rejection::IdentityUnavailable => true,
+            Rejection::StoreUnavailable => selection
+                .routes()
+                .map(|r| &self.config.routes[r])
+                .filter(|r| r.access == Access::Authenticated)
+                .all(|r| r.report_store_unavailable == ReportStoreUnavailable::Forward),
+            _ => false,
+        };
+        relaxable && self.reporting(selection)
+    }
+
+    async fn decide_traced(
+        &self,
+        req: &Parts,
+        raw_target: &[u8],
+        client: Option<std::net::IpAddr>,
+        trace: &mut Option<Explanation>,
+    ) -> Outcome {
         let reject = |route, rejection| Outcome::Reject { route, rejection };
 
         if header_bytes(req) > self.config.server.max_request_header_bytes {
@@ -266,37 +376,91 @@ impl Pipeline {
             Ok(target) => target,
             Err(e) => return reject(None, Rejection::BadTarget(e)),
         };
+        if let Some(e) = trace {
+            e.request.host = Some(target.host.clone().into_owned());
+            e.request.path = Some(target.path.clone().into_owned());
+            e.request.rewritten = target.rewrite.uri.is_some() || target.rewrite.host.is_some();
+        }
         let path = &target.path;
         if let Some((logout, scope)) = self
             .logout
             .as_ref()
             .and_then(|l| l.matches(path).map(|scope| (l, scope)))
         {
+            if let Some(e) = trace {
+                e.notes
+                    .push("a logout path: answered by the gateway (explain ends nothing)");
+                return Outcome::Respond {
+                    decision: Decision::LoggedOut,
+                    rendered: logout.done(),
+                };
+            }
             return self.logout(req, logout, scope).await;
         }
         let Some(selection) = self.table.select(&target.host, path) else {
             return reject(None, Rejection::NoRoute);
         };
+        if let Some(e) = trace {
+            e.route = Some(self.route_stage(&selection));
+        }
         let index = selection.route;
         if let Some(allow) = self.method_refused(&selection, &req.method) {
             return reject(Some(index), Rejection::MethodNotAllowed { allow });
         }
-        let outcome = self.authenticate(req, &target, &selection, client).await;
-        match outcome {
-            Outcome::Forward {
-                route,
-                principal,
-                decision,
-                stale,
-                ..
-            } => Outcome::Forward {
-                route,
-                principal,
-                decision,
-                stale,
-                rewrite: std::mem::take(&mut target.rewrite),
+        let mut outcome = self
+            .authenticate(req, &target, &selection, client, trace)
+            .await;
+        // Report mode: a refusal without a session to show for it is
+        // forwarded bare (role refusals are relaxed in `authorize`, which
+        // still has the session).
+        if let Outcome::Reject {
+            route: Some(route),
+            rejection,
+        } = &outcome
+        {
+            if self.relaxed(&selection, rejection) {
+                outcome = Outcome::Forward {
+                    route: *route,
+                    principal: None,
+                    decision: Decision::WouldDeny,
+                    stale: false,
+                    rewrite: Rewrite::default(),
+                    would_deny: Some(rejection.clone()),
+                };
+            }
+        }
+        if let Outcome::Forward { rewrite, .. } = &mut outcome {
+            *rewrite = std::mem::take(&mut target.rewrite);
+        }
+        outcome
+    }
+
+    /// The route stage of `explain`.
+    fn route_stage(&self, selection: &Selection) -> explain::RouteStage {
+        let routes = &self.config.routes;
+        let strict = selection
+            .routes()
+            .find(|&r| routes[r].access == Access::Authenticated);
+        explain::RouteStage {
+            name: routes[selection.route].name.clone(),
+            readings: selection
+                .readings()
+                .map(|(reading, r)| explain::ReadingRoute {
+                    reading: reading.as_str(),
+                    route: routes[r].name.clone(),
+                })
+                .collect(),
+            authenticated_by: strict.map(|r| routes[r].name.clone()),
+            access: if strict.is_some() {
+                "authenticated"
+            } else {
+                "public"
             },
-            other => other,
+            mode: if self.reporting(selection) {
+                "report"
+            } else {
+                "enforce"
+            },
         }
     }
 
@@ -328,6 +492,7 @@ impl Pipeline {
         target: &Target<'_>,
         selection: &Selection,
         client: Option<std::net::IpAddr>,
+        trace: &mut Option<Explanation>,
     ) -> Outcome {
         let reject = |route, rejection| Outcome::Reject { route, rejection };
         let index = selection.route;
@@ -345,6 +510,7 @@ impl Pipeline {
                 decision: Decision::Public,
                 stale: false,
                 rewrite: Rewrite::default(),
+                would_deny: None,
             };
         };
         let route = &routes[strict];
@@ -371,15 +537,25 @@ impl Pipeline {
             )
         };
 
-        let credential = match self.extract(req) {
+        let credential = match self.extract(req, trace) {
             Extracted::Found(c) => c,
             // No usable cookie: a bearer JWT, when `bearer = "jwt"`.
             Extracted::Absent { bearer, reason } => match self.jwt_bearer(req) {
                 None => return unauthenticated(reason, bearer),
-                Some(None) => return unauthenticated(AuthFailure::BadCredential, true),
+                Some(None) => {
+                    if let Some(e) = trace {
+                        e.credential = Some(explain::CredentialStage {
+                            source: "bearer",
+                            format: Some("jwt"),
+                            check: "malformed",
+                            ..Default::default()
+                        });
+                    }
+                    return unauthenticated(AuthFailure::BadCredential, true);
+                }
                 Some(Some(token)) => {
-                    return match self.resolve_token(token).await {
-                        Ok(Lookup::Found(principal)) => self.authorize(selection, principal),
+                    return match self.resolve_token(token, trace).await {
+                        Ok(Lookup::Found(principal)) => self.authorize(selection, principal, trace),
                         Ok(Lookup::Invalid(reason)) => unauthenticated(reason, true),
                         Err(e) => {
                             tracing::warn!(route = %route.name, error = %e, "session store error");
@@ -395,7 +571,11 @@ impl Pipeline {
             _ => &self.config.session.key,
         }
         .render(credential.id.as_str());
-        let principal = match self.resolve(&key).await {
+        let resolved = self.resolve(&key, trace.is_some()).await;
+        if let Some(e) = trace {
+            e.lookup = Some(self.lookup_stage(&credential, &resolved));
+        }
+        let principal = match resolved {
             Ok((Lookup::Found(principal), _)) => principal,
             Ok((Lookup::Invalid(reason), _)) => return unauthenticated(reason, bearer),
             Err(e) => {
@@ -413,31 +593,70 @@ impl Pipeline {
                     } else {
                         LookupResult::Miss
                     };
-                    metrics::session_lookup(LookupSource::Stale, result);
+                    if trace.is_none() {
+                        metrics::session_lookup(LookupSource::Stale, result);
+                    }
                     if let Some(principal) = stale {
-                        return match self.authorize(selection, principal) {
-                            Outcome::Forward {
-                                route,
-                                principal,
-                                decision,
-                                rewrite,
-                                ..
-                            } => Outcome::Forward {
-                                route,
-                                principal,
-                                decision,
-                                stale: true,
-                                rewrite,
-                            },
-                            other => other,
-                        };
+                        if let Some(e) = trace {
+                            e.notes.push(
+                                "redis is unreachable: the session's last known good state \
+                                 decides (on_store_error = \"stale\")",
+                            );
+                        }
+                        let mut outcome = self.authorize(selection, principal, trace);
+                        if let Outcome::Forward { stale, .. } = &mut outcome {
+                            *stale = true;
+                        }
+                        return outcome;
                     }
                 }
                 return reject(Some(index), Rejection::StoreUnavailable);
             }
         };
-        self.slide(key, &principal);
-        self.authorize(selection, principal)
+        if trace.is_none() {
+            self.slide(key, &principal);
+        }
+        self.authorize(selection, principal, trace)
+    }
+
+    /// The lookup stage of `explain`: the key with its id cut to a prefix.
+    fn lookup_stage(
+        &self,
+        credential: &Credential,
+        resolved: &Result<(Lookup, LookupSource), StoreError>,
+    ) -> explain::LookupStage {
+        let template = match (&self.config.session.bearer_key, credential.source) {
+            (Some(bearer_key), CredentialSource::Bearer) => bearer_key,
+            _ => &self.config.session.key,
+        };
+        let (source, result, ttl_seconds) = match resolved {
+            Ok((lookup, source)) => (
+                *source,
+                match lookup {
+                    Lookup::Found(_) => "found",
+                    Lookup::Invalid(reason) => reason.as_str(),
+                },
+                match lookup {
+                    Lookup::Found(p) => self.cache.remaining(p).map(|d| d.as_secs()),
+                    Lookup::Invalid(_) => None,
+                },
+            ),
+            Err(_) => (LookupSource::Redis, "store_unavailable", None),
+        };
+        explain::LookupStage {
+            key: template.render(&explain::redact(credential.id.as_str())),
+            cache: Some(match source {
+                LookupSource::Cache => "hit",
+                _ if self.cache.is_live() => "miss",
+                _ => "bypassed",
+            }),
+            source: match source {
+                LookupSource::Cache => "cache",
+                _ => "redis",
+            },
+            result,
+            ttl_seconds,
+        }
     }
 
     /// `POST logout_path` / `logout_all_path`: ends the caller's session (or
@@ -451,7 +670,7 @@ impl Pipeline {
         }
         // The caller as a request would be authenticated: the cookie, else the
         // bearer token. A JWT must verify (an expired one ends nothing).
-        let caller = match self.extract(req) {
+        let caller = match self.extract(req, &mut None) {
             Extracted::Found(credential) => Some(match credential.source {
                 CredentialSource::Cookie => Caller::Session(credential.id),
                 CredentialSource::Bearer => Caller::Opaque(credential.id),
@@ -481,7 +700,7 @@ impl Pipeline {
         }
     }
 
-    fn extract(&self, req: &Parts) -> Extracted {
+    fn extract(&self, req: &Parts, trace: &mut Option<Explanation>) -> Extracted {
         let session = &self.config.session;
         let cookies = req
             .headers
@@ -490,10 +709,29 @@ impl Pipeline {
             .map(HeaderValue::as_bytes);
         let mut reason = AuthFailure::Missing;
         if let Some(raw) = find_cookie(cookies, &session.cookie) {
-            let id = match &self.verifier {
-                Some(verifier) => verifier.verify(raw),
-                None => plain_id(raw),
+            let (id, check, secret_index) = match &self.verifier {
+                Some(verifier) => match verifier.check(raw) {
+                    Ok((id, index)) => (Some(id), "ok", Some(index)),
+                    Err(e) => (None, e.as_str(), None),
+                },
+                None => match plain_id(raw) {
+                    Some(id) => (Some(id), "ok", None),
+                    None => (None, "malformed", None),
+                },
             };
+            if let Some(e) = trace {
+                e.credential = Some(explain::CredentialStage {
+                    source: "cookie",
+                    format: Some(if self.verifier.is_some() {
+                        "express"
+                    } else {
+                        "plain"
+                    }),
+                    check,
+                    secret_index,
+                    id_prefix: id.as_ref().map(|id| explain::redact(id.as_str())),
+                });
+            }
             match id {
                 Some(id) => {
                     return Extracted::Found(Credential {
@@ -506,7 +744,17 @@ impl Pipeline {
         }
         if session.bearer == BearerMode::Opaque {
             if let Some(auth) = req.headers.get(AUTHORIZATION) {
-                return match bearer_token(auth.as_bytes()).and_then(plain_id) {
+                let id = bearer_token(auth.as_bytes()).and_then(plain_id);
+                if let Some(e) = trace {
+                    e.credential = Some(explain::CredentialStage {
+                        source: "bearer",
+                        format: Some("opaque"),
+                        check: if id.is_some() { "ok" } else { "malformed" },
+                        secret_index: None,
+                        id_prefix: id.as_ref().map(|id| explain::redact(id.as_str())),
+                    });
+                }
+                return match id {
                     Some(id) => Extracted::Found(Credential {
                         id,
                         source: CredentialSource::Bearer,
@@ -518,6 +766,13 @@ impl Pipeline {
                 };
             }
         }
+        if let Some(e) = trace.as_mut().filter(|e| e.credential.is_none()) {
+            e.credential = Some(explain::CredentialStage {
+                source: "none",
+                check: "absent",
+                ..Default::default()
+            });
+        }
         Extracted::Absent {
             bearer: false,
             reason,
@@ -527,7 +782,18 @@ impl Pipeline {
     /// The session behind a cookie or opaque token: from the cache when it
     /// holds it, else from Redis (and then cached).
     /// With a `stale` route, every answer also updates the key's last known good.
-    async fn resolve(&self, key: &str) -> Result<(Lookup, LookupSource), StoreError> {
+    /// With `read_only` (`explain`), the cache is only read, never filled.
+    async fn resolve(
+        &self,
+        key: &str,
+        read_only: bool,
+    ) -> Result<(Lookup, LookupSource), StoreError> {
+        if read_only {
+            return match self.cache.peek(key) {
+                Some(lookup) => Ok((lookup, LookupSource::Cache)),
+                None => Ok((self.load_session(key).await?, LookupSource::Redis)),
+            };
+        }
         if !self.keep_last_good {
             return self.cache.get_or_load(key, || self.load_session(key)).await;
         }
@@ -577,14 +843,31 @@ impl Pipeline {
     /// A bearer JWT: verified against `[jwt]`, then its token key must exist
     /// in Redis. Not cached: the principal comes from the token's claims as
     /// well as from the key's value, and two tokens may share a token id.
-    async fn resolve_token(&self, token: &str) -> Result<Lookup, StoreError> {
+    async fn resolve_token(
+        &self,
+        token: &str,
+        trace: &mut Option<Explanation>,
+    ) -> Result<Lookup, StoreError> {
         use crate::config::ValueFormat;
         use crate::credential::jwt::JwtRejected;
 
         let Some(jwt) = &self.config.jwt else {
             return Ok(Lookup::Invalid(AuthFailure::BadCredential));
         };
-        let verified = match jwt.verifier.verify(token) {
+        let verified = jwt.verifier.verify(token);
+        if let Some(e) = trace {
+            e.credential = Some(explain::CredentialStage {
+                source: "bearer",
+                format: Some("jwt"),
+                check: verified.as_ref().map_or_else(|e| e.as_str(), |_| "ok"),
+                secret_index: None,
+                id_prefix: verified
+                    .as_ref()
+                    .ok()
+                    .map(|v| explain::redact(v.id.as_str())),
+            });
+        }
+        let verified = match verified {
             Ok(verified) => verified,
             Err(e) => {
                 tracing::debug!(reason = e.as_str(), "bearer token refused: {e}");
@@ -601,6 +884,23 @@ impl Pipeline {
             // An app that keeps its token keys as hashes.
             fetched = self.store.fetch(&key, ValueFormat::Hash).await;
         }
+        if let Some(e) = trace {
+            e.lookup = Some(explain::LookupStage {
+                key: jwt.key.render(&explain::redact(verified.id.as_str())),
+                cache: None,
+                source: "redis",
+                result: match &fetched {
+                    Ok(Some(_)) => "found",
+                    Ok(None) => AuthFailure::Revoked.as_str(),
+                    Err(StoreError::WrongType) => AuthFailure::Unreadable.as_str(),
+                    Err(_) => "store_unavailable",
+                },
+                ttl_seconds: match &fetched {
+                    Ok(Some(raw)) => raw.ttl_ms.map(|ms| ms / 1000),
+                    _ => None,
+                },
+            });
+        }
         let raw = match fetched {
             Ok(Some(raw)) => raw,
             Ok(None) => return Ok(Lookup::Invalid(AuthFailure::Revoked)),
@@ -613,30 +913,91 @@ impl Pipeline {
 
     /// Every matched route's roles against a resolved principal (each
     /// non-empty list must name one of its roles); forward when they allow it.
-    fn authorize(&self, selection: &Selection, principal: Arc<Principal>) -> Outcome {
+    /// In report mode, a refusal here is forwarded with the session's
+    /// identity headers (the session itself is valid).
+    fn authorize(
+        &self,
+        selection: &Selection,
+        principal: Arc<Principal>,
+        trace: &mut Option<Explanation>,
+    ) -> Outcome {
         let index = selection.route;
-        let refused = selection.routes().any(|r| {
+        let lacks = |r: usize| {
             let roles = &self.config.routes[r].roles;
             !roles.is_empty() && !principal.roles.iter().any(|role| roles.contains(role))
-        });
-        if refused {
-            return Outcome::Reject {
-                route: Some(index),
-                rejection: Rejection::Forbidden,
+        };
+        let refused = selection.routes().any(lacks);
+        if let Some(e) = trace {
+            e.session = Some(self.session_stage(&principal));
+            e.authorization = Some(explain::AuthorizationStage {
+                routes: selection
+                    .routes()
+                    .filter(|&r| self.config.routes[r].access == Access::Authenticated)
+                    .map(|r| explain::RouteRoles {
+                        route: self.config.routes[r].name.clone(),
+                        roles: self.config.routes[r].roles.clone(),
+                        satisfied: !lacks(r),
+                    })
+                    .collect(),
+                refused_by: selection
+                    .routes()
+                    .find(|&r| lacks(r))
+                    .map(|r| self.config.routes[r].name.clone()),
+            });
+        }
+        let rejection = if refused {
+            Rejection::Forbidden
+        } else if principal.identity.missing_required() {
+            Rejection::IdentityUnavailable
+        } else {
+            return Outcome::Forward {
+                route: index,
+                principal: Some(principal),
+                decision: Decision::Forwarded,
+                stale: false,
+                rewrite: Rewrite::default(),
+                would_deny: None,
+            };
+        };
+        if self.relaxed(selection, &rejection) {
+            return Outcome::Forward {
+                route: index,
+                principal: Some(principal),
+                decision: Decision::WouldDeny,
+                stale: false,
+                rewrite: Rewrite::default(),
+                would_deny: Some(rejection),
             };
         }
-        if principal.identity.missing_required() {
-            return Outcome::Reject {
-                route: Some(index),
-                rejection: Rejection::IdentityUnavailable,
-            };
+        Outcome::Reject {
+            route: Some(index),
+            rejection,
         }
-        Outcome::Forward {
-            route: index,
-            principal: Some(principal),
-            decision: Decision::Forwarded,
-            stale: false,
-            rewrite: Rewrite::default(),
+    }
+
+    /// The session stage of `explain`: the fields the decision read.
+    fn session_stage(&self, principal: &Principal) -> explain::SessionStage {
+        let sent: Vec<(&http::HeaderName, HeaderValue)> =
+            self.identity.headers(&principal.identity).collect();
+        explain::SessionStage {
+            user: principal.user.clone(),
+            roles: principal.roles.clone(),
+            role_field: self.config.session.role_field.to_string(),
+            identity: self
+                .config
+                .identity
+                .iter()
+                .map(|h| explain::IdentityField {
+                    header: h.name.as_str().to_owned(),
+                    field: h.field.to_string(),
+                    required: h.required,
+                    value: sent
+                        .iter()
+                        .find(|(name, _)| **name == h.name)
+                        .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                })
+                .collect(),
+            missing_required: principal.identity.missing_required(),
         }
     }
 

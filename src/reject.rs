@@ -6,7 +6,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::route::target::TargetRejected;
 
-/// Why a request carried no usable session. Logged, never shown to the client.
+/// Why a request carried no usable session. Logged (and shown to the client
+/// only on a route with `show_error_details`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No cookie and no bearer token.
@@ -29,9 +30,9 @@ pub enum AuthFailure {
 impl AuthFailure {
     pub fn as_str(self) -> &'static str {
         match self {
-            AuthFailure::Missing => "missing",
+            AuthFailure::Missing => "no_credential",
             AuthFailure::BadCredential => "bad_signature",
-            AuthFailure::NotFound => "not_found",
+            AuthFailure::NotFound => "unknown_session",
             AuthFailure::Unreadable => "unreadable",
             AuthFailure::Expired => "expired",
             AuthFailure::Revoked => "revoked",
@@ -77,6 +78,33 @@ pub struct Rendered {
 }
 
 impl Rejection {
+    /// The decision's reason code: one short, stable word, the same in the
+    /// access log, the metrics, `explain` and (with `show_error_details`) the
+    /// response body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Unauthenticated { reason, .. } => reason.as_str(),
+            Rejection::Forbidden => "role_missing",
+            Rejection::IdentityUnavailable => "identity_invalid",
+            Rejection::StoreUnavailable => "store_unavailable",
+            Rejection::BadTarget(e) => e.as_str(),
+            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
+            Rejection::HeadersTooLarge => "headers_too_large",
+            Rejection::NoRoute => "no_route",
+            Rejection::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    /// Like [`Rejection::render`]; with `details` (a route's
+    /// `show_error_details`), a 401 or 403 body also carries the reason code.
+    pub fn render_with(&self, details: bool) -> Rendered {
+        let mut rendered = self.render();
+        if details && matches!(rendered.status.as_u16(), 401 | 403) {
+            rendered.body = detailed_body(self.reason());
+        }
+        rendered
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::BadTarget(_) => StatusCode::BAD_REQUEST,
@@ -137,6 +165,28 @@ impl Rejection {
             headers,
             body,
         }
+    }
+}
+
+/// The 401 and 403 bodies with their reason, as constants: the set of reasons
+/// is closed, so no body is built per request.
+fn detailed_body(reason: &'static str) -> &'static str {
+    macro_rules! bodies {
+        ($($error:literal, $message:literal: $($reason:literal)|+;)+) => {
+            match reason {
+                $($($reason => concat!(
+                    r#"{"error":""#, $error, r#"","message":""#, $message,
+                    r#"","reason":""#, $reason, r#""}"#
+                ),)+)+
+                _ => r#"{"error":"forbidden","message":"this session may not access this resource"}"#,
+            }
+        };
+    }
+    bodies! {
+        "unauthenticated", "a valid session is required":
+            "no_credential" | "bad_signature" | "unknown_session" | "unreadable" | "expired"
+            | "revoked" | "claim_mismatch";
+        "forbidden", "this session may not access this resource": "role_missing" | "identity_invalid";
     }
 }
 
@@ -203,5 +253,40 @@ mod tests {
         .render();
         assert_eq!(r.status, 302);
         assert_eq!(r.headers, vec![("location", "/login?return_to=/".into())]);
+    }
+
+    #[test]
+    fn error_details_add_the_reason_to_401_and_403_bodies_only() {
+        let unauthenticated = |reason| Rejection::Unauthenticated {
+            reason,
+            bearer: false,
+            login: None,
+        };
+        for failure in [
+            AuthFailure::Missing,
+            AuthFailure::BadCredential,
+            AuthFailure::NotFound,
+            AuthFailure::Unreadable,
+            AuthFailure::Expired,
+            AuthFailure::Revoked,
+            AuthFailure::ClaimMismatch,
+        ] {
+            let r = unauthenticated(failure).render_with(true);
+            let body: serde_json::Value = serde_json::from_str(r.body).unwrap();
+            assert_eq!(body["reason"], failure.as_str());
+            assert_eq!(body["error"], "unauthenticated");
+            assert_eq!(
+                unauthenticated(failure).render_with(false).body,
+                unauthenticated(failure).render().body
+            );
+        }
+        for rejection in [Rejection::Forbidden, Rejection::IdentityUnavailable] {
+            let body: serde_json::Value =
+                serde_json::from_str(rejection.render_with(true).body).unwrap();
+            assert_eq!(body["reason"], rejection.reason());
+            assert_eq!(body["error"], "forbidden");
+        }
+        let store = Rejection::StoreUnavailable.render_with(true);
+        assert!(!store.body.contains("reason"));
     }
 }

@@ -349,13 +349,13 @@ fn access_log_is_json_without_credentials() {
     assert_eq!(public["decision"], "public");
     assert!(public["user"].is_null());
 
-    for reason in ["missing", "bad_signature", "not_found"] {
+    for reason in ["no_credential", "bad_signature", "unknown_session"] {
         let lines = find(401, reason.into());
         assert_eq!(lines.len(), 1, "{reason}: {log:#?}");
         assert_eq!(lines[0]["decision"], "unauthenticated");
         assert!(lines[0]["upstream"].is_null() && lines[0]["user"].is_null());
     }
-    let forbidden = find(403, "forbidden".into());
+    let forbidden = find(403, "role_missing".into());
     assert_eq!(forbidden.len(), 1);
     assert_eq!(forbidden[0]["route"], "admin");
     let invalid = find(400, "bad_path".into());

@@ -24,6 +24,14 @@ pub struct File {
     pub jwt: Option<Jwt>,
     /// `[rate_limit]`: token buckets per client IP and per user.
     pub rate_limit: Option<RateLimit>,
+    /// `[rollout]`: the default `mode` of routes (enforce or report).
+    pub rollout: Option<Rollout>,
+}
+
+/// `[rollout]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Rollout {
+    pub mode: Option<String>,
 }
 
 /// `[rate_limit]`
@@ -157,6 +165,9 @@ pub struct Route {
     pub on_unauthenticated: Option<OnUnauthenticated>,
     pub on_store_error: Option<String>,
     pub methods: Option<Vec<String>>,
+    pub mode: Option<String>,
+    pub report_store_unavailable: Option<String>,
+    pub show_error_details: Option<bool>,
 }
 
 /// `on_unauthenticated = { redirect = "/login" }`
@@ -215,6 +226,7 @@ pub struct Admin {
     pub metrics_basic_auth: Option<BasicAuth>,
     pub access_log: Option<bool>,
     pub access_log_user: Option<bool>,
+    pub explain: Option<bool>,
 }
 
 /// `[admin] metrics_basic_auth = { username = "...", password = "..." }`

@@ -17,4 +17,5 @@ mod session;
 pub mod validate;
 
 pub use model::*;
+pub use route::warnings;
 pub use validate::{accepted_keys, load, parse, ConfigError, ConfigErrors};

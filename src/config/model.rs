@@ -409,6 +409,29 @@ pub struct HealthCheck {
     pub interval: Duration,
 }
 
+/// A route's `mode`: whether its refusals are enforced or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteMode {
+    /// Refuse what the route does not allow (the default).
+    #[default]
+    Enforce,
+    /// Forward what enforcement would refuse for lack of a session, a role
+    /// or a rule, and record it as `would_deny` with its reason.
+    Report,
+}
+
+/// A report-mode route's `report_store_unavailable`: what a request gets
+/// when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReportStoreUnavailable {
+    /// As in enforce mode: the route's `on_store_error` applies (the default).
+    #[default]
+    Deny,
+    /// Forward without identity headers, recorded as `would_deny`
+    /// (`store_unavailable`).
+    Forward,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Public,
@@ -435,6 +458,13 @@ pub struct Route {
     /// `methods`: the methods this route serves; `None` serves every method
     /// but TRACE.
     pub methods: Option<Vec<http::Method>>,
+    /// `mode` (default `[rollout] mode`, else enforce); always enforce on
+    /// public routes, which have nothing to relax.
+    pub mode: RouteMode,
+    /// `report_store_unavailable`: report-mode routes only.
+    pub report_store_unavailable: ReportStoreUnavailable,
+    /// `show_error_details`: 401 and 403 bodies carry the reason code.
+    pub show_error_details: bool,
 }
 
 /// `[admin]`: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the
@@ -450,6 +480,8 @@ pub struct AdminSettings {
     /// `access_log_user`: include the user id (`[session] user_field`) in
     /// access log lines (default true).
     pub access_log_user: bool,
+    /// `explain`: serve `POST /explain` behind `metrics_basic_auth` (default false).
+    pub explain: bool,
 }
 
 impl Default for AdminSettings {
@@ -459,6 +491,7 @@ impl Default for AdminSettings {
             metrics_basic_auth: None,
             access_log: true,
             access_log_user: true,
+            explain: false,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::file;
-use super::model::{Access, Route, StoreErrorPolicy, Upstream};
+use super::model::{Access, ReportStoreUnavailable, Route, RouteMode, StoreErrorPolicy, Upstream};
 use super::validate::*;
 
 impl<'r, 't> Checker<'r, 't> {
@@ -122,7 +122,39 @@ impl<'r, 't> Checker<'r, 't> {
         (out.into_iter().collect(), Some(names))
     }
 
-    pub(super) fn routes(&mut self, upstreams: Option<&[Option<String>]>) -> Option<Vec<Route>> {
+    /// `[rollout] mode`: the mode of routes without their own (default
+    /// enforce); `None` when it is invalid (and reported).
+    pub(super) fn rollout(&mut self) -> Option<RouteMode> {
+        let path = [Seg::Key("rollout".to_owned())];
+        if self.lookup(&path).is_none() {
+            return Some(RouteMode::Enforce);
+        }
+        let f = self.section::<file::Rollout>(&path)?;
+        self.route_mode(&sub(&path, "mode"), f.mode.as_deref(), RouteMode::Enforce)
+    }
+
+    fn route_mode(
+        &mut self,
+        path: &[Seg],
+        value: Option<&str>,
+        default: RouteMode,
+    ) -> Option<RouteMode> {
+        self.choice(
+            path,
+            value,
+            default,
+            &[
+                ("enforce", RouteMode::Enforce),
+                ("report", RouteMode::Report),
+            ],
+        )
+    }
+
+    pub(super) fn routes(
+        &mut self,
+        upstreams: Option<&[Option<String>]>,
+        default_mode: Option<RouteMode>,
+    ) -> Option<Vec<Route>> {
         let path = [Seg::Key("route".to_owned())];
         let Some(value) = self.lookup(&path) else {
             self.missing(&path, "at least one [[route]] is required");
@@ -307,6 +339,48 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             };
 
+            let mode_path = sub(&entry, "mode");
+            if f.mode.is_some() && access == Some(Access::Public) {
+                self.error(
+                    &mode_path,
+                    "`mode` only applies to access = \"authenticated\" routes",
+                );
+            }
+            // Unknown (`None`) when it, or the default it falls back to, is invalid.
+            let mode = match (f.mode.as_deref(), default_mode) {
+                (None, None) => None,
+                (mode, default) => {
+                    self.route_mode(&mode_path, mode, default.unwrap_or(RouteMode::Enforce))
+                }
+            }
+            .map(|mode| match access {
+                Some(Access::Public) => RouteMode::Enforce,
+                _ => mode,
+            });
+            let report_path = sub(&entry, "report_store_unavailable");
+            let report_store_unavailable = self.choice(
+                &report_path,
+                f.report_store_unavailable.as_deref(),
+                ReportStoreUnavailable::Deny,
+                &[
+                    ("deny", ReportStoreUnavailable::Deny),
+                    ("forward", ReportStoreUnavailable::Forward),
+                ],
+            );
+            if f.report_store_unavailable.is_some() && mode == Some(RouteMode::Enforce) {
+                self.error(
+                    &report_path,
+                    "`report_store_unavailable` only applies to mode = \"report\" routes",
+                );
+            }
+            let show_error_details = f.show_error_details.unwrap_or(false);
+            if f.show_error_details.is_some() && access == Some(Access::Public) {
+                self.error(
+                    &sub(&entry, "show_error_details"),
+                    "`show_error_details` only applies to access = \"authenticated\" routes",
+                );
+            }
+
             let methods_path = sub(&entry, "methods");
             let methods = match f.methods {
                 None => Some(None),
@@ -348,9 +422,36 @@ impl<'r, 't> Checker<'r, 't> {
                     roles,
                     login_redirect: login_redirect?,
                     on_store_error: on_store_error?,
+                    mode: mode?,
+                    report_store_unavailable: report_store_unavailable?,
+                    show_error_details,
                 })
             })());
         }
         out.into_iter().collect()
     }
+}
+
+/// What `check` (and `run`, at start) warns about in a valid configuration:
+/// routes in report mode, which forward what they would refuse.
+pub fn warnings(config: &super::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for route in &config.routes {
+        if route.mode != RouteMode::Report {
+            continue;
+        }
+        out.push(format!(
+            "route {:?} is in report mode: requests it would refuse for lack of a session, \
+             a role or a rule are forwarded (counted as decision=\"would_deny\")",
+            route.name
+        ));
+        if route.report_store_unavailable == ReportStoreUnavailable::Forward {
+            out.push(format!(
+                "route {:?} forwards requests without identity headers while Redis is \
+                 unavailable (report_store_unavailable = \"forward\")",
+                route.name
+            ));
+        }
+    }
+    out
 }

@@ -203,10 +203,19 @@ impl<'r, 't> Checker<'r, 't> {
             }
         };
 
+        let explain = f.explain.unwrap_or(defaults.explain);
+        if explain && metrics_basic_auth.is_none() && ok {
+            self.error(
+                &sub(&path, "explain"),
+                "needs `metrics_basic_auth`: /explain is never served without credentials",
+            );
+            ok = false;
+        }
         if !ok {
             return None;
         }
         Some(AdminSettings {
+            explain,
             listen,
             metrics_basic_auth,
             access_log: f.access_log.unwrap_or(defaults.access_log),

@@ -423,6 +423,7 @@ pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("upstream", fields_of::<file::Upstream>()),
         ("upstream.health_check", fields_of::<file::HealthCheck>()),
         ("rate_limit", fields_of::<file::RateLimit>()),
+        ("rollout", fields_of::<file::Rollout>()),
         ("rate_limit.failed_auth_per_ip", fields_of::<file::Bucket>()),
         ("route", fields_of::<file::Route>()),
         (
@@ -975,7 +976,8 @@ impl<'r, 't> Checker<'r, 't> {
         let session = self.session();
         let identity = self.identity();
         let (upstreams, names) = self.upstreams();
-        let routes = self.routes(names.as_deref());
+        let default_mode = self.rollout();
+        let routes = self.routes(names.as_deref(), default_mode);
         let cache = self.cache();
         let jwt = self.jwt();
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
@@ -1923,6 +1925,123 @@ on_unauthenticated = { redirect = "//evil.example", colour = "red" }
                 "21:53 route[0].on_unauthenticated.colour: unknown key `colour`",
             ],
             "{got:#?}"
+        );
+    }
+
+    #[test]
+    fn route_modes_default_from_rollout_and_are_checked() {
+        let config = parse("proxy.toml", &minimal(""), &no_env).unwrap();
+        assert_eq!(config.routes[0].mode, RouteMode::Enforce);
+        assert!(!config.routes[0].show_error_details);
+        assert!(crate::config::warnings(&config).is_empty());
+
+        // `[rollout] mode` is the default; a route's own `mode` wins; public
+        // routes have nothing to report.
+        let text = minimal(
+            r#"show_error_details = true
+
+[[route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "app"
+mode = "enforce"
+
+[[route]]
+name = "pub"
+path_prefix = "/pub/"
+upstream = "app"
+access = "public"
+
+[[route]]
+name = "open"
+path_prefix = "/open/"
+upstream = "app"
+report_store_unavailable = "forward"
+
+[rollout]
+mode = "report"
+"#,
+        );
+        let config = parse("proxy.toml", &text, &no_env).unwrap();
+        let modes: Vec<RouteMode> = config.routes.iter().map(|r| r.mode).collect();
+        use RouteMode::{Enforce, Report};
+        assert_eq!(modes, [Report, Enforce, Enforce, Report]);
+        assert!(config.routes[0].show_error_details);
+        assert_eq!(
+            config.routes[3].report_store_unavailable,
+            ReportStoreUnavailable::Forward
+        );
+        assert_eq!(
+            config.routes[0].report_store_unavailable,
+            ReportStoreUnavailable::Deny
+        );
+        let warnings = crate::config::warnings(&config);
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].starts_with("route \"/\" is in report mode"));
+        assert!(warnings[2].contains("report_store_unavailable"));
+
+        let errs = errors(&minimal(
+            r#"mode = "shadow"
+
+[[route]]
+name = "pub"
+path_prefix = "/pub/"
+upstream = "app"
+access = "public"
+mode = "report"
+show_error_details = true
+
+[[route]]
+name = "e"
+path_prefix = "/e/"
+upstream = "app"
+report_store_unavailable = "forward"
+
+[rollout]
+mode = "dry-run"
+"#,
+        ));
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (17, "route[0].mode"),
+                (24, "route[1].mode"),
+                (25, "route[1].show_error_details"),
+                // Not route[2].report_store_unavailable: its mode is unknown.
+                (34, "rollout.mode"),
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[0].message.contains(r#""enforce", "report""#),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn explain_needs_the_admin_basic_auth() {
+        let errs = errors(&minimal(
+            "\n[admin]\nlisten = \"127.0.0.1:0\"\nexplain = true\n",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].path, "admin.explain");
+        assert!(errs[0].message.contains("metrics_basic_auth"));
+        let config = parse(
+            "proxy.toml",
+            &minimal(
+                "\n[admin]\nlisten = \"127.0.0.1:0\"\nexplain = true\n\
+                 metrics_basic_auth = { username = \"ops\", password = \"pw\" }\n",
+            ),
+            &no_env,
+        )
+        .unwrap();
+        assert!(config.admin.explain);
+        assert!(
+            !parse("proxy.toml", &minimal(""), &no_env)
+                .unwrap()
+                .admin
+                .explain
         );
     }
 

@@ -118,12 +118,20 @@ impl ExpressVerifier {
     /// exactly 32 bytes. Ids that are empty or longer than [`MAX_ID_LEN`] bytes are
     /// rejected.
     pub fn verify(&self, raw: &str) -> Option<SessionId> {
-        let decoded = percent_decode_str(raw).decode_utf8().ok()?;
-        let (id, sig) = split_signed(&decoded)?;
+        self.check(raw).ok().map(|(id, _)| id)
+    }
+
+    /// Like [`ExpressVerifier::verify`], saying which secret (by its index in
+    /// `secrets`) signed the cookie, or why it was refused.
+    pub fn check(&self, raw: &str) -> Result<(SessionId, usize), SignedCookieRejected> {
+        let decoded = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| SignedCookieRejected::Malformed)?;
+        let (id, sig) = split_signed(&decoded).ok_or(SignedCookieRejected::Malformed)?;
         // Each comparison is constant time. Stopping at the first matching
         // secret only tells a client which secret signed its own valid cookie
         // (the current one, almost always), and saves an HMAC per request.
-        let valid = self.keyed.iter().any(|mac| {
+        let index = self.keyed.iter().position(|mac| {
             let tag = mac
                 .clone()
                 .chain_update(id.as_bytes())
@@ -131,7 +139,28 @@ impl ExpressVerifier {
                 .into_bytes();
             bool::from(tag.as_slice().ct_eq(&sig))
         });
-        valid.then(|| SessionId::new(id.to_owned()))
+        match index {
+            Some(index) => Ok((SessionId::new(id.to_owned()), index)),
+            None => Err(SignedCookieRejected::BadSignature),
+        }
+    }
+}
+
+/// Why a signed cookie value was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedCookieRejected {
+    /// Not `s:<id>.<43 base64 characters>` once percent-decoded.
+    Malformed,
+    /// Well formed, but no configured secret signed it.
+    BadSignature,
+}
+
+impl SignedCookieRejected {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignedCookieRejected::Malformed => "malformed",
+            SignedCookieRejected::BadSignature => "bad_signature",
+        }
     }
 }
 
@@ -260,6 +289,44 @@ mod tests {
             let raw = find_cookie([header.as_bytes()], name).expect(label);
             assert_eq!(ExpressVerifier::new(&secrets).verify(raw), None, "{label}");
         }
+    }
+
+    #[test]
+    fn check_names_the_signing_secret_or_why_a_cookie_was_refused() {
+        let fx = fixture();
+        let name = fx["cookie_name"].as_str().expect("cookie_name");
+        let verifier = ExpressVerifier::new(&strings(&fx["secrets"]));
+        let cookie = |label: &str, list: &str| {
+            let entry = fx[list]
+                .as_array()
+                .expect(list)
+                .iter()
+                .find(|e| e["name"] == label)
+                .unwrap_or_else(|| panic!("{label}"));
+            let header = entry["cookie_header"].as_str().expect("cookie_header");
+            find_cookie([header.as_bytes()], name)
+                .expect(label)
+                .to_owned()
+        };
+        let (id, index) = verifier.check(&cookie("user-shape", "valid")).unwrap();
+        assert_eq!(
+            (id.as_str(), index),
+            ("f_5LIkvq0w7x3xnfNxnfddr11Uabkx0o", 0)
+        );
+        let (_, index) = verifier
+            .check(&cookie("signed-with-previous-secret", "valid"))
+            .unwrap();
+        assert_eq!(index, 1);
+        assert_eq!(
+            verifier
+                .check(&cookie("tampered-signature", "invalid"))
+                .err(),
+            Some(SignedCookieRejected::BadSignature)
+        );
+        assert_eq!(
+            verifier.check(&cookie("unsigned-bare-id", "invalid")).err(),
+            Some(SignedCookieRejected::Malformed)
+        );
     }
 
     #[test]

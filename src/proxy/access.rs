@@ -26,7 +26,7 @@ const MAX_HOST: usize = 256;
 /// What the access log and the metrics need beyond the pipeline's verdict.
 #[derive(Debug, Default)]
 pub struct Observed {
-    /// Why the request was refused, e.g. `missing`, `bad_signature`, `forbidden`.
+    /// Why the request was refused (or would be, in report mode), e.g. `no_credential`, `bad_signature`, `forbidden`.
     reason: Option<&'static str>,
     /// The upstream chosen (index into the config's upstreams) and when.
     upstream: Option<(usize, Instant)>,
@@ -42,6 +42,18 @@ impl Observed {
         }
         self.reason = Some(reason(rejection));
         tracing::debug!(reason = reason(rejection), "request refused");
+    }
+
+    /// Records that a `mode = "report"` route forwarded a request that
+    /// enforcement would have refused for `rejection`.
+    pub fn would_deny(&mut self, route: &str, rejection: &Rejection) {
+        let reason = rejection.reason();
+        crate::metrics::would_deny(route, reason);
+        self.reason = Some(reason);
+        tracing::debug!(
+            reason,
+            "request forwarded in report mode; enforcement would refuse it"
+        );
     }
 
     /// Records that Redis was unreachable and the session's last known good
@@ -66,17 +78,7 @@ impl Observed {
 
 /// The `reason` field of a refused request.
 pub fn reason(rejection: &Rejection) -> &'static str {
-    match rejection {
-        Rejection::Unauthenticated { reason, .. } => reason.as_str(),
-        Rejection::Forbidden => "forbidden",
-        Rejection::IdentityUnavailable => "identity_invalid",
-        Rejection::StoreUnavailable => "store_error",
-        Rejection::BadTarget(e) => e.as_str(),
-        Rejection::MethodNotAllowed { .. } => "method_not_allowed",
-        Rejection::HeadersTooLarge => "headers_too_large",
-        Rejection::NoRoute => "no_route",
-        Rejection::RateLimited { .. } => "rate_limited",
-    }
+    rejection.reason()
 }
 
 /// One finished request, as the gateway's `logging` hook sees it.
@@ -314,9 +316,12 @@ mod tests {
             reason(&unauthenticated(AuthFailure::BadCredential)),
             "bad_signature"
         );
-        assert_eq!(reason(&unauthenticated(AuthFailure::Missing)), "missing");
-        assert_eq!(reason(&Rejection::Forbidden), "forbidden");
-        assert_eq!(reason(&Rejection::StoreUnavailable), "store_error");
+        assert_eq!(
+            reason(&unauthenticated(AuthFailure::Missing)),
+            "no_credential"
+        );
+        assert_eq!(reason(&Rejection::Forbidden), "role_missing");
+        assert_eq!(reason(&Rejection::StoreUnavailable), "store_unavailable");
     }
 
     #[test]

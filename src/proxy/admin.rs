@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text, optional basic auth),
-//! `/healthz` and `/readyz`. A second Pingora service in the same server, so
+//! `/healthz`, `/readyz`, and `POST /explain` (with `[admin] explain`, behind
+//! the basic auth). A second Pingora service in the same server, so
 //! its socket is handed over with the public one on a binary upgrade.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::BasicAuth;
+use crate::explain::ExplainRequest;
 use crate::metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::listen::ListenAddr;
@@ -52,11 +54,100 @@ impl AdminApp {
     }
 }
 
+/// Largest `POST /explain` body read.
+const MAX_EXPLAIN_BODY: usize = 16 * 1024;
+
+impl AdminApp {
+    /// `POST /explain`: the running pipeline's verdict on the request head
+    /// the JSON body describes, stage by stage, as JSON. Served only with
+    /// `[admin] explain = true`, and only to the basic auth's credentials.
+    async fn explain(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let pipeline = self.pipeline.load_full();
+        let admin = &pipeline.config.admin;
+        let want = match &admin.metrics_basic_auth {
+            Some(want) if admin.explain => want,
+            _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        if !authorized(session.req_header().headers.get(AUTHORIZATION), want) {
+            let mut resp = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sessiongate admin\""),
+            );
+            return resp;
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_EXPLAIN_BODY => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "explain: could not read the request body");
+                    return text(StatusCode::BAD_REQUEST, "could not read the request body\n");
+                }
+            }
+        }
+        let request: ExplainRequest = match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            // Not the parser's message: it can quote the body's values.
+            Err(e) => {
+                return owned_text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "bad request: expected a JSON object {{url, method?, cookie?, bearer?, \
+                         headers?}} (line {}, column {})\n",
+                        e.line(),
+                        e.column()
+                    ),
+                )
+            }
+        };
+        let (parts, target) = match request.head(&pipeline.config.session.cookie) {
+            Ok(head) => head,
+            Err(e) => return owned_text(StatusCode::BAD_REQUEST, format!("bad request: {e}\n")),
+        };
+        let explained = pipeline.explain(&parts, target.as_bytes()).await;
+        match serde_json::to_vec_pretty(&explained) {
+            Ok(mut json) => {
+                json.push(b'\n');
+                let mut resp = Response::new(json);
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "explain: could not encode the answer");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let head = req.method == Method::HEAD;
+        if req.uri.path() == "/explain" {
+            let mut resp = if req.method == Method::POST {
+                self.explain(session).await
+            } else {
+                let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("POST"));
+                resp
+            };
+            let len = resp.body().len();
+            resp.headers_mut().insert(CONTENT_LENGTH, len.into());
+            resp.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return resp;
+        }
         if req.method != Method::GET && !head {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             resp.headers_mut()
@@ -101,7 +192,11 @@ impl ServeHttp for AdminApp {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Vec<u8>> {
-    let mut resp = Response::new(body.as_bytes().to_vec());
+    owned_text(status, body.to_owned())
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body.into_bytes());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -84,10 +84,15 @@ impl ProxyHttp for Gateway {
                 principal,
                 stale,
                 rewrite,
+                would_deny,
                 ..
             } => {
                 if stale {
                     ctx.observed.served_stale();
+                }
+                if let Some(rejection) = &would_deny {
+                    let name = &ctx.pipeline.route(route).name;
+                    ctx.observed.would_deny(name, rejection);
                 }
                 ctx.route = Some(route);
                 ctx.principal = principal;
@@ -97,7 +102,7 @@ impl ProxyHttp for Gateway {
             Outcome::Reject { route, rejection } => {
                 ctx.route = route;
                 ctx.observed.rejected(&rejection);
-                respond(session, rejection.render()).await?;
+                respond(session, ctx.pipeline.render(route, &rejection)).await?;
                 Ok(true)
             }
             Outcome::Respond { rendered, .. } => {

@@ -208,6 +208,19 @@ impl SessionCache {
         Ok((lookup, LookupSource::Redis))
     }
 
+    /// What the cache would answer for `key` right now, without loading,
+    /// filling or counting anything (`explain`).
+    pub fn peek(&self, key: &str) -> Option<Lookup> {
+        if !self.is_live() {
+            return None;
+        }
+        let now = self.now_ms();
+        self.entries
+            .get(key)
+            .filter(|hit| hit.until_ms > now)
+            .map(|hit| hit.lookup)
+    }
+
     /// Until when `lookup` may be served from the cache; `None`: not cacheable.
     fn until_ms(&self, lookup: &Lookup) -> Option<u64> {
         let now = self.now_ms();
