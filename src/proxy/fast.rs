@@ -185,17 +185,22 @@ impl Exchange<'_> {
                 principal,
                 stale,
                 rewrite,
+                would_deny,
                 ..
             } => {
                 if stale {
                     self.observed.served_stale();
+                }
+                if let Some(rejection) = &would_deny {
+                    let name = &self.pipeline.route(route).name;
+                    self.observed.would_deny(name, rejection);
                 }
                 (route, principal, rewrite)
             }
             Outcome::Reject { route, rejection } => {
                 self.route = route;
                 self.observed.rejected(&rejection);
-                self.answer(down, rejection.render()).await;
+                self.answer(down, self.pipeline.render(route, &rejection)).await;
                 return None;
             }
             Outcome::Respond { rendered, .. } => {
