@@ -281,7 +281,7 @@ fn start_nginx(
         }
         let redis = redis_url.trim_start_matches("redis://");
         let (host, port) = redis.split_once(':')?;
-        let port = port.trim_end_matches(|c: char| !c.is_ascii_digit());
+        let port: String = port.chars().take_while(char::is_ascii_digit).collect();
         (
             format!(
                 "load_module /usr/share/nginx/modules/ndk_http_module.so;\nload_module {lua_module};\n"
@@ -624,6 +624,109 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
             (auth_cache, "target >= 0.95x req/s"),
             (auth_nocache, "target >= 0.85x req/s"),
         ],
+    );
+}
+
+/// Instructions per request of one target (`--target public|cache|nocache`),
+/// counted by callgrind: repeatable where wall-clock figures drift. The
+/// gateway runs under `valgrind --tool=callgrind`; after a warm-up the
+/// counters are zeroed, `--trials` requests are sent on 8 keep-alive
+/// connections, and the counters are dumped.
+fn instructions(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let cache = o.target != "nocache";
+    let path = dir.join("counted.toml");
+    std::fs::write(
+        &path,
+        gateway_config(redis_url, upstream, cache, 100_000, dir, "counted"),
+    )
+    .unwrap();
+    let out = dir.join("callgrind.out");
+    let mut child = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .args([bin, "run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("valgrind (apt-get install valgrind)");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout);
+    let mut line = String::new();
+    let mut addr = None;
+    while lines.read_line(&mut line).unwrap_or(0) > 0 {
+        if let Some(a) = line
+            .trim_end()
+            .strip_prefix("sessiongate listening on http://")
+        {
+            addr = Some(a.parse::<SocketAddr>().unwrap());
+            break;
+        }
+        line.clear();
+    }
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    let addr = addr.expect("gateway did not start under valgrind");
+    let pid = child.id();
+    let _proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gateway not listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url_path = if o.target == "public" {
+        "/public/x"
+    } else {
+        "/app"
+    };
+    let mut conns: Vec<Conn> = (0..8).map(|_| Conn::open(addr)).collect();
+    let mut send = |n: usize| {
+        for i in 0..n {
+            let n_conns = conns.len();
+            let status = conns[i % n_conns].get(url_path, COOKIE);
+            assert_eq!(status, 200, "request {i} was not forwarded");
+        }
+    };
+    send(400);
+    let control = |flag: &str| {
+        let status = Command::new("callgrind_control")
+            .args([flag, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("callgrind_control");
+        assert!(status.success(), "callgrind_control {flag} failed");
+    };
+    control("-z");
+    send(o.trials);
+    control("-d");
+    // The dump after zeroing is the newest file callgrind wrote.
+    let mut total = 0u64;
+    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("callgrind.out") {
+            continue;
+        }
+        let modified = entry.metadata().and_then(|m| m.modified()).unwrap();
+        if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+            newest = Some((modified, entry.path()));
+        }
+    }
+    if let Some((_, file)) = newest {
+        // Kept for a closer look: callgrind_annotate target/bench-callgrind.out
+        let _ = std::fs::copy(&file, "target/bench-callgrind.out");
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        total = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+    }
+    println!(
+        "## Instructions of target {}: {:.0} per request ({} requests, all threads)",
+        o.target,
+        total as f64 / o.trials as f64,
+        o.trials
     );
 }
 
@@ -1049,6 +1152,9 @@ fn main() {
     }
     if o.mode == "profile" {
         profile(&o, &bin, dir.path(), &redis_url, upstream);
+    }
+    if o.mode == "instructions" {
+        instructions(&o, &bin, dir.path(), &redis_url, upstream);
     }
     if o.mode == "soak" {
         soak(&o, &bin, dir.path(), &redis_url, upstream);

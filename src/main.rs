@@ -128,6 +128,15 @@ fn init_logging() {
     use tracing_subscriber::Layer;
 
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Dependencies that log through the `log` crate (Pingora) are capped at
+    // `info` below, so their `debug!`/`trace!` calls can stop at `log`'s own
+    // level check instead of reaching the filters on every request.
+    let log_level = match env.max_level_hint().unwrap_or(LevelFilter::TRACE) {
+        LevelFilter::OFF => log::LevelFilter::Off,
+        LevelFilter::ERROR => log::LevelFilter::Error,
+        LevelFilter::WARN => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    };
     let dependencies_capped = Targets::new()
         .with_target("sessiongate", LevelFilter::TRACE)
         .with_default(LevelFilter::INFO);
@@ -139,6 +148,7 @@ fn init_logging() {
                 .with_filter(dependencies_capped),
         )
         .init();
+    log::set_max_level(log_level);
 }
 
 fn main() -> ExitCode {

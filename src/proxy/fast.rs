@@ -92,11 +92,10 @@ pub async fn serve(
         rewrite: Rewrite::default(),
         reusable: true,
     };
-    let forwarded = exchange.run(&mut down).await;
+    exchange.run(&mut down).await;
     let status = down.response_written().map_or(0, |r| r.status.as_u16());
-    let req = forwarded.as_deref().unwrap_or(down.req_header());
     access::finish(
-        req,
+        down.req_header(),
         status,
         Finished {
             pipeline: &pipeline,
@@ -172,9 +171,8 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    /// Decides, then answers or forwards. Returns the request as forwarded,
-    /// for the access log.
-    async fn run(&mut self, down: &mut DownstreamSession) -> Option<Box<RequestHeader>> {
+    /// Decides, then answers or forwards.
+    async fn run(&mut self, down: &mut DownstreamSession) {
         let peer = down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let req = down.req_header();
         let outcome = self.pipeline.decide_from(req, req.raw_path(), peer).await;
@@ -201,34 +199,41 @@ impl Exchange<'_> {
                 self.route = route;
                 self.observed.rejected(&rejection);
                 self.answer(down, self.pipeline.render(route, &rejection)).await;
-                return None;
+                return;
             }
             Outcome::Respond { rendered, .. } => {
                 self.answer(down, rendered).await;
-                return None;
+                return;
             }
         };
         self.route = Some(route);
         self.principal = principal;
         self.rewrite = rewrite;
-        let mut upstream_req = Box::new(down.req_header().clone());
+        if let Err(e) = self.forward(down, route, peer).await {
+            self.failed(down, &e).await;
+        }
+    }
+
+    /// The request the upstream is sent: the client's, as decided on.
+    fn upstream_request(
+        &self,
+        req: &RequestHeader,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Box<RequestHeader>> {
+        let mut upstream_req = Box::new(req.clone());
         upstream_req.set_version(Version::HTTP_11);
         // Hop-by-hop: the upstream connection's own is not the client's.
-        upstream_req.remove_header(&header::CONNECTION);
-        if let Err(e) = prepare_upstream_request(
+        if upstream_req.headers.contains_key(header::CONNECTION) {
+            upstream_req.remove_header(&header::CONNECTION);
+        }
+        prepare_upstream_request(
             &mut upstream_req,
             self.pipeline,
             &self.rewrite,
             peer,
             self.principal.as_deref(),
-        ) {
-            self.failed(down, &e, &upstream_req).await;
-            return Some(upstream_req);
-        }
-        if let Err(e) = self.forward(down, route, &upstream_req).await {
-            self.failed(down, &e, &upstream_req).await;
-        }
-        Some(upstream_req)
+        )?;
+        Ok(upstream_req)
     }
 
     /// Writes a response of the gateway's own; the connection stays open.
@@ -244,12 +249,13 @@ impl Exchange<'_> {
         &mut self,
         down: &mut DownstreamSession,
         route: usize,
-        req: &RequestHeader,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<()> {
+        let method = down.req_header().method.clone();
         let upstream = self.pipeline.route(route).upstream;
         let settings = &self.pipeline.config.upstreams[upstream];
         self.observed.upstream_chosen(upstream);
-        let idempotent = crate::proxy::gateway::is_idempotent(&req.method);
+        let idempotent = crate::proxy::gateway::is_idempotent(&method);
         // A connection that cannot be made is tried on the next address
         // (the round robin moves on), once per other address, for
         // idempotent methods; a kept connection that fails before any
@@ -271,10 +277,11 @@ impl Exchange<'_> {
                     }
                 },
             };
+            let req = self.upstream_request(down.req_header(), peer)?;
             let mut client = UpstreamSession::new(stream);
             client.read_timeout = Some(settings.read_timeout);
             let sent = async {
-                client.write_request_header(Box::new(req.clone())).await?;
+                client.write_request_header(req).await?;
                 client.read_response().await
             };
             match sent.await.map_err(Error::into_up) {
@@ -312,7 +319,7 @@ impl Exchange<'_> {
         self.observed.upstream_answered(resp.status.as_u16());
         // A close-delimited response is sent on as chunked so the client
         // connection can be kept, as the full proxy does.
-        let no_body = req.method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
+        let no_body = method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
         if !no_body
             && !resp.headers.contains_key(header::TRANSFER_ENCODING)
             && !resp.headers.contains_key(header::CONTENT_LENGTH)
@@ -333,8 +340,9 @@ impl Exchange<'_> {
     }
 
     /// Answers a request whose forwarding failed, as the full proxy does.
-    async fn failed(&mut self, down: &mut DownstreamSession, e: &Error, req: &RequestHeader) {
+    async fn failed(&mut self, down: &mut DownstreamSession, e: &Error) {
         self.reusable = false;
+        let req = down.req_header();
         tracing::error!("Fail to proxy: {e}, {} {}", req.method, req.uri.path());
         if down.response_written().is_some() {
             // The response has started: closing is all that is left.

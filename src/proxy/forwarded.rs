@@ -51,7 +51,9 @@ pub fn apply(
             req.insert_header(FORWARDED, format!("{chain}, {}", element(peer, host)))?;
         }
     } else {
-        req.remove_header(FORWARDED);
+        if req.headers.contains_key(http::header::FORWARDED) {
+            req.remove_header(&http::header::FORWARDED);
+        }
         req.insert_header(XFF, peer.to_string())?;
         req.insert_header(XFP, "http")?;
         match host {

@@ -319,7 +319,20 @@ pub(crate) fn prepare_upstream_request(
     principal: Option<&Principal>,
 ) -> Result<()> {
     // The upstream sees the method, path and host that the route was chosen on.
-    for name in crate::route::target::OVERRIDE_HEADERS {
+    // One pass over the client's header names finds what must not reach
+    // the app: method and path override headers, and client-sent copies of
+    // identity headers. Usually nothing, and then nothing is allocated.
+    let plan = &pipeline.identity;
+    let strip: Vec<http::HeaderName> = upstream_request
+        .headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            crate::route::target::OVERRIDE_HEADERS.contains(&name) || plan.is_identity_header(name)
+        })
+        .cloned()
+        .collect();
+    for name in &strip {
         upstream_request.remove_header(name);
     }
     if let Some(uri) = &rewrite.uri {
@@ -336,11 +349,6 @@ pub(crate) fn prepare_upstream_request(
         &pipeline.config.rate_limit.trusted_proxies,
         host.as_ref(),
     )?;
-    let plan = &pipeline.identity;
-    let spoofed = plan.spoofed(upstream_request.headers.keys().map(|n| n.as_str()));
-    for name in spoofed {
-        upstream_request.remove_header(name.as_str());
-    }
     if let Some(principal) = &principal {
         for (name, value) in plan.headers(&principal.identity) {
             upstream_request.insert_header(name.clone(), value)?;

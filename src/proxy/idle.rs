@@ -237,8 +237,10 @@ async fn refuse(stream: &mut Stream, status: http::StatusCode, body: &str) {
 /// shutting down.
 async fn next_bytes(stream: &mut Stream, shutdown: &mut ShutdownWatch) -> Option<BytesMut> {
     let read = poll_fn(|cx| {
-        let mut buf = [0u8; FIRST_READ];
-        let mut read = ReadBuf::new(&mut buf);
+        // Uninitialised: zeroing 4 KiB on every poll would cost more than
+        // the read.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut read = ReadBuf::uninit(&mut buf);
         match Pin::new(&mut *stream).poll_read(cx, &mut read) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => Poll::Ready(None),
