@@ -256,7 +256,6 @@ fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> G
     }
 }
 
-
 /// Debian's nginx as a reverse proxy to the same upstream, one process
 /// pinned like the gateway (`master_process off`, so its CPU is one PID's),
 /// keep-alive upstream connections, an access log like the gateway's. With
@@ -486,7 +485,9 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
     let nginx = start_nginx(dir, upstream, redis_url, false);
     let nginx_lua = start_nginx(dir, upstream, redis_url, true);
     if nginx.is_none() {
-        eprintln!("nginx is not installed: no proxy-hop floor in this run (bench/run.sh installs it)");
+        eprintln!(
+            "nginx is not installed: no proxy-hop floor in this run (bench/run.sh installs it)"
+        );
     }
     let cookie = format!("Cookie: {COOKIE}");
     let mut cases: Vec<(&str, String, Vec<&str>, Option<u32>)> = vec![(
@@ -616,7 +617,10 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
     }
     if nginx_lua.is_some() {
         let lua = if nginx.is_some() { 2 } else { 1 };
-        report(lua, &[(public, "-"), (auth_cache, "-"), (auth_nocache, "-")]);
+        report(
+            lua,
+            &[(public, "-"), (auth_cache, "-"), (auth_nocache, "-")],
+        );
     }
     report(
         public,
@@ -718,7 +722,10 @@ fn instructions(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, ups
         let text = std::fs::read_to_string(file).unwrap_or_default();
         total = text
             .lines()
-            .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
     }

@@ -198,7 +198,8 @@ impl Exchange<'_> {
             Outcome::Reject { route, rejection } => {
                 self.route = route;
                 self.observed.rejected(&rejection);
-                self.answer(down, self.pipeline.render(route, &rejection)).await;
+                self.answer(down, self.pipeline.render(route, &rejection))
+                    .await;
                 return;
             }
             Outcome::Respond { rendered, .. } => {
@@ -220,7 +221,20 @@ impl Exchange<'_> {
         req: &RequestHeader,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Box<RequestHeader>> {
-        let mut upstream_req = Box::new(req.clone());
+        // Without Pingora's header-case map: every header operation below
+        // then touches one map instead of two, and names go out in lower
+        // case (as HTTP/2 sends them; field names are case-insensitive).
+        let mut upstream_req = Box::new(RequestHeader::from(req.as_owned_parts()));
+        // The target goes out as the bytes decided on, not a re-serialised URI.
+        let raw = req.raw_path();
+        if upstream_req
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().as_bytes())
+            != Some(raw)
+        {
+            upstream_req.set_raw_path(raw)?;
+        }
         upstream_req.set_version(Version::HTTP_11);
         // Hop-by-hop: the upstream connection's own is not the client's.
         if upstream_req.headers.contains_key(header::CONNECTION) {
