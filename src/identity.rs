@@ -88,6 +88,11 @@ impl IdentityPlan {
         })
     }
 
+    /// The session fields the headers are read from.
+    pub fn fields(&self) -> impl Iterator<Item = &crate::config::FieldPath> {
+        self.headers.iter().map(|h| &h.field)
+    }
+
     /// The names of the request headers `strip` must remove (in request order).
     pub fn spoofed<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         names

@@ -80,6 +80,9 @@ impl Outcome {
 pub struct Pipeline {
     pub config: Config,
     pub identity: IdentityPlan,
+    /// The session fields requests read (identity, roles, user): all a
+    /// session document is decoded for.
+    wanted: crate::session::codec::Wanted,
     verifier: Option<ExpressVerifier>,
     store: Arc<dyn SessionStore>,
     cache: Arc<SessionCache>,
@@ -110,8 +113,15 @@ impl Pipeline {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Pipeline {
         let verifier = (config.session.cookie_format == CookieFormat::Express)
             .then(|| ExpressVerifier::new(&config.session.secrets));
+        let identity = IdentityPlan::new(&config.identity);
+        let wanted = crate::session::codec::Wanted::new(
+            identity
+                .fields()
+                .chain([&config.session.role_field, &config.session.user_field]),
+        );
         Pipeline {
-            identity: IdentityPlan::new(&config.identity),
+            identity,
+            wanted,
             cursors: config
                 .upstreams
                 .iter()
@@ -1009,7 +1019,7 @@ impl Pipeline {
             Err(StoreError::WrongType) => return Ok(Lookup::Invalid(AuthFailure::Unreadable)),
             Err(e) => return Err(e),
         };
-        Ok(match Session::decode(raw, format) {
+        Ok(match Session::decode_only(raw, format, &self.wanted) {
             Ok(session) => Lookup::Found(Arc::new(self.principal(&session))),
             Err(_) => Lookup::Invalid(AuthFailure::Unreadable),
         })

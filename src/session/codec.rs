@@ -1,6 +1,9 @@
 //! Turns what Redis holds (a JSON string or a hash) into a `Session` whose
 //! fields are read by dotted path.
 
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::config::{FieldPath, ValueFormat};
@@ -39,6 +42,34 @@ impl Session {
             (_, ValueFormat::Json) => return Err(SessionUnreadable("JSON")),
             (_, ValueFormat::Hash) => return Err(SessionUnreadable("hash")),
         };
+        Ok(Session {
+            doc,
+            ttl_ms: raw.ttl_ms,
+        })
+    }
+
+    /// Like [`Session::decode`], keeping only the fields in `wanted`: the
+    /// rest of a JSON document is checked (it must still be valid JSON with
+    /// an object at the top) but skipped without being built. Reading a
+    /// wanted field gives what reading it from the whole document gives; a
+    /// key that appears twice counts by its last value, as `JSON.parse` has it.
+    pub fn decode_only(
+        raw: RawSession,
+        format: ValueFormat,
+        wanted: &Wanted,
+    ) -> Result<Session, SessionUnreadable> {
+        let bytes = match (&raw.value, format) {
+            (crate::session::store::RawValue::String(bytes), ValueFormat::Json) => bytes,
+            _ => return Session::decode(raw, format),
+        };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let doc = Prune { wanted, top: true }
+            .deserialize(&mut de)
+            .and_then(|doc| de.end().map(|()| doc))
+            .map_err(|_| SessionUnreadable("JSON"))?;
+        if !doc.is_object() {
+            return Err(SessionUnreadable("JSON object"));
+        }
         Ok(Session {
             doc,
             ttl_ms: raw.ttl_ms,
@@ -98,6 +129,130 @@ impl Session {
                 .any(|v| allowed.contains(&v)),
             Some(value) => scalar_text(value).is_some_and(|v| allowed.contains(&v)),
             None => false,
+        }
+    }
+}
+
+/// The fields read from a session, as a tree of path segments.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    /// This whole value is read.
+    whole: bool,
+    children: Vec<(String, Wanted)>,
+}
+
+impl Wanted {
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a FieldPath>) -> Wanted {
+        let mut wanted = Wanted::default();
+        for path in paths {
+            wanted.add(path.segments());
+        }
+        wanted
+    }
+
+    fn add(&mut self, segments: &[String]) {
+        let Some((first, rest)) = segments.split_first() else {
+            self.whole = true;
+            return;
+        };
+        let child = match self.children.iter().position(|(name, _)| name == first) {
+            Some(i) => &mut self.children[i].1,
+            None => {
+                self.children.push((first.clone(), Wanted::default()));
+                &mut self.children.last_mut().expect("just pushed").1
+            }
+        };
+        child.add(rest);
+    }
+
+    fn child(&self, name: &str) -> Option<&Wanted> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, child)| child)
+    }
+}
+
+/// Deserialises the parts of a value that `wanted` reads. A value that is
+/// not an object where a path goes deeper has no field there: it becomes
+/// `null`, on which every lookup fails as it would have on the value itself.
+/// At the top, a non-object stays distinguishable (an error).
+struct Prune<'w> {
+    wanted: &'w Wanted,
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Prune<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.wanted.whole {
+            return serde::Deserialize::deserialize(deserializer);
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Prune<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.wanted.child(&key) {
+                Some(child) => {
+                    let value = map.next_value_seed(Prune {
+                        wanted: child,
+                        top: false,
+                    })?;
+                    out.insert(key.into_owned(), value);
+                }
+                None => {
+                    // Skipped, and a wanted key seen before under the same
+                    // name stays; an unwanted key never shadows anything.
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.not_an_object()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Value, E> {
+        self.not_an_object()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Value, E> {
+        self.not_an_object()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Value, E> {
+        self.not_an_object()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Value, E> {
+        self.not_an_object()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Value, E> {
+        self.not_an_object()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.not_an_object()
+    }
+}
+
+impl Prune<'_> {
+    fn not_an_object<E: serde::de::Error>(self) -> Result<Value, E> {
+        if self.top {
+            // Only an object is a session; `decode_only` says so.
+            Ok(Value::Bool(false))
+        } else {
+            Ok(Value::Null)
         }
     }
 }
@@ -175,6 +330,52 @@ mod tests {
         };
         let s = Session::from_token(claims, hash);
         assert_eq!(s.text(&path("session.userId")).as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn decoding_only_the_wanted_fields_reads_them_as_the_whole_document_does() {
+        let paths: Vec<FieldPath> = [
+            "user.id",
+            "user.role",
+            "user.roles",
+            "user.o.deep",
+            "flag",
+            "n",
+        ]
+        .iter()
+        .map(|p| path(p))
+        .collect();
+        let wanted = Wanted::new(&paths);
+        let docs = [
+            r#"{"cookie":{"expires":"x"},"user":{"id":"1001","role":"admin","roles":["a",1,{}],"o":{"deep":true}},"flag":false,"n":1.5}"#,
+            r#"{"user":{"id":7,"id":"last"},"user":{"role":"second object wins"}}"#,
+            r#"{"user":"not an object","flag":[1,2],"n":{"x":1}}"#,
+            r#"{"user":{"o":[{"deep":1}],"id":null,"role":{"a":1}}}"#,
+            r#"{"user":{"id":"\u00e9\n","role":"x"},"other":[{"user":{"id":"no"}}]}"#,
+            r#"{}"#,
+        ];
+        for doc in docs {
+            let whole = Session::decode(json(doc), ValueFormat::Json).unwrap();
+            let only = Session::decode_only(json(doc), ValueFormat::Json, &wanted).unwrap();
+            for p in &paths {
+                assert_eq!(whole.text(p), only.text(p), "{doc}: {p:?}");
+                assert_eq!(whole.texts(p), only.texts(p), "{doc}: {p:?}");
+            }
+        }
+        for bad in [
+            "not json",
+            "[1,2]",
+            "1",
+            "\"s\"",
+            "null",
+            r#"{"a":1} trailing"#,
+            r#"{"a":"#,
+        ] {
+            assert!(
+                Session::decode_only(json(bad), ValueFormat::Json, &wanted).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
