@@ -180,6 +180,13 @@ fn case_variants_need_what_the_case_insensitive_reading_needs() {
 
     // An admin gets through, to the route of the exact reading.
     s.seed_alice(r#"{"user":{"id":"1","role":"admin"}}"#);
+    // The cached viewer session is dropped when Redis reports the change,
+    // a moment after the SET.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while status(&s, "/ADMIN/x", true) != 200 {
+        assert!(std::time::Instant::now() < deadline, "the new role never applied");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let resp = forwarded_as(&s, "/ADMIN/secret", true, "/ADMIN/secret");
     assert_eq!(resp.echoed("x-user-role"), ["admin"]);
     let log = s.gateway.access_log_until(|l| l["path"] == "/ADMIN/secret");

@@ -185,13 +185,19 @@ fn a_head_trickled_in_is_cut_off_at_the_head_deadline_while_others_are_served() 
     stop.store(true, Ordering::SeqCst);
     assert_eq!(metric(&s, "sessiongate_request_head_timeouts_total"), 20.0);
     assert!(ok(&s));
-    let logged = s
-        .gateway
-        .access_log()
-        .iter()
-        .filter(|l| l["reason"] == "head_timeout" && l["status"] == 408)
-        .count();
-    assert_eq!(logged, 20);
+    // The access log is written in batches by its own thread.
+    let timeouts = || {
+        s.gateway
+            .access_log()
+            .iter()
+            .filter(|l| l["reason"] == "head_timeout" && l["status"] == 408)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while timeouts() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(timeouts(), 20);
     // Nothing of a trickled head reached the upstream.
     assert_eq!(s.echo.requests(), 11);
 }
