@@ -274,3 +274,55 @@ fn the_upstream_gets_the_decided_target_and_no_hop_by_hop_or_spoofed_headers() {
     }
     assert!(head.contains("x-forwarded-for: 127.0.0.1"), "{head}");
 }
+
+#[test]
+fn a_redis_restart_costs_no_request_once_redis_is_back() {
+    // No cache: every request asks Redis, on this worker's kept connection.
+    let mut s = support::Stack::start(|url, upstream| {
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{url}"
+
+[session]
+secrets = ["fixture-secret-current"]
+
+[cache]
+enabled = false
+
+[identity.headers]
+"X-User-Id" = "user.id"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#
+        )
+    });
+    let alice = r#"{"user":{"id":"1001"}}"#;
+    s.seed_alice(alice);
+    for _ in 0..3 {
+        let r = support::get(s.gateway.addr, "/x", &[("Cookie", support::ALICE)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.echoed("x-user-id"), ["1001"]);
+    }
+    // Redis goes away and comes back (empty, same port) between two requests:
+    // the kept connection is dead, and the next request must not pay for it.
+    s.redis.restart();
+    s.seed_alice(alice);
+    let r = support::get(s.gateway.addr, "/x", &[("Cookie", support::ALICE)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // And a session deleted in Redis is refused on the very next request.
+    use redis::Commands;
+    let _: () = s.redis.conn().del(support::ALICE_KEY).unwrap();
+    let r = support::get(s.gateway.addr, "/x", &[("Cookie", support::ALICE)]);
+    assert_eq!(r.status, 401);
+}
