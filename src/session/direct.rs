@@ -228,12 +228,9 @@ impl Conn {
             if let Some(values) = parse(&mut self.parser, &self.buf, n) {
                 return values;
             }
-            if self.buf.ends_with(b"\r\n") {
-                // A parse was tried and failed, which may leave the parser
-                // mid-value: the next attempt starts afresh, from the start
-                // of the buffer.
-                self.parser = redis::Parser::new();
-            }
+            // A failed parse may leave the parser mid-value: start afresh
+            // on the next attempt, from the start of the buffer.
+            self.parser = redis::Parser::new();
             if self.buf.len() > MAX_REPLY {
                 return Err(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
