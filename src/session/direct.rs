@@ -56,8 +56,6 @@ impl From<RedisError> for Failed {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
-    /// Kept between replies: a new one allocates and clears its buffer.
-    parser: redis::Parser,
 }
 
 thread_local! {
@@ -161,7 +159,6 @@ impl Direct {
         let mut conn = Conn {
             stream,
             buf: Vec::with_capacity(1024),
-            parser: redis::Parser::new(),
         };
         if self.handshake_replies > 0 {
             conn.stream.write_all(&self.handshake).await?;
@@ -225,12 +222,9 @@ impl Conn {
     async fn read_replies(&mut self, n: usize) -> Result<Vec<Value>, RedisError> {
         self.buf.clear();
         loop {
-            if let Some(values) = parse(&mut self.parser, &self.buf, n) {
+            if let Some(values) = parse(&self.buf, n) {
                 return values;
             }
-            // A failed parse may leave the parser mid-value: start afresh
-            // on the next attempt, from the start of the buffer.
-            self.parser = redis::Parser::new();
             if self.buf.len() > MAX_REPLY {
                 return Err(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -251,14 +245,11 @@ impl Conn {
 /// `n` replies parsed from `buf`; `None` while they are not all there.
 /// Redis sends valid RESP, so a parse failure means "more bytes to come";
 /// a reply that never completes ends at the command timeout.
-fn parse(
-    parser: &mut redis::Parser,
-    buf: &[u8],
-    n: usize,
-) -> Option<Result<Vec<Value>, RedisError>> {
+fn parse(buf: &[u8], n: usize) -> Option<Result<Vec<Value>, RedisError>> {
     if !buf.ends_with(b"\r\n") {
         return None;
     }
+    let mut parser = redis::Parser::new();
     let mut rest = buf;
     let mut values = Vec::with_capacity(n);
     for _ in 0..n {
@@ -283,7 +274,6 @@ mod tests {
 
     #[test]
     fn replies_are_parsed_only_once_all_are_whole() {
-        let parse = |buf: &[u8], n| parse(&mut redis::Parser::new(), buf, n);
         let both = b"$5\r\nhello\r\n:1500\r\n";
         for cut in 0..both.len() {
             assert!(parse(&both[..cut], 2).is_none(), "{cut}");
@@ -299,16 +289,6 @@ mod tests {
         let tricky = parse(b"$4\r\n\r\n\r\n\r\n:1\r\n", 2).unwrap().unwrap();
         assert_eq!(tricky[0], Value::BulkString(b"\r\n\r\n".to_vec()));
         assert!(parse(b"$4\r\n\r\n\r\n", 2).is_none());
-    }
-
-    #[test]
-    fn one_parser_reads_reply_after_reply() {
-        let mut parser = redis::Parser::new();
-        for i in 0..3 {
-            let buf = format!("$1\r\n{i}\r\n:{i}\r\n");
-            let values = parse(&mut parser, buf.as_bytes(), 2).unwrap().unwrap();
-            assert_eq!(values[1], Value::Int(i));
-        }
     }
 
     #[test]
