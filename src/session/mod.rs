@@ -3,7 +3,6 @@
 
 pub mod cache;
 pub mod codec;
-pub mod direct;
 pub mod store;
 pub mod topology;
 

@@ -114,9 +114,6 @@ pub struct RedisStore {
     settings: RedisSettings,
     /// Standalone, sentinel-managed master or cluster (see `topology`).
     conn: Connector,
-    /// Session lookups on the worker threads' own connections, where the
-    /// deployment allows it (standalone Redis over TCP).
-    direct: Option<crate::session::direct::Direct>,
     breaker: Breaker,
 }
 
@@ -126,7 +123,6 @@ impl RedisStore {
         Ok(Arc::new(RedisStore {
             settings: settings.clone(),
             conn,
-            direct: crate::session::direct::Direct::new(settings),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
         }))
     }
@@ -144,13 +140,7 @@ impl RedisStore {
     {
         let probe = self.breaker.admit(Instant::now())?;
         let result = self.call(f).await;
-        self.record(&result, probe);
-        result
-    }
-
-    /// Tells the circuit breaker how a call it admitted went.
-    fn record<T>(&self, result: &Result<T, StoreError>, probe: bool) {
-        let failed = matches!(result, Err(e) if e.is_unreachable());
+        let failed = matches!(&result, Err(e) if e.is_unreachable());
         if self.breaker.record(!failed, probe, Instant::now()) {
             tracing::warn!(
                 failures = self.settings.breaker_failures,
@@ -158,26 +148,6 @@ impl RedisStore {
                 "redis circuit breaker open: failing store calls fast until a probe succeeds"
             );
         }
-    }
-
-    /// A session GET and PTTL on this thread's own connection, through the
-    /// circuit breaker as every store call.
-    async fn fetch_direct(
-        &self,
-        direct: &crate::session::direct::Direct,
-        key: &str,
-    ) -> Result<(Option<Vec<u8>>, i64), StoreError> {
-        use crate::session::direct::Failed;
-        let probe = self.breaker.admit(Instant::now())?;
-        let s = &self.settings;
-        let result = direct
-            .get_with_pttl(key, s.connect_timeout, s.command_timeout)
-            .await
-            .map_err(|e| match e {
-                Failed::Timeout(limit) => StoreError::Timeout(limit),
-                Failed::Redis(e) => StoreError::from_redis(e),
-            });
-        self.record(&result, probe);
         result
     }
 
@@ -215,19 +185,15 @@ impl RedisStore {
     ) -> Result<Option<RawSession>, StoreError> {
         match format {
             ValueFormat::Json => {
-                let (value, pttl): (Option<Vec<u8>>, i64) = match &self.direct {
-                    Some(direct) => self.fetch_direct(direct, key).await?,
-                    None => {
-                        self.with_timeout(|mut conn| async move {
-                            redis::pipe()
-                                .get(key)
-                                .pttl(key)
-                                .query_async(&mut conn)
-                                .await
-                        })
-                        .await?
-                    }
-                };
+                let (value, pttl): (Option<Vec<u8>>, i64) = self
+                    .with_timeout(|mut conn| async move {
+                        redis::pipe()
+                            .get(key)
+                            .pttl(key)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
                 Ok(value.map(|bytes| RawSession {
                     value: RawValue::String(bytes),
                     ttl_ms: ttl_from_pttl(pttl),
