@@ -64,6 +64,11 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         graceful_shutdown_timeout_seconds: Some(seconds(server_settings.graceful_shutdown_timeout)),
         pid_file: server_settings.pid_file.clone(),
         upgrade_sock: server_settings.upgrade_sock.clone(),
+        // One current-thread runtime per worker thread: a connection's tasks
+        // stay on the thread that accepted it (no stealing, no cross-thread
+        // wake-ups), which the lean path's per-thread upstream connections
+        // are made for.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(reload::pingora_opt(upgrade), conf);
