@@ -184,7 +184,10 @@ fn case_variants_need_what_the_case_insensitive_reading_needs() {
     // a moment after the SET.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while status(&s, "/ADMIN/x", true) != 200 {
-        assert!(std::time::Instant::now() < deadline, "the new role never applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new role never applied"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let resp = forwarded_as(&s, "/ADMIN/secret", true, "/ADMIN/secret");
