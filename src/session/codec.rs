@@ -378,6 +378,54 @@ mod tests {
         }
     }
 
+    /// Any JSON made of the keys the wanted paths use (and others), any
+    /// nesting, duplicates included: the pruned decode reads every wanted
+    /// path exactly as the whole-document decode does.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec!["user", "id", "role", "roles", "o", "x", "us\\u0065r"]);
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            (-5i64..5).prop_map(|n| n.to_string()),
+            Just("1.5e3".to_owned()),
+            "[a-z]{0,3}".prop_map(|s| format!("\"{s}\"")),
+        ];
+        leaf.prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((key.clone(), inner), 0..5).prop_map(|fields| {
+                    let fields: Vec<String> = fields
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_pruned_decode_agrees_with_the_whole_one(doc in json_value()) {
+            let paths: Vec<FieldPath> = ["user.id", "user.role", "user.roles", "id", "user.o.x"]
+                .iter()
+                .map(|p| path(p))
+                .collect();
+            let wanted = Wanted::new(&paths);
+            let whole = Session::decode(json(&doc), ValueFormat::Json);
+            let only = Session::decode_only(json(&doc), ValueFormat::Json, &wanted);
+            proptest::prop_assert_eq!(whole.is_ok(), only.is_ok(), "{}", doc);
+            if let (Ok(whole), Ok(only)) = (whole, only) {
+                for p in &paths {
+                    proptest::prop_assert_eq!(whole.texts(p), only.texts(p), "{} {:?}", doc, p);
+                    proptest::prop_assert_eq!(whole.text(p), only.text(p), "{} {:?}", doc, p);
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_values_that_are_not_json_objects() {
         assert!(Session::decode(json("not json"), ValueFormat::Json).is_err());
