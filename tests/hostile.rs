@@ -289,6 +289,11 @@ url = "{url}"
 [session]
 secrets = ["fixture-secret-current"]
 
+# These tests rewrite the one session between requests; the cache learns of
+# a rewrite a moment later (tests/cache.rs), so here every request reads Redis.
+[cache]
+enabled = false
+
 [identity.headers]
 "X-User-Id" = {{ field = "user.id", required = true, max_bytes = 64 }}
 "X-User-Name" = {{ field = "user.name", max_bytes = 32 }}
