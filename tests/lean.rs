@@ -88,6 +88,10 @@ fn serve(stream: TcpStream, seen: &Seen) {
                 true,
             ),
             "/once" => (b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce", true),
+            "/slow" => {
+                std::thread::sleep(Duration::from_millis(800));
+                (b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow", false)
+            }
             _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
         };
         if writer.write_all(response).is_err() || close {
@@ -97,6 +101,10 @@ fn serve(stream: TcpStream, seen: &Seen) {
 }
 
 fn gateway(redis: &RedisServer, upstream: SocketAddr) -> TestGateway {
+    gateway_with(redis, upstream, "")
+}
+
+fn gateway_with(redis: &RedisServer, upstream: SocketAddr, upstream_extra: &str) -> TestGateway {
     TestGateway::start(&format!(
         r#"
 [server]
@@ -115,6 +123,7 @@ secrets = ["fixture-secret-current"]
 [[upstream]]
 name = "app"
 addrs = ["{upstream}"]
+{upstream_extra}
 
 [[route]]
 path_prefix = "/"
@@ -217,6 +226,22 @@ fn kept_upstream_connections_are_reused_and_one_closed_behind_the_gateway_is_not
             "round {round}: the dead connection was used"
         );
     }
+}
+
+#[test]
+fn a_slow_answer_on_a_kept_connection_is_a_504_and_never_sent_twice() {
+    let redis = RedisServer::start();
+    let (upstream, seen) = scripted_upstream();
+    let gw = gateway_with(&redis, upstream, r#"read_timeout = "300ms""#);
+    // A kept connection first, so the slow request goes out on a reused one.
+    assert_eq!(support::get(gw.addr, "/plain", &[]).status, 200);
+    let slow = support::get(gw.addr, "/slow", &[]);
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    // The upstream may be acting on it: a timeout is not a dead connection.
+    std::thread::sleep(Duration::from_millis(1000));
+    let heads = seen.heads.lock().unwrap();
+    let sent = heads.iter().filter(|h| h.starts_with("GET /slow ")).count();
+    assert_eq!(sent, 1, "the request was sent {sent} times");
 }
 
 #[test]

@@ -300,7 +300,11 @@ impl Exchange<'_> {
             };
             match sent.await.map_err(Error::into_up) {
                 Ok(_) => break (client, addr),
-                Err(e) if reused => {
+                // Only a connection found dead is retried: one that could not
+                // take the request, or closed or reset without a response
+                // byte (Pingora marks those retryable on reused connections).
+                // A timeout is not: the upstream may be acting on the request.
+                Err(e) if reused && retryable_on_reused(&e) => {
                     tracing::debug!(error = %e, "a kept upstream connection failed; retrying on a new one");
                     reuse_retry = false;
                 }
@@ -386,6 +390,16 @@ async fn write_rendered(down: &mut DownstreamSession, rendered: &Rendered) -> Re
     }
     down.finish_body().await?;
     Ok(())
+}
+
+/// Whether an error on a kept connection says the connection was dead
+/// before the request could be acted on.
+fn retryable_on_reused(e: &Error) -> bool {
+    matches!(e.etype(), ErrorType::WriteError)
+        || matches!(
+            e.retry,
+            pingora::RetryType::ReusedOnly | pingora::RetryType::Decided(true)
+        )
 }
 
 fn upstream_error(why: &'static str) -> Box<Error> {
