@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::HOST;
@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::labels::Decision;
 use crate::metrics::{self, UpstreamClass};
-use crate::pipeline::Pipeline;
-use crate::reject::Rejection;
+use crate::pipeline::{Outcome, Pipeline};
+use crate::reject::{Rejection, Rendered};
 use crate::route::target::Rewrite;
 use crate::session::cache::Principal;
 
@@ -81,27 +81,77 @@ pub fn reason(rejection: &Rejection) -> &'static str {
     rejection.reason()
 }
 
-/// One finished request, as the gateway's `logging` hook sees it.
-pub struct Finished<'a> {
-    pub pipeline: &'a Pipeline,
+/// What the pipeline decided for one request and what forwarding it
+/// found, recorded the same way by both forwarding engines.
+#[derive(Debug, Default)]
+pub struct Verdict {
     pub route: Option<usize>,
     pub decision: Option<Decision>,
-    pub principal: Option<&'a Principal>,
-    /// What the forwarded request's target and host were changed to.
-    pub rewrite: &'a Rewrite,
+    pub principal: Option<Arc<Principal>>,
+    /// What the forwarded request's target and host are changed to.
+    pub rewrite: Rewrite,
+    pub observed: Observed,
+}
+
+/// What an engine does next with a decided request.
+pub enum Next {
+    /// Forward it to the upstream of this route.
+    Forward(usize),
+    /// Answer it with this response of the gateway's own.
+    Answer(Rendered),
+}
+
+impl Verdict {
+    /// Records the pipeline's outcome and says what to do with the request.
+    pub fn record(&mut self, pipeline: &Pipeline, outcome: Outcome) -> Next {
+        self.decision = Some(outcome.decision());
+        match outcome {
+            Outcome::Forward {
+                route,
+                principal,
+                stale,
+                rewrite,
+                would_deny,
+                ..
+            } => {
+                if stale {
+                    self.observed.served_stale();
+                }
+                if let Some(rejection) = &would_deny {
+                    self.observed
+                        .would_deny(&pipeline.route(route).name, rejection);
+                }
+                self.route = Some(route);
+                self.principal = principal;
+                self.rewrite = rewrite;
+                Next::Forward(route)
+            }
+            Outcome::Reject { route, rejection } => {
+                self.route = route;
+                self.observed.rejected(&rejection);
+                Next::Answer(pipeline.render(route, &rejection))
+            }
+            Outcome::Respond { rendered, .. } => Next::Answer(rendered),
+        }
+    }
+}
+
+/// One finished request.
+pub struct Finished<'a> {
+    pub pipeline: &'a Pipeline,
+    pub verdict: &'a Verdict,
     pub started: Instant,
-    pub observed: &'a Observed,
 }
 
 /// Records the request's metrics and writes its access log line.
 pub fn finish(req: &RequestHeader, status: u16, f: Finished<'_>) {
     let elapsed = f.started.elapsed();
     // No decision: Pingora gave up before the pipeline ran (e.g. a malformed request).
-    let decision = f.decision.unwrap_or(Decision::Invalid);
+    let decision = f.verdict.decision.unwrap_or(Decision::Invalid);
     let metrics = &f.pipeline.metrics;
-    metrics.request(f.route, decision, elapsed);
-    let upstream = f.observed.upstream.map(|(index, started)| {
-        let (class, took) = match f.observed.answer {
+    metrics.request(f.verdict.route, decision, elapsed);
+    let upstream = f.verdict.observed.upstream.map(|(index, started)| {
+        let (class, took) = match f.verdict.observed.answer {
             Some((status, took)) => (UpstreamClass::from_status(status), took),
             None => (UpstreamClass::Error, started.elapsed()),
         };
@@ -115,6 +165,7 @@ pub fn finish(req: &RequestHeader, status: u16, f: Finished<'_>) {
     }
     // The forwarded host and path: what the upstream was sent.
     let host = f
+        .verdict
         .rewrite
         .host
         .as_ref()
@@ -122,6 +173,7 @@ pub fn finish(req: &RequestHeader, status: u16, f: Finished<'_>) {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let path = f
+        .verdict
         .rewrite
         .uri
         .as_ref()
@@ -133,16 +185,19 @@ pub fn finish(req: &RequestHeader, status: u16, f: Finished<'_>) {
         path: truncate(path, MAX_PATH),
         status,
         route: f
+            .verdict
             .route
             .map_or(metrics::NO_ROUTE, |r| f.pipeline.route(r).name.as_str()),
         decision: decision.as_str(),
-        reason: f.observed.reason,
+        reason: f.verdict.observed.reason,
         duration_ms: millis(elapsed),
         upstream: upstream
             .and_then(|(i, _)| f.pipeline.config.upstreams.get(i).map(|u| u.name.as_str())),
         upstream_ms: upstream.map(|(_, took)| millis(took)),
         user: f
+            .verdict
             .principal
+            .as_deref()
             .filter(|_| admin.access_log_user)
             .and_then(|p| p.user.as_deref()),
     };

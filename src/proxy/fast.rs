@@ -29,13 +29,10 @@ use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::labels::Decision;
-use crate::pipeline::{Outcome, Pipeline};
-use crate::proxy::access::{self, Finished, Observed};
+use crate::pipeline::Pipeline;
+use crate::proxy::access::{self, Finished, Next, Verdict};
 use crate::proxy::gateway::{error_answer, prepare_upstream_request, rendered_head};
 use crate::reject::Rendered;
-use crate::route::target::Rewrite;
-use crate::session::cache::Principal;
 
 /// Idle upstream connections kept per worker thread, over all upstreams.
 const POOL_SIZE: usize = 128;
@@ -85,11 +82,7 @@ pub async fn serve(
     }
     let mut exchange = Exchange {
         pipeline: &pipeline,
-        route: None,
-        decision: None,
-        principal: None,
-        observed: Observed::default(),
-        rewrite: Rewrite::default(),
+        verdict: Verdict::default(),
         reusable: true,
     };
     exchange.run(&mut down).await;
@@ -99,12 +92,8 @@ pub async fn serve(
         status,
         Finished {
             pipeline: &pipeline,
-            route: exchange.route,
-            decision: exchange.decision,
-            principal: exchange.principal.as_deref(),
-            rewrite: &exchange.rewrite,
+            verdict: &exchange.verdict,
             started,
-            observed: &exchange.observed,
         },
     );
     if !exchange.reusable {
@@ -161,11 +150,7 @@ fn takes(req: &RequestHeader) -> bool {
 /// One request's state on the lean path.
 struct Exchange<'a> {
     pipeline: &'a Pipeline,
-    route: Option<usize>,
-    decision: Option<Decision>,
-    principal: Option<Arc<Principal>>,
-    observed: Observed,
-    rewrite: Rewrite,
+    verdict: Verdict,
     /// Whether the client connection may carry another request.
     reusable: bool,
 }
@@ -176,40 +161,13 @@ impl Exchange<'_> {
         let peer = down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let req = down.req_header();
         let outcome = self.pipeline.decide_from(req, req.raw_path(), peer).await;
-        self.decision = Some(outcome.decision());
-        let (route, principal, rewrite) = match outcome {
-            Outcome::Forward {
-                route,
-                principal,
-                stale,
-                rewrite,
-                would_deny,
-                ..
-            } => {
-                if stale {
-                    self.observed.served_stale();
-                }
-                if let Some(rejection) = &would_deny {
-                    let name = &self.pipeline.route(route).name;
-                    self.observed.would_deny(name, rejection);
-                }
-                (route, principal, rewrite)
-            }
-            Outcome::Reject { route, rejection } => {
-                self.route = route;
-                self.observed.rejected(&rejection);
-                self.answer(down, self.pipeline.render(route, &rejection))
-                    .await;
-                return;
-            }
-            Outcome::Respond { rendered, .. } => {
+        let route = match self.verdict.record(self.pipeline, outcome) {
+            Next::Forward(route) => route,
+            Next::Answer(rendered) => {
                 self.answer(down, rendered).await;
                 return;
             }
         };
-        self.route = Some(route);
-        self.principal = principal;
-        self.rewrite = rewrite;
         if let Err(e) = self.forward(down, route, peer).await {
             self.failed(down, &e).await;
         }
@@ -243,9 +201,9 @@ impl Exchange<'_> {
         prepare_upstream_request(
             &mut upstream_req,
             self.pipeline,
-            &self.rewrite,
+            &self.verdict.rewrite,
             peer,
-            self.principal.as_deref(),
+            self.verdict.principal.as_deref(),
         )?;
         Ok(upstream_req)
     }
@@ -268,7 +226,7 @@ impl Exchange<'_> {
         let method = down.req_header().method.clone();
         let upstream = self.pipeline.route(route).upstream;
         let settings = &self.pipeline.config.upstreams[upstream];
-        self.observed.upstream_chosen(upstream);
+        self.verdict.observed.upstream_chosen(upstream);
         let idempotent = crate::proxy::gateway::is_idempotent(&method);
         // A connection that cannot be made is tried on the next address
         // (the round robin moves on), once per other address, for
@@ -334,7 +292,9 @@ impl Exchange<'_> {
                 .cloned()
                 .ok_or_else(|| upstream_error("no response header"))?,
         );
-        self.observed.upstream_answered(resp.status.as_u16());
+        self.verdict
+            .observed
+            .upstream_answered(resp.status.as_u16());
         // A close-delimited response is sent on as chunked so the client
         // connection can be kept, as the full proxy does.
         let no_body = method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);

@@ -13,9 +13,8 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::labels::Decision;
-use crate::pipeline::{Outcome, Pipeline};
-use crate::proxy::access::{self, Finished, Observed};
+use crate::pipeline::Pipeline;
+use crate::proxy::access::{self, Finished, Next, Verdict};
 use crate::reject::Rendered;
 use crate::route::target::Rewrite;
 use crate::session::cache::Principal;
@@ -36,16 +35,10 @@ impl Gateway {
 pub struct RequestCtx {
     pipeline: Arc<Pipeline>,
     started: Instant,
-    route: Option<usize>,
-    decision: Option<Decision>,
-    principal: Option<Arc<Principal>>,
-    /// The rejection reason and upstream timing, for metrics and the access log.
-    observed: Observed,
+    /// The pipeline's verdict and what forwarding found.
+    verdict: Verdict,
     /// Connection attempts retried on another address so far.
     retries: usize,
-    /// The canonical target and host the upstream is sent, where they differ
-    /// from the client's.
-    rewrite: Rewrite,
     /// The connection's peer address.
     peer: Option<std::net::IpAddr>,
 }
@@ -59,12 +52,8 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             pipeline: self.pipeline.load_full(),
             started: Instant::now(),
-            route: None,
-            decision: None,
-            principal: None,
-            observed: Observed::default(),
+            verdict: Verdict::default(),
             retries: 0,
-            rewrite: Rewrite::default(),
             peer: None,
         }
     }
@@ -77,35 +66,9 @@ impl ProxyHttp for Gateway {
         ctx.peer = peer;
         let req = session.req_header();
         let outcome = ctx.pipeline.decide_from(req, req.raw_path(), peer).await;
-        ctx.decision = Some(outcome.decision());
-        match outcome {
-            Outcome::Forward {
-                route,
-                principal,
-                stale,
-                rewrite,
-                would_deny,
-                ..
-            } => {
-                if stale {
-                    ctx.observed.served_stale();
-                }
-                if let Some(rejection) = &would_deny {
-                    let name = &ctx.pipeline.route(route).name;
-                    ctx.observed.would_deny(name, rejection);
-                }
-                ctx.route = Some(route);
-                ctx.principal = principal;
-                ctx.rewrite = rewrite;
-                Ok(false)
-            }
-            Outcome::Reject { route, rejection } => {
-                ctx.route = route;
-                ctx.observed.rejected(&rejection);
-                respond(session, ctx.pipeline.render(route, &rejection)).await?;
-                Ok(true)
-            }
-            Outcome::Respond { rendered, .. } => {
+        match ctx.verdict.record(&ctx.pipeline, outcome) {
+            Next::Forward(_) => Ok(false),
+            Next::Answer(rendered) => {
                 respond(session, rendered).await?;
                 Ok(true)
             }
@@ -118,11 +81,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let route = ctx
+            .verdict
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let addr = ctx.pipeline.upstream_addr(route);
         let upstream = ctx.pipeline.route(route).upstream;
-        ctx.observed.upstream_chosen(upstream);
+        ctx.verdict.observed.upstream_chosen(upstream);
         let settings = &ctx.pipeline.config.upstreams[upstream];
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(settings.connect_timeout);
@@ -141,7 +105,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let others = ctx.route.map_or(0, |route| {
+        let others = ctx.verdict.route.map_or(0, |route| {
             let upstream = ctx.pipeline.route(route).upstream;
             ctx.pipeline.config.upstreams[upstream]
                 .addrs
@@ -161,7 +125,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.observed
+        ctx.verdict
+            .observed
             .upstream_answered(upstream_response.status.as_u16());
         Ok(())
     }
@@ -175,9 +140,9 @@ impl ProxyHttp for Gateway {
         prepare_upstream_request(
             upstream_request,
             &ctx.pipeline,
-            &ctx.rewrite,
+            &ctx.verdict.rewrite,
             ctx.peer,
-            ctx.principal.as_deref(),
+            ctx.verdict.principal.as_deref(),
         )
     }
 
@@ -232,12 +197,8 @@ impl ProxyHttp for Gateway {
             status,
             Finished {
                 pipeline: &ctx.pipeline,
-                route: ctx.route,
-                decision: ctx.decision,
-                principal: ctx.principal.as_deref(),
-                rewrite: &ctx.rewrite,
+                verdict: &ctx.verdict,
                 started: ctx.started,
-                observed: &ctx.observed,
             },
         );
     }
