@@ -215,9 +215,15 @@ struct Gateway {
 }
 
 fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> Gateway {
+    launch(pinned("0", bin), config, dir, tag)
+}
+
+/// Runs `program` (the gateway binary, or a wrapper before it) with
+/// `run -c <config>` and waits until it listens.
+fn launch(mut program: Command, config: &str, dir: &std::path::Path, tag: &str) -> Gateway {
     let path = dir.join(format!("{tag}.toml"));
     std::fs::write(&path, config).unwrap();
-    let mut child = pinned("0", bin)
+    let mut child = program
         .args(["run", "-c"])
         .arg(&path)
         .env("RUST_LOG", "warn")
@@ -245,7 +251,8 @@ fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> G
     // would, so its cost is part of every figure.
     std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
     let addr: SocketAddr = addr.expect("gateway did not start");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Under valgrind, starting takes a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "gateway not listening");
         std::thread::sleep(Duration::from_millis(20));
@@ -638,46 +645,19 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
 /// connections, and the counters are dumped.
 fn instructions(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
     let cache = o.target != "nocache";
-    let path = dir.join("counted.toml");
-    std::fs::write(
-        &path,
-        gateway_config(redis_url, upstream, cache, 100_000, dir, "counted"),
-    )
-    .unwrap();
     let out = dir.join("callgrind.out");
-    let mut child = Command::new("valgrind")
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .args([bin, "run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("valgrind (apt-get install valgrind)");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout);
-    let mut line = String::new();
-    let mut addr = None;
-    while lines.read_line(&mut line).unwrap_or(0) > 0 {
-        if let Some(a) = line
-            .trim_end()
-            .strip_prefix("sessiongate listening on http://")
-        {
-            addr = Some(a.parse::<SocketAddr>().unwrap());
-            break;
-        }
-        line.clear();
-    }
-    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-    let addr = addr.expect("gateway did not start under valgrind");
-    let pid = child.id();
-    let _proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "gateway not listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .arg(bin);
+    let gw = launch(
+        valgrind,
+        &gateway_config(redis_url, upstream, cache, 100_000, dir, "counted"),
+        dir,
+        "counted",
+    );
+    let (addr, pid) = (gw.addr, gw.proc.0.id());
     let url_path = if o.target == "public" {
         "/public/x"
     } else {
