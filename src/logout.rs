@@ -209,7 +209,7 @@ impl Logout {
         store: &dyn SessionStore,
         key: &str,
     ) -> Result<Option<String>, StoreError> {
-        match store.fetch(key, self.value).await {
+        match store.fetch(key, self.value, false).await {
             Ok(Some(raw)) => Ok(Session::decode(raw, self.value)
                 .ok()
                 .and_then(|session| session.text(&self.user_field))
@@ -228,9 +228,9 @@ impl Logout {
         key: &str,
         claims: Map<String, Value>,
     ) -> Result<Option<String>, StoreError> {
-        let mut fetched = store.fetch(key, ValueFormat::Json).await;
+        let mut fetched = store.fetch(key, ValueFormat::Json, false).await;
         if let Err(StoreError::WrongType) = fetched {
-            fetched = store.fetch(key, ValueFormat::Hash).await;
+            fetched = store.fetch(key, ValueFormat::Hash, false).await;
         }
         match fetched {
             Ok(Some(raw)) => Ok(Session::from_token(claims, raw)
@@ -354,6 +354,7 @@ mod tests {
             &self,
             key: &str,
             _format: ValueFormat,
+            _ttl: bool,
         ) -> Result<Option<RawSession>, StoreError> {
             self.check()?;
             Ok(self.strings.lock().unwrap().get(key).map(|v| RawSession {

@@ -98,6 +98,10 @@ pub struct Pipeline {
     health: Arc<crate::upstream::UpstreamHealth>,
     /// Some route has `on_store_error = "stale"`: keep last-known-good records.
     keep_last_good: bool,
+    /// Whether anything uses a session's remaining lifetime (the cache bounds
+    /// entries by it, stale answers and sliding expiry read it); when
+    /// nothing does, lookups do not ask Redis for it.
+    needs_ttl: bool,
     /// The routes, matched under every reading of a path.
     table: RouteTable,
 }
@@ -119,6 +123,11 @@ impl Pipeline {
                 .fields()
                 .chain([&config.session.role_field, &config.session.user_field]),
         );
+        let keep_last_good = config
+            .routes
+            .iter()
+            .any(|r| r.on_store_error == StoreErrorPolicy::Stale);
+        let needs_ttl = cache.enabled() || config.session.sliding.is_some() || keep_last_good;
         Pipeline {
             identity,
             wanted,
@@ -135,10 +144,8 @@ impl Pipeline {
             limits: crate::ratelimit::RateLimits::new(&config.rate_limit),
             health: crate::upstream::UpstreamHealth::new(&config.upstreams),
             table: RouteTable::new(&config.routes),
-            keep_last_good: config
-                .routes
-                .iter()
-                .any(|r| r.on_store_error == StoreErrorPolicy::Stale),
+            keep_last_good,
+            needs_ttl,
             config,
         }
     }
@@ -801,14 +808,20 @@ impl Pipeline {
         if read_only {
             return match self.cache.peek(key) {
                 Some(lookup) => Ok((lookup, LookupSource::Cache)),
-                None => Ok((self.load_session(key).await?, LookupSource::Redis)),
+                None => Ok((self.load_session(key, true).await?, LookupSource::Redis)),
             };
         }
         if !self.keep_last_good {
-            return self.cache.get_or_load(key, || self.load_session(key)).await;
+            return self
+                .cache
+                .get_or_load(key, || self.load_session(key, self.needs_ttl))
+                .await;
         }
         let before = self.cache.lookup_version(key);
-        let result = self.cache.get_or_load(key, || self.load_session(key)).await;
+        let result = self
+            .cache
+            .get_or_load(key, || self.load_session(key, self.needs_ttl))
+            .await;
         if let Ok((lookup, _)) = &result {
             self.cache.remember_good(key, lookup, before);
         }
@@ -889,10 +902,11 @@ impl Pipeline {
             }
         };
         let key = jwt.key.render(verified.id.as_str());
-        let mut fetched = self.store.fetch(&key, ValueFormat::Json).await;
+        let ttl = self.needs_ttl || trace.is_some();
+        let mut fetched = self.store.fetch(&key, ValueFormat::Json, ttl).await;
         if let Err(StoreError::WrongType) = fetched {
             // An app that keeps its token keys as hashes.
-            fetched = self.store.fetch(&key, ValueFormat::Hash).await;
+            fetched = self.store.fetch(&key, ValueFormat::Hash, ttl).await;
         }
         if let Some(e) = trace {
             e.lookup = Some(explain::LookupStage {
@@ -1011,9 +1025,11 @@ impl Pipeline {
         }
     }
 
-    async fn load_session(&self, key: &str) -> Result<Lookup, StoreError> {
+    /// The session at `key`, read from Redis; with `ttl`, its remaining
+    /// lifetime too.
+    async fn load_session(&self, key: &str, ttl: bool) -> Result<Lookup, StoreError> {
         let format = self.config.session.value;
-        let raw = match self.store.fetch(key, format).await {
+        let raw = match self.store.fetch(key, format, ttl).await {
             Ok(Some(raw)) => raw,
             Ok(None) => return Ok(Lookup::Invalid(AuthFailure::NotFound)),
             Err(StoreError::WrongType) => return Ok(Lookup::Invalid(AuthFailure::Unreadable)),

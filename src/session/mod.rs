@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod codec;
+pub mod pipe;
 pub mod store;
 pub mod topology;
 

@@ -66,9 +66,14 @@ impl StoreError {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// The session at `key`, or `None` when the key does not exist.
-    async fn fetch(&self, key: &str, format: ValueFormat)
-        -> Result<Option<RawSession>, StoreError>;
+    /// The session at `key`, or `None` when the key does not exist. With
+    /// `ttl`, its remaining lifetime too (else `ttl_ms` is `None`).
+    async fn fetch(
+        &self,
+        key: &str,
+        format: ValueFormat,
+        ttl: bool,
+    ) -> Result<Option<RawSession>, StoreError>;
     /// A round trip that proves the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Resets `key`'s TTL to `ttl` if it still exists (sliding expiry).
@@ -127,6 +132,12 @@ impl RedisStore {
         }))
     }
 
+    /// Whether lookups go through one pipelined connection per thread
+    /// (standalone over plain TCP) rather than redis-rs's shared ones.
+    pub fn pipelined(&self) -> bool {
+        self.conn.pipelined()
+    }
+
     async fn connection(&self) -> Result<Conn, StoreError> {
         self.conn.get().await.map_err(StoreError::Unavailable)
     }
@@ -164,6 +175,10 @@ impl RedisStore {
             Err(_) => return Err(StoreError::Timeout(connect_limit)),
         };
         let limit = self.settings.command_timeout;
+        let pipe = match &conn {
+            Conn::Pipe(pipe) => Some(pipe.clone()),
+            _ => None,
+        };
         match tokio::time::timeout(limit, f(conn)).await {
             Ok(result) => result.map_err(|e| {
                 // A sentinel-managed master that went away is looked up again.
@@ -171,53 +186,62 @@ impl RedisStore {
                 StoreError::from_redis(e)
             }),
             Err(_) => {
-                self.conn.timed_out();
+                match pipe {
+                    Some(pipe) => pipe.timed_out(),
+                    None => self.conn.timed_out(),
+                }
                 Err(StoreError::Timeout(limit))
             }
         }
     }
 
-    /// GET (or HGETALL) and PTTL of `key` in one round trip.
+    /// GET (or HGETALL) of `key`, and with `ttl` its PTTL in the same round trip.
     async fn fetch_raw(
         &self,
         key: &str,
         format: ValueFormat,
+        ttl: bool,
     ) -> Result<Option<RawSession>, StoreError> {
+        let mut pipe = redis::pipe();
         match format {
-            ValueFormat::Json => {
-                let (value, pttl): (Option<Vec<u8>>, i64) = self
-                    .with_timeout(|mut conn| async move {
-                        redis::pipe()
-                            .get(key)
-                            .pttl(key)
-                            .query_async(&mut conn)
-                            .await
-                    })
-                    .await?;
-                Ok(value.map(|bytes| RawSession {
-                    value: RawValue::String(bytes),
-                    ttl_ms: ttl_from_pttl(pttl),
-                }))
-            }
+            ValueFormat::Json => pipe.get(key),
+            ValueFormat::Hash => pipe.hgetall(key),
+        };
+        if ttl {
+            pipe.pttl(key);
+        }
+        let mut values: Vec<redis::Value> = self
+            .with_timeout(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await?;
+        let ttl_ms = match values.len() {
+            2 => values
+                .pop()
+                .map(redis::from_redis_value::<i64>)
+                .transpose()
+                .map_err(|e| StoreError::from_redis(e.into()))?
+                .and_then(ttl_from_pttl),
+            _ => None,
+        };
+        let Some(value) = values.pop() else {
+            return Err(StoreError::Unavailable("redis sent no reply".to_owned()));
+        };
+        let value = match format {
+            ValueFormat::Json => match redis::from_redis_value::<Option<Vec<u8>>>(value)
+                .map_err(|e| StoreError::from_redis(e.into()))?
+            {
+                Some(bytes) => RawValue::String(bytes),
+                None => return Ok(None),
+            },
             ValueFormat::Hash => {
-                let (fields, pttl): (Vec<(String, String)>, i64) = self
-                    .with_timeout(|mut conn| async move {
-                        redis::pipe()
-                            .hgetall(key)
-                            .pttl(key)
-                            .query_async(&mut conn)
-                            .await
-                    })
-                    .await?;
+                let fields: Vec<(String, String)> =
+                    redis::from_redis_value(value).map_err(|e| StoreError::from_redis(e.into()))?;
                 if fields.is_empty() {
                     return Ok(None);
                 }
-                Ok(Some(RawSession {
-                    value: RawValue::Hash(fields),
-                    ttl_ms: ttl_from_pttl(pttl),
-                }))
+                RawValue::Hash(fields)
             }
-        }
+        };
+        Ok(Some(RawSession { value, ttl_ms }))
     }
 }
 
@@ -231,9 +255,10 @@ impl SessionStore for RedisStore {
         &self,
         key: &str,
         format: ValueFormat,
+        ttl: bool,
     ) -> Result<Option<RawSession>, StoreError> {
         let started = Instant::now();
-        let result = self.fetch_raw(key, format).await;
+        let result = self.fetch_raw(key, format, ttl).await;
         metrics::store_duration(StoreOp::Fetch, started.elapsed());
         let outcome = match &result {
             Ok(Some(_)) | Err(StoreError::WrongType) => LookupResult::Hit,
@@ -480,21 +505,21 @@ mod tests {
         assert_eq!(config.redis.breaker_cooldown, Duration::from_millis(300));
         let store = RedisStore::new(&config.redis).expect("store");
         for _ in 0..2 {
-            let err = store.fetch("k", ValueFormat::Json).await.unwrap_err();
+            let err = store.fetch("k", ValueFormat::Json, true).await.unwrap_err();
             assert!(!matches!(err, StoreError::BreakerOpen(_)), "{err}");
         }
         let started = Instant::now();
         for _ in 0..100 {
-            let err = store.fetch("k", ValueFormat::Json).await.unwrap_err();
+            let err = store.fetch("k", ValueFormat::Json, true).await.unwrap_err();
             assert!(matches!(err, StoreError::BreakerOpen(2)), "{err}");
         }
         assert!(started.elapsed() < Duration::from_millis(100));
         // After the cool-down one probe goes to Redis again (and fails).
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let err = store.fetch("k", ValueFormat::Json).await.unwrap_err();
+        let err = store.fetch("k", ValueFormat::Json, true).await.unwrap_err();
         assert!(!matches!(err, StoreError::BreakerOpen(_)), "{err}");
         assert!(matches!(
-            store.fetch("k", ValueFormat::Json).await,
+            store.fetch("k", ValueFormat::Json, true).await,
             Err(StoreError::BreakerOpen(_))
         ));
     }

@@ -18,6 +18,7 @@ use redis::{
 };
 
 use crate::config::{RedisSettings, RedisTopology};
+use crate::session::pipe::{PipeConn, Pipes};
 
 /// A multiplexed connection to a single server (standalone, or the current
 /// sentinel-managed master) or to a whole cluster.
@@ -25,6 +26,8 @@ use crate::config::{RedisSettings, RedisTopology};
 pub enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// This worker thread's own pipelined connection (standalone, plain TCP).
+    Pipe(PipeConn),
 }
 
 impl ConnectionLike for Conn {
@@ -32,6 +35,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Pipe(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -44,6 +48,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Pipe(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -51,6 +56,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Pipe(c) => c.get_db(),
         }
     }
 }
@@ -72,6 +78,9 @@ pub struct Connector {
     /// leaves the old master up, as a replica, serving stale reads).
     master: Arc<std::sync::Mutex<Option<String>>>,
     checked_at_ms: Arc<AtomicU64>,
+    /// Standalone over plain TCP: one pipelined connection per thread
+    /// instead of the shared multiplexed one (see `pipe`).
+    pipes: Option<Pipes>,
 }
 
 /// How often (at most) the Sentinels are asked whether the master moved.
@@ -86,9 +95,11 @@ fn now_ms() -> u64 {
 
 impl Connector {
     pub fn new(settings: &RedisSettings) -> Result<Connector, String> {
+        let mut pipes = None;
         if settings.topology == RedisTopology::Standalone {
             // Refuse a bad URL now rather than on the first request.
-            standalone_info(settings).map_err(|e| format!("bad redis url: {e}"))?;
+            let info = standalone_info(settings).map_err(|e| format!("bad redis url: {e}"))?;
+            pipes = Pipes::for_info(&info);
         }
         Ok(Connector {
             settings: settings.clone(),
@@ -97,11 +108,23 @@ impl Connector {
             failed_at_ms: AtomicU64::new(0),
             master: Arc::new(std::sync::Mutex::new(None)),
             checked_at_ms: Arc::new(AtomicU64::new(now_ms())),
+            pipes,
         })
+    }
+
+    /// Whether this thread's own pipelined connection is used (see `pipe`).
+    pub fn pipelined(&self) -> bool {
+        self.pipes.is_some()
     }
 
     /// The current connection, made on first use (or after `failed` dropped it).
     pub async fn get(&self) -> Result<Conn, String> {
+        if let Some(pipes) = &self.pipes {
+            return pipes
+                .get(self.settings.connect_timeout)
+                .await
+                .map(Conn::Pipe);
+        }
         if let Some(conn) = self.current.load_full() {
             self.maybe_check_master();
             return Ok((*conn).clone());
