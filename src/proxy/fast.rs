@@ -182,7 +182,12 @@ impl Exchange<'_> {
         // Without Pingora's header-case map: every header operation below
         // then touches one map instead of two, and names go out in lower
         // case (as HTTP/2 sends them; field names are case-insensitive).
-        let mut upstream_req = Box::new(RequestHeader::from(req.as_owned_parts()));
+        let mut parts = req.as_owned_parts();
+        // Room for the forwarding and identity headers: the map grows once
+        // here rather than at several of the inserts.
+        let identity = self.verdict.principal.as_ref().map_or(0, |p| p.identity.len());
+        parts.headers.reserve(3 + identity);
+        let mut upstream_req = Box::new(RequestHeader::from(parts));
         // The target goes out as the bytes decided on, not a re-serialised URI.
         let raw = req.raw_path();
         if upstream_req

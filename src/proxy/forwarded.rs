@@ -6,16 +6,18 @@
 
 use std::net::IpAddr;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
 use crate::config::Cidr;
 
-const XFF: &str = "x-forwarded-for";
-const XFP: &str = "x-forwarded-proto";
-const XFH: &str = "x-forwarded-host";
-const FORWARDED: &str = "forwarded";
+// Names made once, not parsed (and allocated) from text on every request.
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = http::header::FORWARDED;
+const HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Rewrites the forwarding headers of `req`, which came from `peer` for the
 /// (normalised) `host`.
@@ -29,24 +31,24 @@ pub fn apply(
     let Some(peer) = peer else {
         // Not an inet peer (a Unix socket): nothing to vouch for.
         for name in [XFF, XFP, XFH, FORWARDED] {
-            req.remove_header(name);
+            req.remove_header(&name);
         }
         return Ok(());
     };
     if from_trusted {
-        let chain = joined(req, XFF);
+        let chain = joined(req, &XFF);
         let value = match chain {
             Some(chain) => format!("{chain}, {peer}"),
             None => peer.to_string(),
         };
         req.insert_header(XFF, value)?;
-        if req.headers.get(XFP).is_none() {
-            req.insert_header(XFP, "http")?;
+        if req.headers.get(&XFP).is_none() {
+            req.insert_header(XFP, HTTP)?;
         }
-        if let (None, Some(host)) = (req.headers.get(XFH), host) {
+        if let (None, Some(host)) = (req.headers.get(&XFH), host) {
             req.insert_header(XFH, host.clone())?;
         }
-        if let Some(chain) = joined(req, FORWARDED) {
+        if let Some(chain) = joined(req, &FORWARDED) {
             let host = host.and_then(|h| h.to_str().ok());
             req.insert_header(FORWARDED, format!("{chain}, {}", element(peer, host)))?;
         }
@@ -55,11 +57,11 @@ pub fn apply(
             req.remove_header(&http::header::FORWARDED);
         }
         req.insert_header(XFF, peer.to_string())?;
-        req.insert_header(XFP, "http")?;
+        req.insert_header(XFP, HTTP)?;
         match host {
             Some(host) => req.insert_header(XFH, host.clone())?,
             None => {
-                req.remove_header(XFH);
+                req.remove_header(&XFH);
             }
         }
     }
@@ -67,7 +69,7 @@ pub fn apply(
 }
 
 /// Every value of `name`, joined with `, ` (repeated headers are one list).
-fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+fn joined(req: &RequestHeader, name: &HeaderName) -> Option<String> {
     let mut out: Option<String> = None;
     for value in req.headers.get_all(name) {
         let text = String::from_utf8_lossy(value.as_bytes());
@@ -107,7 +109,7 @@ mod tests {
         req
     }
 
-    fn values(req: &RequestHeader, name: &str) -> Vec<String> {
+    fn values(req: &RequestHeader, name: HeaderName) -> Vec<String> {
         req.headers
             .get_all(name)
             .iter()
