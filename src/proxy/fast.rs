@@ -185,7 +185,11 @@ impl Exchange<'_> {
         let mut parts = req.as_owned_parts();
         // Room for the forwarding and identity headers: the map grows once
         // here rather than at several of the inserts.
-        let identity = self.verdict.principal.as_ref().map_or(0, |p| p.identity.len());
+        let identity = self
+            .verdict
+            .principal
+            .as_ref()
+            .map_or(0, |p| p.identity.len());
         parts.headers.reserve(3 + identity);
         let mut upstream_req = Box::new(RequestHeader::from(parts));
         // The target goes out as the bytes decided on, not a re-serialised URI.
@@ -291,12 +295,16 @@ impl Exchange<'_> {
             down.write_response_header(info).await.map_err(downstream)?;
             client.read_response().await.map_err(Error::into_up)?;
         }
-        let mut resp = Box::new(
-            client
-                .resp_header()
-                .cloned()
-                .ok_or_else(|| upstream_error("no response header"))?,
-        );
+        let head = client
+            .resp_header()
+            .ok_or_else(|| upstream_error("no response header"))?;
+        // As for the request: without the header-case map, and with room for
+        // the headers the server session adds (Date, Connection) and a
+        // possible Transfer-Encoding, so the map does not grow for them.
+        let mut parts = head.as_owned_parts();
+        parts.headers.reserve(3);
+        let mut resp = Box::new(ResponseHeader::from(parts));
+        resp.set_reason_phrase(head.get_reason_phrase())?;
         self.verdict
             .observed
             .upstream_answered(resp.status.as_u16());
