@@ -48,6 +48,16 @@ fn seed(redis: &RedisServer, n: usize) {
     }
 }
 
+/// Makes Redis hold every client's commands for `ms` milliseconds.
+fn hold_replies(redis: &RedisServer, ms: u64) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("ALL")
+        .query(&mut redis.conn())
+        .expect("client pause");
+}
+
 /// Every lookup of `n` in flight at once gets the value of its own key.
 async fn all_at_once(store: &Arc<RedisStore>, n: usize, rounds: usize) {
     let mut tasks = Vec::new();
@@ -136,13 +146,7 @@ async fn an_abandoned_lookup_never_hands_its_reply_to_another() {
     let store = store(&redis.url(), "5s");
     // Connect first, then hold every reply back for a while.
     store.ping().await.expect("ping");
-    let mut admin = redis.conn();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(400)
-        .arg("ALL")
-        .query(&mut admin)
-        .expect("client pause");
+    hold_replies(&redis, 400);
     let mut kept = Vec::new();
     for i in 0..40 {
         let key = format!("sess:{i}");
@@ -179,13 +183,7 @@ async fn a_timeout_fails_closed_and_the_next_lookup_gets_its_own_reply() {
     seed(&redis, 4);
     let store = store(&redis.url(), "100ms");
     store.ping().await.expect("ping");
-    let mut admin = redis.conn();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(500)
-        .arg("ALL")
-        .query(&mut admin)
-        .expect("client pause");
+    hold_replies(&redis, 500);
     let (a, b) = tokio::join!(
         store.fetch("sess:0", ValueFormat::Json, true),
         store.fetch("sess:1", ValueFormat::Json, true),

@@ -358,14 +358,13 @@ impl State {
         Some(self.done.swap_remove(at).1)
     }
 
-    /// The waker to register for readiness: that of the oldest request still
-    /// waiting (its reply comes first), else the caller's.
-    fn front_waker(&self, fallback: &Waker) -> Waker {
+    /// The waker of the oldest request still waiting that has been polled:
+    /// its reply comes first, so it is the one to wake for readiness.
+    fn oldest_waker(&self) -> Option<Waker> {
         self.waiting
             .iter()
             .find(|s| !s.abandoned && s.waker.is_some())
             .and_then(|s| s.waker.clone())
-            .unwrap_or_else(|| fallback.clone())
     }
 
     /// Sends what is queued and reads what has come, until neither moves.
@@ -376,7 +375,7 @@ impl State {
             if self.waiting.iter().all(|s| s.abandoned) && self.out.is_empty() {
                 return Ok(());
             }
-            let waker = self.front_waker(cx.waker());
+            let waker = self.oldest_waker().unwrap_or_else(|| cx.waker().clone());
             let mut io_cx = Context::from_waker(&waker);
             let Some(stream) = self.stream.as_mut() else {
                 return Err(closed());
@@ -549,12 +548,7 @@ impl Drop for Call {
         }
         // This request may have been the one registered for readiness (or
         // owed the flush): hand that on to the oldest request still waiting.
-        if let Some(waker) = state
-            .waiting
-            .iter()
-            .find(|s| !s.abandoned)
-            .and_then(|s| s.waker.clone())
-        {
+        if let Some(waker) = state.oldest_waker() {
             waker.wake();
         }
     }

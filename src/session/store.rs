@@ -213,14 +213,15 @@ impl RedisStore {
         let mut values: Vec<redis::Value> = self
             .with_timeout(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await?;
-        let ttl_ms = match values.len() {
-            2 => values
+        let ttl_ms = if ttl {
+            values
                 .pop()
                 .map(redis::from_redis_value::<i64>)
                 .transpose()
                 .map_err(|e| StoreError::from_redis(e.into()))?
-                .and_then(ttl_from_pttl),
-            _ => None,
+                .and_then(ttl_from_pttl)
+        } else {
+            None
         };
         let Some(value) = values.pop() else {
             return Err(StoreError::Unavailable("redis sent no reply".to_owned()));
