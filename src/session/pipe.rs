@@ -42,8 +42,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
 /// After a failed connection attempt, how long requests fail at once before
-/// the next attempt.
-const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// the next attempt: as for the shared connections.
+const RETRY_AFTER: Duration = Duration::from_millis(super::topology::RETRY_AFTER_MS);
 
 /// Where to connect and what to say first.
 struct Target {
