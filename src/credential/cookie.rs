@@ -8,8 +8,11 @@ use hmac::{Hmac, Mac};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::Sha256;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
-use subtle::ConstantTimeEq;
+use std::hash::BuildHasher;
+use subtle::{Choice, ConstantTimeEq};
+use thread_local::ThreadLocal;
 
 use super::SessionId;
 
@@ -84,9 +87,20 @@ pub fn plain_id(raw: &str) -> Option<SessionId> {
 /// Keeps one HMAC-SHA256 instance per secret, already keyed, and clones it per
 /// check (cheaper than keying again). Secrets are tried in order until one
 /// matches; each signature comparison is constant time.
-#[derive(Clone)]
+///
+/// Cookie values it accepted lately are remembered per thread (see
+/// [`Accepted`]), so a client's next requests skip the percent-decoding and
+/// the HMAC. Verification is a pure function of the value and the secrets,
+/// which a verifier never changes (a reload makes a new one), so the memo
+/// cannot answer differently from a fresh check. Refused values are never
+/// remembered. Whether the session behind an id is still valid is not this
+/// verifier's question: Redis and the session cache still decide it on
+/// every request.
 pub struct ExpressVerifier {
     keyed: Vec<Hmac<Sha256>>,
+    accepted: ThreadLocal<RefCell<Accepted>>,
+    /// Keyed per process, so a client cannot choose values that share a slot.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl fmt::Debug for ExpressVerifier {
@@ -107,6 +121,8 @@ impl ExpressVerifier {
     pub fn from_keys<S: AsRef<[u8]>>(secrets: &[S]) -> Self {
         ExpressVerifier {
             keyed: secrets.iter().map(|s| keyed_mac(s.as_ref())).collect(),
+            accepted: ThreadLocal::new(),
+            hasher: Default::default(),
         }
     }
 
@@ -124,9 +140,22 @@ impl ExpressVerifier {
     /// Like [`ExpressVerifier::verify`], saying which secret (by its index in
     /// `secrets`) signed the cookie, or why it was refused.
     pub fn check(&self, raw: &str) -> Result<(SessionId, usize), SignedCookieRejected> {
-        let decoded = percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| SignedCookieRejected::Malformed)?;
+        let hash = self.hasher.hash_one(raw.as_bytes());
+        let accepted = self.accepted.get_or(|| RefCell::new(Accepted::default()));
+        if let Some(hit) = accepted.borrow().find(hash, raw) {
+            return Ok(hit);
+        }
+        let (id, index) = self.check_uncached(raw)?;
+        accepted.borrow_mut().put(hash, raw, &id, index);
+        Ok((id, index))
+    }
+
+    /// [`ExpressVerifier::check`] without the memo.
+    fn check_uncached(&self, raw: &str) -> Result<(SessionId, usize), SignedCookieRejected> {
+        // Sized once: the decoded value is never longer than the raw one.
+        let mut decoded = Vec::with_capacity(raw.len());
+        decoded.extend(percent_decode_str(raw));
+        let decoded = String::from_utf8(decoded).map_err(|_| SignedCookieRejected::Malformed)?;
         let (id, sig) = split_signed(&decoded).ok_or(SignedCookieRejected::Malformed)?;
         // Each comparison is constant time. Stopping at the first matching
         // secret only tells a client which secret signed its own valid cookie
@@ -144,6 +173,71 @@ impl ExpressVerifier {
             None => Err(SignedCookieRejected::BadSignature),
         }
     }
+}
+
+/// Slots in one thread's memo of accepted cookie values (a power of two).
+/// Full, with typical ~80-byte values, it holds about 0.5 MB.
+const ACCEPTED_SLOTS: usize = 2048;
+
+/// One thread's memo of cookie values that verified, direct-mapped by the
+/// value's keyed hash: a value replaces whatever its slot held. Lookups
+/// compare the whole value in constant time, so a near miss (a forged
+/// signature for a remembered id) takes as long as any other.
+#[derive(Default)]
+struct Accepted {
+    /// Made on first use.
+    slots: Vec<Option<Remembered>>,
+}
+
+struct Remembered {
+    hash: u64,
+    raw: Box<str>,
+    id: SessionId,
+    index: usize,
+}
+
+impl Accepted {
+    fn slot(hash: u64) -> usize {
+        (hash as usize) & (ACCEPTED_SLOTS - 1)
+    }
+
+    fn find(&self, hash: u64, raw: &str) -> Option<(SessionId, usize)> {
+        let seen = self.slots.get(Self::slot(hash))?.as_ref()?;
+        let same = seen.hash == hash
+            && seen.raw.len() == raw.len()
+            && bool::from(ct_eq_words(seen.raw.as_bytes(), raw.as_bytes()));
+        same.then(|| (seen.id.clone(), seen.index))
+    }
+
+    fn put(&mut self, hash: u64, raw: &str, id: &SessionId, index: usize) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(ACCEPTED_SLOTS, || None);
+        }
+        self.slots[Self::slot(hash)] = Some(Remembered {
+            hash,
+            raw: raw.into(),
+            id: id.clone(),
+            index,
+        });
+    }
+}
+
+/// Constant-time equality of two slices of the same length, eight bytes at a
+/// time (`subtle` compares slices a byte at a time, several times slower).
+fn ct_eq_words(a: &[u8], b: &[u8]) -> Choice {
+    debug_assert_eq!(a.len(), b.len());
+    let mut diff = 0u64;
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = a_words.remainder().iter().zip(b_words.remainder());
+    for (x, y) in a_words.zip(b_words) {
+        let x = u64::from_ne_bytes(x.try_into().expect("eight bytes"));
+        let y = u64::from_ne_bytes(y.try_into().expect("eight bytes"));
+        diff |= x ^ y;
+    }
+    for (x, y) in tail {
+        diff |= u64::from(x ^ y);
+    }
+    diff.ct_eq(&0)
 }
 
 /// Why a signed cookie value was refused.
@@ -520,5 +614,79 @@ mod tests {
         assert!(plain_id("a%7Fb").is_none());
         assert!(plain_id("a%C2%A0b").is_none());
         assert!(plain_id("a%FFb").is_none());
+    }
+
+    fn remembered(verifier: &ExpressVerifier) -> usize {
+        verifier.accepted.get().map_or(0, |memo| {
+            memo.borrow().slots.iter().filter(|s| s.is_some()).count()
+        })
+    }
+
+    #[test]
+    fn remembered_values_answer_as_a_fresh_check_would() {
+        let secrets = ["current".to_string(), "previous".to_string()];
+        let verifier = ExpressVerifier::new(&secrets);
+        let good = express_sign("id-1", "previous");
+        assert_eq!(
+            verifier
+                .check(&good)
+                .map(|(id, i)| (id.as_str().to_owned(), i)),
+            Ok(("id-1".into(), 1))
+        );
+        assert_eq!(remembered(&verifier), 1);
+        // The second answer comes from the memo, and is the same.
+        assert_eq!(
+            verifier
+                .check(&good)
+                .map(|(id, i)| (id.as_str().to_owned(), i)),
+            Ok(("id-1".into(), 1))
+        );
+        // A value differing in any one byte of the remembered one is checked
+        // afresh, and refused: a forged signature for a remembered id included.
+        for at in 0..good.len() {
+            let mut forged = good.clone().into_bytes();
+            forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+            let forged = String::from_utf8(forged).unwrap();
+            assert!(verifier.check(&forged).is_err(), "byte {at}: {forged}");
+        }
+        // Refused values are never remembered.
+        assert_eq!(remembered(&verifier), 1);
+        // Another verifier (a reload with other secrets) has a memo of its own.
+        let rotated = ExpressVerifier::new(&["current".to_string()]);
+        assert_eq!(
+            rotated.check(&good).err(),
+            Some(SignedCookieRejected::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_full_memo_still_verifies_every_value() {
+        let verifier = ExpressVerifier::new(&["s".to_string()]);
+        let values: Vec<String> = (0..ACCEPTED_SLOTS * 2)
+            .map(|i| express_sign(&format!("id-{i}"), "s"))
+            .collect();
+        for _ in 0..2 {
+            for (i, value) in values.iter().enumerate() {
+                let id = verifier.verify(value).expect("verifies");
+                assert_eq!(id.as_str(), format!("id-{i}"));
+            }
+        }
+        assert!(remembered(&verifier) <= ACCEPTED_SLOTS);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn word_wise_comparison_is_equality(
+            a in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            flip in proptest::option::of((0usize..40, 1u8..=255)),
+        ) {
+            let mut b = a.clone();
+            if let Some((at, x)) = flip {
+                if let Some(byte) = b.get_mut(at) {
+                    *byte ^= x;
+                }
+            }
+            proptest::prop_assert_eq!(bool::from(ct_eq_words(&a, &b)), a == b);
+        }
     }
 }

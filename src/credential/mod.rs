@@ -19,12 +19,13 @@ pub enum CredentialSource {
 ///
 /// Its `Debug` impl does not print the id (it prints `SessionId(..)`): ids are
 /// secrets and must never reach logs.
+/// Shared, not copied: a clone (a remembered cookie's id, say) is a count.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SessionId(String);
+pub struct SessionId(std::sync::Arc<str>);
 
 impl SessionId {
     pub fn new(s: String) -> Self {
-        SessionId(s)
+        SessionId(s.into())
     }
 
     pub fn as_str(&self) -> &str {

@@ -191,29 +191,30 @@ impl Exchange<'_> {
             .as_ref()
             .map_or(0, |p| p.identity.len());
         parts.headers.reserve(3 + identity);
-        let mut upstream_req = Box::new(RequestHeader::from(parts));
-        // The target goes out as the bytes decided on, not a re-serialised URI.
-        let raw = req.raw_path();
-        if upstream_req
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().as_bytes())
-            != Some(raw)
-        {
-            upstream_req.set_raw_path(raw)?;
-        }
-        upstream_req.set_version(Version::HTTP_11);
+        parts.version = Version::HTTP_11;
         // Hop-by-hop: the upstream connection's own is not the client's.
-        if upstream_req.headers.contains_key(header::CONNECTION) {
-            upstream_req.remove_header(&header::CONNECTION);
-        }
+        parts.headers.remove(header::CONNECTION);
+        // Edited as plain parts, before they become Pingora's head.
         prepare_upstream_request(
-            &mut upstream_req,
+            &mut parts,
             self.pipeline,
             &self.verdict.rewrite,
             peer,
             self.verdict.principal.as_deref(),
         )?;
+        let mut upstream_req = Box::new(RequestHeader::from(parts));
+        // The target goes out as the bytes decided on, not a re-serialised
+        // URI, unless the decision rewrote it.
+        let raw = req.raw_path();
+        if self.verdict.rewrite.uri.is_none()
+            && upstream_req
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str().as_bytes())
+                != Some(raw)
+        {
+            upstream_req.set_raw_path(raw)?;
+        }
         Ok(upstream_req)
     }
 

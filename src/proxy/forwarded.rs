@@ -7,8 +7,9 @@
 use std::net::IpAddr;
 
 use http::{HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
 use pingora::Result;
+
+use crate::proxy::head::{value, HeadEdit};
 
 use crate::config::Cidr;
 
@@ -22,7 +23,7 @@ const HTTP: HeaderValue = HeaderValue::from_static("http");
 /// Rewrites the forwarding headers of `req`, which came from `peer` for the
 /// (normalised) `host`.
 pub fn apply(
-    req: &mut RequestHeader,
+    req: &mut impl HeadEdit,
     peer: Option<IpAddr>,
     trusted: &[Cidr],
     host: Option<&HeaderValue>,
@@ -31,37 +32,40 @@ pub fn apply(
     let Some(peer) = peer else {
         // Not an inet peer (a Unix socket): nothing to vouch for.
         for name in [XFF, XFP, XFH, FORWARDED] {
-            req.remove_header(&name);
+            req.remove(&name);
         }
         return Ok(());
     };
     if from_trusted {
         let chain = joined(req, &XFF);
-        let value = match chain {
+        let chain_value = match chain {
             Some(chain) => format!("{chain}, {peer}"),
             None => peer.to_string(),
         };
-        req.insert_header(XFF, value)?;
-        if req.headers.get(&XFP).is_none() {
-            req.insert_header(XFP, HTTP)?;
+        req.insert(XFF, value(chain_value)?)?;
+        if req.headers().get(&XFP).is_none() {
+            req.insert(XFP, HTTP)?;
         }
-        if let (None, Some(host)) = (req.headers.get(&XFH), host) {
-            req.insert_header(XFH, host.clone())?;
+        if let (None, Some(host)) = (req.headers().get(&XFH), host) {
+            req.insert(XFH, host.clone())?;
         }
         if let Some(chain) = joined(req, &FORWARDED) {
             let host = host.and_then(|h| h.to_str().ok());
-            req.insert_header(FORWARDED, format!("{chain}, {}", element(peer, host)))?;
+            req.insert(
+                FORWARDED,
+                value(format!("{chain}, {}", element(peer, host)))?,
+            )?;
         }
     } else {
-        if req.headers.contains_key(http::header::FORWARDED) {
-            req.remove_header(&http::header::FORWARDED);
+        if req.headers().contains_key(FORWARDED) {
+            req.remove(&FORWARDED);
         }
-        req.insert_header(XFF, peer.to_string())?;
-        req.insert_header(XFP, HTTP)?;
+        req.insert(XFF, value(peer.to_string())?)?;
+        req.insert(XFP, HTTP)?;
         match host {
-            Some(host) => req.insert_header(XFH, host.clone())?,
+            Some(host) => req.insert(XFH, host.clone())?,
             None => {
-                req.remove_header(&XFH);
+                req.remove(&XFH);
             }
         }
     }
@@ -69,9 +73,9 @@ pub fn apply(
 }
 
 /// Every value of `name`, joined with `, ` (repeated headers are one list).
-fn joined(req: &RequestHeader, name: &HeaderName) -> Option<String> {
+fn joined(req: &impl HeadEdit, name: &HeaderName) -> Option<String> {
     let mut out: Option<String> = None;
-    for value in req.headers.get_all(name) {
+    for value in req.headers().get_all(name) {
         let text = String::from_utf8_lossy(value.as_bytes());
         match &mut out {
             Some(out) => {
@@ -100,6 +104,7 @@ fn element(peer: IpAddr, host: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::http::RequestHeader;
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();

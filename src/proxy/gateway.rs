@@ -15,6 +15,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::pipeline::Pipeline;
 use crate::proxy::access::{self, Finished, Next, Verdict};
+use crate::proxy::head::HeadEdit;
 use crate::reject::Rendered;
 use crate::route::target::Rewrite;
 use crate::session::cache::Principal;
@@ -273,7 +274,7 @@ pub(crate) fn error_answer(e: &Error) -> (u16, &'static str) {
 /// client-sent identity headers, and the principal's identity headers.
 /// Shared by both forwarding paths.
 pub(crate) fn prepare_upstream_request(
-    upstream_request: &mut RequestHeader,
+    upstream_request: &mut impl HeadEdit,
     pipeline: &Pipeline,
     rewrite: &Rewrite,
     peer: Option<std::net::IpAddr>,
@@ -285,7 +286,7 @@ pub(crate) fn prepare_upstream_request(
     // identity headers. Usually nothing, and then nothing is allocated.
     let plan = &pipeline.identity;
     let strip: Vec<http::HeaderName> = upstream_request
-        .headers
+        .headers()
         .keys()
         .filter(|name| {
             let name = name.as_str();
@@ -294,16 +295,16 @@ pub(crate) fn prepare_upstream_request(
         .cloned()
         .collect();
     for name in &strip {
-        upstream_request.remove_header(name);
+        upstream_request.remove(name);
     }
     if let Some(uri) = &rewrite.uri {
         upstream_request.set_uri(uri.clone());
     }
     if let Some(host) = &rewrite.host {
-        upstream_request.insert_header(http::header::HOST, host.clone())?;
+        upstream_request.insert(http::header::HOST, host.clone())?;
     }
     // A shared handle on the (already canonical) Host bytes, not a copy.
-    let host = upstream_request.headers.get(http::header::HOST).cloned();
+    let host = upstream_request.headers().get(http::header::HOST).cloned();
     crate::proxy::forwarded::apply(
         upstream_request,
         peer,
@@ -312,7 +313,7 @@ pub(crate) fn prepare_upstream_request(
     )?;
     if let Some(principal) = &principal {
         for (name, value) in plan.headers(&principal.identity) {
-            upstream_request.insert_header(name.clone(), value)?;
+            upstream_request.insert(name.clone(), value)?;
         }
     }
     Ok(())

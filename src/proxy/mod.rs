@@ -7,6 +7,7 @@ pub mod admin;
 pub mod fast;
 pub mod forwarded;
 pub mod gateway;
+pub mod head;
 pub mod idle;
 pub mod listen;
 pub mod reload;
