@@ -97,12 +97,20 @@ impl IdentityPlan {
     /// values that are not [`is_valid_value`], are left out; when such a
     /// header is `required` the values say so.
     pub fn values(&self, session: &Session) -> IdentityValues {
+        self.values_with(|index| session.text(&self.headers[index].field))
+    }
+
+    /// Like [`IdentityPlan::values`], with the text of the `index`-th
+    /// header's field given by `text`.
+    pub fn values_with<S: AsRef<str>>(&self, text: impl Fn(usize) -> Option<S>) -> IdentityValues {
         let mut buf = Vec::new();
-        let mut ends = Vec::new();
+        let mut ends = Vec::with_capacity(self.headers.len());
         let mut missing_required = false;
         for (index, header) in self.headers.iter().enumerate() {
-            let text = session
-                .text(&header.field)
+            let text = text(index);
+            let text = text
+                .as_ref()
+                .map(AsRef::as_ref)
                 .filter(|text| is_valid_value(text, header.max_bytes));
             let (Some(text), Ok(index)) = (text, u16::try_from(index)) else {
                 missing_required |= header.required;
@@ -136,6 +144,11 @@ impl IdentityPlan {
             let value = HeaderValue::from_maybe_shared(values.buf.slice(range)).ok()?;
             Some((name, value))
         })
+    }
+
+    /// How many identity headers there are.
+    pub fn len(&self) -> usize {
+        self.headers.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -16,9 +16,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // Return freed memory to the OS within a second (a background thread purges),
 // so RSS follows load down after a burst instead of staying at its peak.
+// Keep 64 KiB blocks in the per-thread caches (the default stops at 32 KiB):
+// Pingora's HTTP/1 client takes a 64 KiB body buffer for every response
+// with a body, which otherwise costs a trip to the arena each way.
+// A thin reference: jemalloc reads the symbol as a `const char *`.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static malloc_conf: &[u8; 77] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,tcache_max:65536\0";
 
 #[derive(Parser)]
 #[command(

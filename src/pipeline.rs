@@ -13,7 +13,7 @@ use http::{HeaderValue, Method};
 
 use crate::config::{
     Access, BearerMode, Config, CookieFormat, ReportStoreUnavailable, Route, RouteMode,
-    StoreErrorPolicy,
+    StoreErrorPolicy, ValueFormat,
 };
 use crate::credential::bearer::bearer_token;
 use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
@@ -27,7 +27,9 @@ use crate::reject::{login_url, AuthFailure, Rejection, Rendered};
 use crate::route::table::{RouteTable, Selection};
 use crate::route::target::{Rewrite, Target};
 use crate::session::cache::{Lookup, Principal, SessionCache};
-use crate::session::{Session, SessionStore, StoreError};
+use crate::session::codec::Fields;
+use crate::session::store::RawValue;
+use crate::session::{RawSession, Session, SessionStore, StoreError};
 
 /// The pipeline's verdict on one request.
 #[derive(Debug)]
@@ -1035,24 +1037,51 @@ impl Pipeline {
             Err(StoreError::WrongType) => return Ok(Lookup::Invalid(AuthFailure::Unreadable)),
             Err(e) => return Err(e),
         };
-        Ok(match Session::decode_only(raw, format, &self.wanted) {
-            Ok(session) => Lookup::Found(Arc::new(self.principal(&session))),
+        let fields = match (raw.value, format) {
+            (RawValue::String(bytes), ValueFormat::Json) => self.wanted.decode_json(&bytes),
+            (value, format) => Session::decode(
+                RawSession {
+                    value,
+                    ttl_ms: None,
+                },
+                format,
+            )
+            .map(|session| self.wanted.read(&session)),
+        };
+        Ok(match fields {
+            Ok(fields) => Lookup::Found(Arc::new(
+                self.principal_from(fields, raw.ttl_ms.map(Duration::from_millis)),
+            )),
             Err(_) => Lookup::Invalid(AuthFailure::Unreadable),
         })
     }
 
     /// Extracts what requests need from a session document.
     pub fn principal(&self, session: &Session) -> Principal {
-        self.cache.principal(
-            self.identity.values(session),
-            session.texts(&self.config.session.role_field),
-            // The user the access log shows and `requests_per_user` counts.
-            (self.config.admin.access_log_user
-                || self.config.rate_limit.requests_per_user.is_some())
-            .then(|| session.text(&self.config.session.user_field))
-            .flatten(),
+        self.principal_from(
+            self.wanted.read(session),
             session.ttl_ms.map(Duration::from_millis),
         )
+    }
+
+    /// Builds the principal from a session's wanted fields (see `Pipeline::new`
+    /// for their order).
+    fn principal_from(&self, mut fields: Fields, ttl: Option<Duration>) -> Principal {
+        let headers = self.identity.len();
+        let identity = self
+            .identity
+            .values_with(|index| fields.text(self.wanted.slot(index)));
+        // The user the access log shows and `requests_per_user` counts.
+        let user = (self.config.admin.access_log_user
+            || self.config.rate_limit.requests_per_user.is_some())
+        .then(|| {
+            fields
+                .text(self.wanted.slot(headers + 1))
+                .map(str::to_owned)
+        })
+        .flatten();
+        let roles = fields.take_texts(self.wanted.slot(headers));
+        self.cache.principal(identity, roles, user, ttl)
     }
 }
 
