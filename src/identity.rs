@@ -103,7 +103,12 @@ impl IdentityPlan {
     /// Like [`IdentityPlan::values`], with the text of the `index`-th
     /// header's field given by `text`.
     pub fn values_with<S: AsRef<str>>(&self, text: impl Fn(usize) -> Option<S>) -> IdentityValues {
-        let mut buf = Vec::new();
+        // Sized first, so the buffer neither grows nor holds spare room
+        // (a cached principal keeps it).
+        let total = (0..self.headers.len())
+            .filter_map(|index| text(index).map(|t| t.as_ref().len()))
+            .sum();
+        let mut buf = Vec::with_capacity(total);
         let mut ends = Vec::with_capacity(self.headers.len());
         let mut missing_required = false;
         for (index, header) in self.headers.iter().enumerate() {

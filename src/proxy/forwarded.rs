@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderName, HeaderValue};
-use pingora::Result;
+use pingora::{ErrorType, OrErr, Result};
 
 use crate::proxy::head::{value, HeadEdit};
 
@@ -60,7 +60,7 @@ pub fn apply(
         if req.headers().contains_key(FORWARDED) {
             req.remove(&FORWARDED);
         }
-        req.insert(XFF, value(peer.to_string())?)?;
+        req.insert(XFF, address(peer)?)?;
         req.insert(XFP, HTTP)?;
         match host {
             Some(host) => req.insert(XFH, host.clone())?,
@@ -70,6 +70,17 @@ pub fn apply(
         }
     }
     Ok(())
+}
+
+/// `peer` as a header value, printed on the stack (`to_string` grows a
+/// `String` once per octet).
+fn address(peer: IpAddr) -> Result<HeaderValue> {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{peer}").or_err(ErrorType::InternalError, "printing an address")?;
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).or_err(ErrorType::InternalError, "printing an address")
 }
 
 /// Every value of `name`, joined with `, ` (repeated headers are one list).
@@ -181,5 +192,20 @@ mod tests {
             values(&r, FORWARDED),
             [r#"for=x, for="[::1]";host="[::1]";proto=http"#]
         );
+    }
+
+    #[test]
+    fn addresses_print_as_to_string_does() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address(ip).unwrap(), ip.to_string().as_str());
+        }
     }
 }

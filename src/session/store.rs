@@ -202,29 +202,34 @@ impl RedisStore {
         format: ValueFormat,
         ttl: bool,
     ) -> Result<Option<RawSession>, StoreError> {
-        let mut pipe = redis::pipe();
-        match format {
-            ValueFormat::Json => pipe.get(key),
-            ValueFormat::Hash => pipe.hgetall(key),
+        let command = match format {
+            ValueFormat::Json => "GET",
+            ValueFormat::Hash => "HGETALL",
         };
-        if ttl {
-            pipe.pttl(key);
-        }
-        let mut values: Vec<redis::Value> = self
-            .with_timeout(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await?;
-        let ttl_ms = if ttl {
-            values
+        let (value, ttl_ms) = if ttl {
+            let mut pipe = redis::pipe();
+            pipe.cmd(command).arg(key).cmd("PTTL").arg(key);
+            let mut values: Vec<redis::Value> = self
+                .with_timeout(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await?;
+            let ttl_ms = values
                 .pop()
                 .map(redis::from_redis_value::<i64>)
                 .transpose()
                 .map_err(|e| StoreError::from_redis(e.into()))?
-                .and_then(ttl_from_pttl)
+                .and_then(ttl_from_pttl);
+            let Some(value) = values.pop() else {
+                return Err(StoreError::Unavailable("redis sent no reply".to_owned()));
+            };
+            (value, ttl_ms)
         } else {
-            None
-        };
-        let Some(value) = values.pop() else {
-            return Err(StoreError::Unavailable("redis sent no reply".to_owned()));
+            // One command, not a pipeline of one: no reply vector to build.
+            let mut cmd = redis::cmd(command);
+            cmd.arg(key);
+            let value: redis::Value = self
+                .with_timeout(|mut conn| async move { cmd.query_async(&mut conn).await })
+                .await?;
+            (value, None)
         };
         let value = match format {
             ValueFormat::Json => match redis::from_redis_value::<Option<Vec<u8>>>(value)
