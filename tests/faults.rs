@@ -200,14 +200,16 @@ fn outage_under_load(policy: &str) -> ([usize; 4], [usize; 4]) {
     std::thread::sleep(Duration::from_millis(500));
     redis.stop();
     std::thread::sleep(Duration::from_millis(1500));
-    let up = {
-        let _exclusive = gate.write().unwrap();
-        redis.restart();
-        load_sessions(&redis, &USERS);
-        Instant::now()
-    };
+    // The load waits until the gateway answers again: the sessions loaded
+    // anew are overwrites, which end their last known good (the invalidation
+    // channel, back first, says so), so until the gateway's own connection
+    // is back a request for one is rightly refused, even with `stale`.
+    let exclusive = gate.write().unwrap();
+    redis.restart();
+    load_sessions(&redis, &USERS);
+    let up = Instant::now();
     // 200s resume within 1 s of Redis answering again (the breaker's probe
-    // and the connection's reconnect included), under the same load.
+    // and the connection's reconnect included).
     loop {
         let code = status(&gateway, "/app/x", Some(USERS[0]));
         if code == 200 {
@@ -223,6 +225,7 @@ fn outage_under_load(policy: &str) -> ([usize; 4], [usize; 4]) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let resumed = up.elapsed();
+    drop(exclusive);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
