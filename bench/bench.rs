@@ -555,7 +555,15 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
     for round in 0..o.rounds {
-        for (i, (name, url, headers, pid)) in cases.iter().enumerate() {
+        // Every other round runs the targets in reverse order, so a drift
+        // in the machine's speed during a round favours no target over the
+        // rounds (an ABBA order).
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (name, url, headers, pid) = &cases[i];
             let s = wrk(url, headers, o, *pid);
             eprintln!("round {}: {name:<24} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  cpu {:.1} us/req  errors {}", round + 1, s.rps, s.p50_ms, s.p99_ms, s.cpu_us, s.errors);
             samples[i].push(s);
