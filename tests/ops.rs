@@ -594,3 +594,77 @@ fn sighup_reloads_live_and_keeps_the_old_config_when_broken() {
         401
     );
 }
+
+/// A reload that drops a secret refuses its cookies from the first request
+/// it serves, though they were verified (and remembered) a moment before;
+/// the keys' sessions are untouched in Redis.
+#[test]
+fn a_secret_dropped_by_a_reload_refuses_its_cookies_at_once() {
+    let s = setup("");
+    let addr = s.gateway.addr;
+    let fx = fixture("express-session.json");
+    let case = |name: &str| {
+        fx["valid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["cookie_header"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (old, current) = (case("signed-with-previous-secret"), case("user-shape"));
+    let json = ("Accept", "application/json");
+    // Verified, then served again (from the memo) on one connection and on new ones.
+    let mut client = Client::connect(addr);
+    for _ in 0..20 {
+        let r = client
+            .send("GET", "/dashboard", &[("Cookie", old.as_str()), json])
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            get(addr, "/dashboard", &[("Cookie", old.as_str()), json]).status,
+            200
+        );
+    }
+
+    let path = s.gateway.config_path.clone();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let rotated = original.replace(SECRETS, r#"["fixture-secret-current"]"#);
+    assert_ne!(rotated, original);
+    std::fs::write(&path, &rotated).unwrap();
+    s.gateway.signal(libc::SIGHUP);
+    metrics_until(&s, "one good reload", |t| {
+        sample(t, "sessiongate_config_reloads_total", &[("result", "ok")]) == Some(1.0)
+    });
+    // The kept connection and new ones alike.
+    for _ in 0..20 {
+        let r = client
+            .send("GET", "/dashboard", &[("Cookie", old.as_str()), json])
+            .unwrap();
+        assert_eq!(
+            r.status, 401,
+            "a cookie signed with a dropped secret was let in"
+        );
+        assert_eq!(
+            get(addr, "/dashboard", &[("Cookie", old.as_str()), json]).status,
+            401
+        );
+        assert_eq!(
+            get(addr, "/dashboard", &[("Cookie", current.as_str()), json]).status,
+            200
+        );
+    }
+    let key = fx["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "signed-with-previous-secret")
+        .unwrap()["redis_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exists: bool = s.redis.conn().exists(&key).unwrap();
+    assert!(exists, "the session itself was not touched");
+}
