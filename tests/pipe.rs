@@ -114,11 +114,13 @@ async fn large_values_and_hashes_come_back_whole() {
     let _: () = conn.hset("sess:h", "user", "hashed").unwrap();
     let _: () = conn.rpush("sess:list", "x").unwrap();
     let store = store(&redis.url(), "2s");
-    let (a, b, c, d) = tokio::join!(
+    let (a, b, c, d, e) = tokio::join!(
         store.fetch("sess:big", ValueFormat::Json, true),
         store.fetch("sess:h", ValueFormat::Hash, true),
         store.fetch("sess:list", ValueFormat::Json, true),
         store.fetch("sess:big", ValueFormat::Json, false),
+        // Without the TTL it is one command, not a pipeline: the same answer.
+        store.fetch("sess:list", ValueFormat::Json, false),
     );
     assert_eq!(value_of(a.unwrap()).as_deref(), Some(big.as_str()));
     let hash = b.unwrap().expect("hash");
@@ -127,6 +129,7 @@ async fn large_values_and_hashes_come_back_whole() {
         RawValue::Hash(vec![("user".into(), "hashed".into())])
     );
     assert!(matches!(c, Err(StoreError::WrongType)), "{c:?}");
+    assert!(matches!(e, Err(StoreError::WrongType)), "{e:?}");
     assert_eq!(value_of(d.unwrap()).as_deref(), Some(big.as_str()));
     // The connection is still in step after the error reply.
     let again = store
