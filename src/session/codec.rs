@@ -641,7 +641,7 @@ mod tests {
     }
 
     /// Any JSON made of the keys the wanted paths use (and others), any
-    /// nesting, duplicates included: the pruned decode reads every wanted
+    /// nesting, duplicates included: the slot decode reads every wanted
     /// path exactly as the whole-document decode does.
     fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
@@ -670,7 +670,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn the_pruned_decode_agrees_with_the_whole_one(doc in json_value()) {
+        fn the_slot_decode_agrees_with_the_whole_one(doc in json_value()) {
             // "user" is read whole and through: a path may end where another goes on.
             let paths: Vec<FieldPath> =
                 ["user.id", "user.role", "user.roles", "id", "user.o.x", "user", "user.id"]
