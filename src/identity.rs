@@ -6,7 +6,6 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::IdentityHeader;
-use crate::session::Session;
 
 /// The identity header values of one session, packed into one buffer: a
 /// cached session costs one small allocation for them, not two per header.
@@ -94,30 +93,21 @@ impl IdentityPlan {
         self.headers.iter().map(|h| &h.field)
     }
 
-    /// The headers this session provides. Fields the session lacks, and
-    /// values that are not [`is_valid_value`], are left out; when such a
-    /// header is `required` the values say so.
-    pub fn values(&self, session: &Session) -> IdentityValues {
-        self.values_with(|index| session.text(&self.headers[index].field))
-    }
-
-    /// Like [`IdentityPlan::values`], with the text of the `index`-th
-    /// header's field given by `text`.
-    pub fn values_with<S: AsRef<str>>(&self, text: impl Fn(usize) -> Option<S>) -> IdentityValues {
+    /// The headers a session provides, given the text of the `index`-th
+    /// header's field. Fields the session lacks, and values that are not
+    /// [`is_valid_value`], are left out; when such a header is `required`
+    /// the values say so.
+    pub fn values<'t>(&self, text: impl Fn(usize) -> Option<&'t str>) -> IdentityValues {
         // Sized first, so the buffer neither grows nor holds spare room
         // (a cached principal keeps it).
         let total = (0..self.headers.len())
-            .filter_map(|index| text(index).map(|t| t.as_ref().len()))
+            .filter_map(|index| text(index).map(str::len))
             .sum();
         let mut buf = Vec::with_capacity(total);
         let mut ends = Vec::with_capacity(self.headers.len());
         let mut missing_required = false;
         for (index, header) in self.headers.iter().enumerate() {
-            let text = text(index);
-            let text = text
-                .as_ref()
-                .map(AsRef::as_ref)
-                .filter(|text| is_valid_value(text, header.max_bytes));
+            let text = text(index).filter(|text| is_valid_value(text, header.max_bytes));
             let (Some(text), Ok(index)) = (text, u16::try_from(index)) else {
                 missing_required |= header.required;
                 continue;
@@ -166,6 +156,12 @@ impl IdentityPlan {
 mod tests {
     use super::*;
     use crate::config::FieldPath;
+    use crate::session::Session;
+
+    fn values_of(plan: &IdentityPlan, session: &Session) -> IdentityValues {
+        let texts: Vec<Option<String>> = plan.fields().map(|f| session.text(f)).collect();
+        plan.values(|index| texts[index].as_deref())
+    }
 
     fn plan() -> IdentityPlan {
         IdentityPlan::new(&[
@@ -196,7 +192,7 @@ mod tests {
                 crate::config::ValueFormat::Json,
             )
             .expect("session");
-            let values = plan.values(&session);
+            let values = values_of(&plan, &session);
             let headers: Vec<String> = plan
                 .headers(&values)
                 .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("<utf8>")))
@@ -300,7 +296,7 @@ mod tests {
             ttl_ms: None,
         };
         let plan = plan();
-        let values = plan.values(&session);
+        let values = values_of(&plan, &session);
         assert_eq!(values.len(), 1);
         let headers: Vec<_> = plan.headers(&values).collect();
         assert_eq!(headers[0].0, "x-user-role");

@@ -1070,7 +1070,7 @@ impl Pipeline {
         let headers = self.identity.len();
         let identity = self
             .identity
-            .values_with(|index| fields.text(self.wanted.slot(index)));
+            .values(|index| fields.text(self.wanted.slot(index)));
         // The user the access log shows and `requests_per_user` counts.
         let user = (self.config.admin.access_log_user
             || self.config.rate_limit.requests_per_user.is_some())

@@ -38,11 +38,11 @@ pub fn apply(
     };
     if from_trusted {
         let chain = joined(req, &XFF);
-        let chain_value = match chain {
-            Some(chain) => format!("{chain}, {peer}"),
-            None => peer.to_string(),
+        let chain = match chain {
+            Some(chain) => value(format!("{chain}, {peer}"))?,
+            None => address(peer)?,
         };
-        req.insert(XFF, value(chain_value)?)?;
+        req.insert(XFF, chain)?;
         if req.headers().get(&XFP).is_none() {
             req.insert(XFP, HTTP)?;
         }

@@ -113,7 +113,6 @@ pub struct Wanted {
     root: Node,
     /// The slot of each path given to [`Wanted::new`], in that order.
     slots: Vec<usize>,
-    len: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -133,8 +132,7 @@ impl Wanted {
         for path in &paths {
             root.add(path.segments());
         }
-        let mut len = 0;
-        root.number(&mut len);
+        root.number(&mut 0);
         let slots = paths
             .iter()
             .map(|path| {
@@ -146,7 +144,16 @@ impl Wanted {
                     .expect("every path was added")
             })
             .collect();
-        Wanted { root, slots, len }
+        Wanted { root, slots }
+    }
+
+    /// Every slot empty (the root's range holds them all).
+    fn empty(&self) -> Fields {
+        Fields {
+            slots: std::iter::repeat_with(|| Found::Absent)
+                .take(self.root.range.end)
+                .collect(),
+        }
     }
 
     /// The slot of the `index`-th path given to [`Wanted::new`].
@@ -160,11 +167,7 @@ impl Wanted {
     /// document: a key that appears twice counts by its last value, as
     /// `JSON.parse` has it, and a path through a non-object has no value.
     pub fn decode_json(&self, bytes: &[u8]) -> Result<Fields, SessionUnreadable> {
-        let mut fields = Fields {
-            slots: std::iter::repeat_with(|| Found::Absent)
-                .take(self.len)
-                .collect(),
-        };
+        let mut fields = self.empty();
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let object = Top {
             node: &self.root,
@@ -181,11 +184,7 @@ impl Wanted {
 
     /// Reads the wanted fields of a decoded session (a hash, a token's).
     pub fn read(&self, session: &Session) -> Fields {
-        let mut fields = Fields {
-            slots: std::iter::repeat_with(|| Found::Absent)
-                .take(self.len)
-                .collect(),
-        };
+        let mut fields = self.empty();
         self.root.read(&session.doc, &mut fields.slots);
         fields
     }
@@ -368,10 +367,14 @@ struct Field<'a> {
 }
 
 impl Field<'_> {
-    fn text(self, text: String) {
+    /// A scalar value: its text (made only when a path ends here).
+    fn scalar<E>(self, text: impl FnOnce() -> Result<Scalar, E>) -> Result<(), E> {
         if let Some(leaf) = self.node.leaf {
-            self.slots[leaf] = Found::Text(text);
+            if let Some(text) = text()?.0 {
+                self.slots[leaf] = Found::Text(text);
+            }
         }
+        Ok(())
     }
 }
 
@@ -407,32 +410,24 @@ impl<'de> Visitor<'de> for Field<'_> {
         Ok(())
     }
 
-    // Numbers print as serde_json prints them, so they read as from a built document.
+    // Scalars read as an array element's do (`ScalarVisitor`).
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        self.text(v.to_string());
-        Ok(())
+        self.scalar(|| ScalarVisitor.visit_bool(v))
     }
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.text(serde_json::Number::from(v).to_string());
-        Ok(())
+        self.scalar(|| ScalarVisitor.visit_i64(v))
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.text(serde_json::Number::from(v).to_string());
-        Ok(())
+        self.scalar(|| ScalarVisitor.visit_u64(v))
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        if let Some(n) = serde_json::Number::from_f64(v) {
-            self.text(n.to_string());
-        }
-        Ok(())
+        self.scalar(|| ScalarVisitor.visit_f64(v))
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.text(v.to_owned());
-        Ok(())
+        self.scalar(|| ScalarVisitor.visit_str(v))
     }
     fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
-        self.text(v);
-        Ok(())
+        self.scalar(|| ScalarVisitor.visit_string(v))
     }
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
         Ok(())
@@ -449,6 +444,7 @@ impl<'de> serde::Deserialize<'de> for Scalar {
     }
 }
 
+/// Numbers print as serde_json prints them, so they read as from a built document.
 struct ScalarVisitor;
 
 impl<'de> Visitor<'de> for ScalarVisitor {
