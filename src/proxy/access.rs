@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::HOST;
@@ -13,128 +13,13 @@ use serde::Serialize;
 
 use crate::labels::Decision;
 use crate::metrics::{self, UpstreamClass};
-use crate::pipeline::{Outcome, Pipeline};
-use crate::reject::{Rejection, Rendered};
-use crate::route::target::Rewrite;
-use crate::session::cache::Principal;
+use crate::pipeline::Pipeline;
+use crate::proxy::verdict::Verdict;
 
 /// Lines waiting for the writer; past this, lines are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
 const MAX_PATH: usize = 2048;
 const MAX_HOST: usize = 256;
-
-/// What the access log and the metrics need beyond the pipeline's verdict.
-#[derive(Debug, Default)]
-pub struct Observed {
-    /// Why the request was refused (or would be, in report mode), e.g. `no_credential`, `bad_signature`, `forbidden`.
-    reason: Option<&'static str>,
-    /// The upstream chosen (index into the config's upstreams) and when.
-    upstream: Option<(usize, Instant)>,
-    /// The upstream's status and how long it took to send its response header.
-    answer: Option<(u16, Duration)>,
-}
-
-impl Observed {
-    /// Records why the pipeline refused the request.
-    pub fn rejected(&mut self, rejection: &Rejection) {
-        if let Rejection::Unauthenticated { reason, .. } = rejection {
-            crate::metrics::auth_failure(*reason);
-        }
-        self.reason = Some(reason(rejection));
-        tracing::debug!(reason = reason(rejection), "request refused");
-    }
-
-    /// Records that a `mode = "report"` route forwarded a request that
-    /// enforcement would have refused for `rejection`.
-    pub fn would_deny(&mut self, route: &str, rejection: &Rejection) {
-        let reason = rejection.reason();
-        crate::metrics::would_deny(route, reason);
-        self.reason = Some(reason);
-        tracing::debug!(
-            reason,
-            "request forwarded in report mode; enforcement would refuse it"
-        );
-    }
-
-    /// Records that Redis was unreachable and the session's last known good
-    /// state let the request in (`on_store_error = "stale"`).
-    pub fn served_stale(&mut self) {
-        self.reason = Some("stale");
-    }
-
-    /// Records that the request is about to go to `upstream`.
-    pub fn upstream_chosen(&mut self, upstream: usize) {
-        self.upstream = Some((upstream, Instant::now()));
-        self.answer = None;
-    }
-
-    /// Records the upstream's response header.
-    pub fn upstream_answered(&mut self, status: u16) {
-        if let Some((_, started)) = self.upstream {
-            self.answer = Some((status, started.elapsed()));
-        }
-    }
-}
-
-/// The `reason` field of a refused request.
-pub fn reason(rejection: &Rejection) -> &'static str {
-    rejection.reason()
-}
-
-/// What the pipeline decided for one request and what forwarding it
-/// found, recorded the same way by both forwarding engines.
-#[derive(Debug, Default)]
-pub struct Verdict {
-    pub route: Option<usize>,
-    pub decision: Option<Decision>,
-    pub principal: Option<Arc<Principal>>,
-    /// What the forwarded request's target and host are changed to.
-    pub rewrite: Rewrite,
-    pub observed: Observed,
-}
-
-/// What an engine does next with a decided request.
-pub enum Next {
-    /// Forward it to the upstream of this route.
-    Forward(usize),
-    /// Answer it with this response of the gateway's own.
-    Answer(Rendered),
-}
-
-impl Verdict {
-    /// Records the pipeline's outcome and says what to do with the request.
-    pub fn record(&mut self, pipeline: &Pipeline, outcome: Outcome) -> Next {
-        self.decision = Some(outcome.decision());
-        match outcome {
-            Outcome::Forward {
-                route,
-                principal,
-                stale,
-                rewrite,
-                would_deny,
-                ..
-            } => {
-                if stale {
-                    self.observed.served_stale();
-                }
-                if let Some(rejection) = &would_deny {
-                    self.observed
-                        .would_deny(&pipeline.route(route).name, rejection);
-                }
-                self.route = Some(route);
-                self.principal = principal;
-                self.rewrite = rewrite;
-                Next::Forward(route)
-            }
-            Outcome::Reject { route, rejection } => {
-                self.route = route;
-                self.observed.rejected(&rejection);
-                Next::Answer(pipeline.render(route, &rejection))
-            }
-            Outcome::Respond { rendered, .. } => Next::Answer(rendered),
-        }
-    }
-}
 
 /// One finished request.
 pub struct Finished<'a> {
@@ -358,26 +243,6 @@ fn drain(rx: Receiver<Vec<u8>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reject::AuthFailure;
-
-    #[test]
-    fn admin_access_reasons() {
-        let unauthenticated = |reason| Rejection::Unauthenticated {
-            reason,
-            bearer: false,
-            login: None,
-        };
-        assert_eq!(
-            reason(&unauthenticated(AuthFailure::BadCredential)),
-            "bad_signature"
-        );
-        assert_eq!(
-            reason(&unauthenticated(AuthFailure::Missing)),
-            "no_credential"
-        );
-        assert_eq!(reason(&Rejection::Forbidden), "role_missing");
-        assert_eq!(reason(&Rejection::StoreUnavailable), "store_unavailable");
-    }
 
     #[test]
     fn admin_access_record_shape() {

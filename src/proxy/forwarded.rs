@@ -1,8 +1,9 @@
 //! `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
 //! `Forwarded` on the upstream request, as a reverse proxy sets them: a peer
 //! that is a trusted proxy (`[rate_limit] trusted_proxies`) has its chain
-//! extended; anyone else has every client-sent copy replaced, so the app never
-//! reads an address, scheme or host that a client made up.
+//! extended; anyone else has them set anew. Every other forwarding header an
+//! untrusted client sent is already gone ([`crate::proxy::owned`]), so the app
+//! never reads an address, scheme, port or host that a client made up.
 
 use std::net::IpAddr;
 
@@ -11,8 +12,6 @@ use pingora::{ErrorType, OrErr, Result};
 
 use crate::proxy::head::{value, HeadEdit};
 
-use crate::config::Cidr;
-
 // Names made once, not parsed (and allocated) from text on every request.
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -20,15 +19,14 @@ const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = http::header::FORWARDED;
 const HTTP: HeaderValue = HeaderValue::from_static("http");
 
-/// Rewrites the forwarding headers of `req`, which came from `peer` for the
-/// (normalised) `host`.
-pub fn apply(
+/// Rewrites the forwarding headers of `req`, which came from `peer` (a
+/// trusted proxy or not) for the (canonical) `host`.
+pub(crate) fn apply(
     req: &mut impl HeadEdit,
     peer: Option<IpAddr>,
-    trusted: &[Cidr],
+    from_trusted: bool,
     host: Option<&HeaderValue>,
 ) -> Result<()> {
-    let from_trusted = peer.is_some_and(|ip| trusted.iter().any(|c| c.contains(ip)));
     let Some(peer) = peer else {
         // Not an inet peer (a Unix socket): nothing to vouch for.
         for name in [XFF, XFP, XFH, FORWARDED] {
@@ -142,11 +140,10 @@ mod tests {
             ("X-Forwarded-Host", "admin.test"),
             ("Forwarded", "for=10.0.0.1;proto=https"),
         ]);
-        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
         apply(
             &mut r,
             Some("192.0.2.7".parse().unwrap()),
-            &trusted,
+            false,
             Some(&HeaderValue::from_static("site.test")),
         )
         .unwrap();
@@ -164,11 +161,10 @@ mod tests {
             ("X-Forwarded-Proto", "https"),
             ("Forwarded", "for=198.51.100.1;proto=https"),
         ]);
-        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
         apply(
             &mut r,
             Some("10.1.2.3".parse().unwrap()),
-            &trusted,
+            true,
             Some(&HeaderValue::from_static("site.test")),
         )
         .unwrap();
@@ -180,11 +176,10 @@ mod tests {
             ["for=198.51.100.1;proto=https, for=10.1.2.3;host=site.test;proto=http"]
         );
         let mut r = req(&[("Forwarded", "for=x")]);
-        let v6 = [Cidr::parse("::1").unwrap()];
         apply(
             &mut r,
             Some("::1".parse().unwrap()),
-            &v6,
+            true,
             Some(&HeaderValue::from_static("[::1]")),
         )
         .unwrap();

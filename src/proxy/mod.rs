@@ -1,14 +1,28 @@
-//! Pingora glue: the `ProxyHttp` implementation (`gateway`), the server built
-//! from `proxy.toml` (`service`), the admin listener (`admin`), the access
-//! log (`access`), live reload (`reload`) and lean idle connections (`idle`).
+//! The ways in and what they share.
+//!
+//! Transports and engines: the HTTP/1 connection loop (`h1`), which reads
+//! each request head and hands it to the lean engine (`lean`) or to Pingora's
+//! full proxy (`full`). What every engine shares lives in rooms none of them
+//! owns: the verdict (`verdict`), the upstream request builder (`request`,
+//! over `head`, `owned` and `forwarded`), the response rules (`response`) and
+//! the gateway's own answers (`answer`). No engine imports another.
+//!
+//! Around them: the server built from `proxy.toml` (`service`, `listen`), the
+//! admin listener (`admin`), the access log (`access`) and live reload
+//! (`reload`).
 
 pub mod access;
 pub mod admin;
-pub mod fast;
+mod answer;
 pub mod forwarded;
-pub mod gateway;
+pub mod full;
+pub mod h1;
 pub mod head;
-pub mod idle;
+pub mod lean;
 pub mod listen;
+mod owned;
 pub mod reload;
+mod request;
+mod response;
 pub mod service;
+pub mod verdict;

@@ -104,7 +104,11 @@ pub fn check(config: &Config, raw: &[u8], hosts: &[&[u8]], policy: TargetPolicy)
     assert_eq!(again.host, target.host, "{shown:?}");
     assert_eq!(again.rewrite.uri, None, "{shown:?} -> {forwarded:?}");
     assert_eq!(again.rewrite.host, None, "{shown:?} -> {host:?}");
-    assert_eq!(table.select(&host, path), Some(selection), "{shown:?}");
+    assert_eq!(
+        table.select(&again.host, path),
+        Some(selection),
+        "{shown:?}"
+    );
 
     // Every framework reading of the forwarded path lands on a route whose
     // demands were enforced.
@@ -120,7 +124,7 @@ pub fn check(config: &Config, raw: &[u8], hosts: &[&[u8]], policy: TargetPolicy)
     }
     for reading in &readings {
         for folded in [false, true] {
-            if let Some(r) = framework_route(config, &host, reading, folded) {
+            if let Some(r) = framework_route(config, &again.host, reading, folded) {
                 assert!(
                     enforced.contains(&r),
                     "{shown:?} -> {forwarded:?}: {reading:?} (folded {folded}) picks route {} \

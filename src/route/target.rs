@@ -174,18 +174,22 @@ impl<'r> Target<'r> {
         if header.is_none() && host_header_required {
             return Err(TargetRejected::MissingHost);
         }
-        let host = match (authority, header) {
+        let (host, port) = match (authority, header) {
             (None, None) => return Err(TargetRejected::MissingHost),
             (Some(authority), header) => {
                 let host = normalise_host(authority)?;
+                let port = port_of(authority)?;
                 if let Some(header) = header {
-                    if normalise_host(header)? != host {
+                    let other = port_of(header)?;
+                    if normalise_host(header)? != host
+                        || matches!((port, other), (Some(a), Some(b)) if a != b)
+                    {
                         return Err(TargetRejected::ConflictingHost);
                     }
                 }
-                host
+                (host, port)
             }
-            (None, Some(header)) => normalise_host(header)?,
+            (None, Some(header)) => (normalise_host(header)?, port_of(header)?),
         };
 
         let path = normalise_path(raw_path)?;
@@ -207,8 +211,15 @@ impl<'r> Target<'r> {
             }
             rewrite.uri = Some(Uri::try_from(target).map_err(|_| TargetRejected::Form)?);
         }
-        if header != Some(&*host) {
-            rewrite.host = Some(HeaderValue::from_str(&host).map_err(|_| TargetRejected::BadHost)?);
+        // The app is sent the canonical host with the client's port: apps
+        // build absolute URLs and redirects from it.
+        if !header.is_some_and(|h| is_forwarded_form(h, &host, port)) {
+            let forwarded = match port {
+                Some(port) => Cow::Owned(format!("{host}:{port}")),
+                None => Cow::Borrowed(&*host),
+            };
+            rewrite.host =
+                Some(HeaderValue::from_str(&forwarded).map_err(|_| TargetRejected::BadHost)?);
         }
         Ok(Target {
             host,
@@ -259,6 +270,36 @@ pub fn normalise_host(authority: &str) -> Result<Cow<'_, str>, TargetRejected> {
         return Err(bad);
     }
     Ok(lower(name))
+}
+
+/// The port of an authority, if it names one (`host:` names none). Refuses
+/// a port that is not a number up to 65535.
+pub fn port_of(authority: &str) -> Result<Option<u16>, TargetRejected> {
+    let after_host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+        None => authority.rfind(':').map_or("", |i| &authority[i..]),
+    };
+    match after_host.strip_prefix(':') {
+        None | Some("") => Ok(None),
+        Some(digits) if digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()) => digits
+            .parse::<u16>()
+            .map(Some)
+            .map_err(|_| TargetRejected::BadHost),
+        Some(_) => Err(TargetRejected::BadHost),
+    }
+}
+
+/// Whether a `Host` value is already the canonical `host[:port]`.
+fn is_forwarded_form(header: &str, host: &str, port: Option<u16>) -> bool {
+    let Some(rest) = header.strip_prefix(host) else {
+        return false;
+    };
+    match port {
+        None => rest.is_empty(),
+        Some(port) => rest
+            .strip_prefix(':')
+            .is_some_and(|digits| digits.parse() == Ok(port) && !digits.starts_with('0')),
+    }
 }
 
 fn lower(s: &str) -> Cow<'_, str> {
@@ -340,7 +381,34 @@ mod tests {
             t.rewrite.uri.as_ref().map(|u| u.to_string()),
             Some("/public/admin/secret?x=%2e".to_owned())
         );
-        assert_eq!(t.rewrite.host.as_ref().unwrap(), "example.com");
+        assert_eq!(t.rewrite.host, None, "the port is kept");
+    }
+
+    #[test]
+    fn the_forwarded_host_keeps_the_port() {
+        for (hosts, want) in [
+            (&["example.com:8080"][..], None),
+            (&["Example.COM.:8080"][..], Some("example.com:8080")),
+            (&["example.com:08080"][..], Some("example.com:8080")),
+            (&["example.com:"][..], Some("example.com")),
+            (&["example.com"][..], None),
+            (&["[::1]:8443"][..], None),
+            (&["[ABCD::1]:8443"][..], Some("[abcd::1]:8443")),
+        ] {
+            let t = parse("/x", hosts).unwrap();
+            assert_eq!(
+                t.rewrite.host.as_ref().map(|h| h.to_str().unwrap()),
+                want,
+                "{hosts:?}"
+            );
+        }
+        let t = parse("http://a.test:8080/x", &["a.test"]).unwrap();
+        assert_eq!(t.rewrite.host.as_ref().unwrap(), "a.test:8080");
+        assert_eq!(
+            parse("http://a.test:8080/x", &["a.test:9090"]),
+            Err(TargetRejected::ConflictingHost)
+        );
+        assert_eq!(parse("/x", &["a.test:65536"]), Err(TargetRejected::BadHost));
     }
 
     #[test]

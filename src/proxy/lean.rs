@@ -7,8 +7,9 @@
 //! It takes the common request: HTTP/1.x, origin-form, no body, no upgrade,
 //! no `Expect`, and no hop-by-hop fields but `Connection: keep-alive|close`.
 //! Anything else goes to the full proxy ([`Lane::Full`]), which shares every
-//! security decision: both ask [`Pipeline::decide_from`] and both prepare the
-//! upstream request with [`prepare_upstream_request`].
+//! security decision: both ask [`Pipeline::decide_from`], both build the
+//! upstream request with [`request::prepare`], relay the response head under
+//! [`response::prepare`] and render their own answers with [`answer`].
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -30,8 +31,11 @@ use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::pipeline::Pipeline;
-use crate::proxy::access::{self, Finished, Next, Verdict};
-use crate::proxy::gateway::{error_answer, prepare_upstream_request, rendered_head};
+use crate::proxy::access::{self, Finished};
+use crate::proxy::answer::{self, rendered_head, upstream_error};
+use crate::proxy::request::{self, is_idempotent};
+use crate::proxy::response;
+use crate::proxy::verdict::{Next, Verdict};
 use crate::reject::Rendered;
 
 /// Idle upstream connections kept per worker thread, over all upstreams.
@@ -46,19 +50,24 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 pub enum Lane {
     /// Served here; the connection comes back when it may be reused.
     Served(Option<Stream>),
-    /// Not a request this path takes: the connection and the bytes read so
-    /// far, for the full proxy.
-    Full(Stream, BytesMut),
+    /// Not a request this path takes: the connection and the head, for the
+    /// full proxy, and whether the request is known to end with its head
+    /// (Pingora parsed it, it has no body and asks for no upgrade or tunnel).
+    Full(Stream, BytesMut, bool),
 }
 
-/// Serves one request whose whole head is in `head` on the lean path, or
-/// hands it back untouched for the full proxy.
+/// Serves one request whose whole head (and nothing after it) is in `head`
+/// on the lean path, or hands it back untouched for the full proxy.
+/// `reuses_remaining`: how many more requests the connection may carry after
+/// this one (`None`: no limit); `keep`: whether it may carry any (false when
+/// bytes of a next request are already waiting and cannot be kept apart).
 pub async fn serve(
     stream: Stream,
     head: BytesMut,
     pipeline: Arc<Pipeline>,
     shutdown: &ShutdownWatch,
     started: Instant,
+    reuses_remaining: Option<u32>,
 ) -> Lane {
     let prefix = head.clone();
     let mut down = DownstreamSession::new(stream);
@@ -68,15 +77,21 @@ pub async fn serve(
         Ok(Some(_)) => {}
         // A head Pingora's parser refuses is answered by the full proxy,
         // which counts and logs it as it always has.
-        _ => return Lane::Full(down.into_inner(), prefix),
+        _ => return Lane::Full(down.into_inner(), prefix, false),
     }
-    if !takes(down.req_header()) || !down.is_body_empty() {
-        return Lane::Full(down.into_inner(), prefix);
+    let body_empty = down.is_body_empty();
+    if !takes(down.req_header()) || !body_empty {
+        let req = down.req_header();
+        let bodiless = body_empty
+            && !req.headers.contains_key(header::UPGRADE)
+            && req.method != Method::CONNECT;
+        return Lane::Full(down.into_inner(), prefix, bodiless);
     }
     drop(prefix);
     let server = &pipeline.config.server;
     down.set_read_timeout(Some(server.body_idle_timeout));
     down.set_write_timeout(Some(server.write_timeout));
+    down.set_keepalive_reuses_remaining(reuses_remaining);
     if *shutdown.borrow() {
         down.set_server_keepalive(None);
     }
@@ -195,7 +210,7 @@ impl Exchange<'_> {
         // Hop-by-hop: the upstream connection's own is not the client's.
         parts.headers.remove(header::CONNECTION);
         // Edited as plain parts, before they become Pingora's head.
-        prepare_upstream_request(
+        request::prepare(
             &mut parts,
             self.pipeline,
             &self.verdict.rewrite,
@@ -237,7 +252,7 @@ impl Exchange<'_> {
         let upstream = self.pipeline.route(route).upstream;
         let settings = &self.pipeline.config.upstreams[upstream];
         self.verdict.observed.upstream_chosen(upstream);
-        let idempotent = crate::proxy::gateway::is_idempotent(&method);
+        let idempotent = is_idempotent(&method);
         // A connection that cannot be made is tried on the next address
         // (the round robin moves on), once per other address, for
         // idempotent methods; a kept connection that fails before any
@@ -309,13 +324,23 @@ impl Exchange<'_> {
         self.verdict
             .observed
             .upstream_answered(resp.status.as_u16());
-        // A close-delimited response is sent on as chunked so the client
-        // connection can be kept, as the full proxy does.
+        response::prepare(&mut resp).map_err(|why| upstream_error(why.as_str()))?;
         let no_body = method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
-        if !no_body
+        if down.req_header().version == Version::HTTP_10 {
+            // An HTTP/1.0 client cannot read chunked framing: a body of
+            // unknown length is delimited by the close, as the full proxy does.
+            if resp.headers.contains_key(header::TRANSFER_ENCODING) {
+                resp.remove_header(&header::TRANSFER_ENCODING);
+                down.set_server_keepalive(None);
+            } else if !no_body && !resp.headers.contains_key(header::CONTENT_LENGTH) {
+                down.set_server_keepalive(None);
+            }
+        } else if !no_body
             && !resp.headers.contains_key(header::TRANSFER_ENCODING)
             && !resp.headers.contains_key(header::CONTENT_LENGTH)
         {
+            // A close-delimited response is sent on as chunked so the
+            // client connection can be kept, as the full proxy does.
             resp.set_version(Version::HTTP_11);
             resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
@@ -340,14 +365,8 @@ impl Exchange<'_> {
             // The response has started: closing is all that is left.
             return;
         }
-        let (status, body) = error_answer(e);
-        let Ok(status) = http::StatusCode::from_u16(status) else {
+        let Some(rendered) = answer::failure(e) else {
             return;
-        };
-        let rendered = Rendered {
-            status,
-            headers: Vec::new(),
-            body,
         };
         if let Err(e) = write_rendered(down, &rendered).await {
             tracing::debug!(error = %e, "could not write the error response");
@@ -374,12 +393,6 @@ fn retryable_on_reused(e: &Error) -> bool {
             e.retry,
             pingora::RetryType::ReusedOnly | pingora::RetryType::Decided(true)
         )
-}
-
-fn upstream_error(why: &'static str) -> Box<Error> {
-    let mut e = Error::explain(ErrorType::InvalidHTTPHeader, why);
-    e.as_up();
-    e
 }
 
 fn downstream(e: Box<Error>) -> Box<Error> {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::metrics::{self, BadRequest};
 use crate::pipeline::Pipeline;
-use crate::proxy::{access, fast};
+use crate::proxy::{access, lean};
 use crate::reject::Rejection;
 
 /// How long a connection may stay idle before its next request (Pingora's
@@ -155,8 +155,9 @@ pub fn request_started() {
 
 /// What reading a request head found.
 enum Head {
-    /// The head, whole (and possibly the first bytes of a body).
-    Complete(BytesMut),
+    /// The head, whole, and where it ends in the buffer (what follows is
+    /// the first bytes of a body or of a pipelined request).
+    Complete(BytesMut, usize),
     /// The client closed or the connection failed before the head was whole.
     Closed,
     /// The deadline passed first.
@@ -197,7 +198,7 @@ async fn read_head(
     loop {
         match head_end(&buf, scanned) {
             Some(end) if end > limit => return Head::TooLarge,
-            Some(_) => return Head::Complete(buf),
+            Some(end) => return Head::Complete(buf, end),
             None if buf.len() > limit => return Head::TooLarge,
             None => scanned = buf.len(),
         }
@@ -301,9 +302,17 @@ where
             }
         };
         let mut watch = shutdown.clone();
-        let mut settings: Option<HttpPersistentSettings> = None;
+        // Bytes of the next request read with the previous one (a client
+        // that pipelines): they start the next head, served in order.
+        let mut pipelined = BytesMut::new();
+        // Requests this connection has carried, for the keep-alive limit.
+        let mut served: u32 = 0;
         loop {
-            let first = next_bytes(&mut stream, &mut watch).await?;
+            let first = if pipelined.is_empty() {
+                next_bytes(&mut stream, &mut watch).await?
+            } else {
+                std::mem::take(&mut pipelined)
+            };
             let started = Instant::now();
             let pipeline = self.pipeline.load_full();
             let server = &pipeline.config.server;
@@ -313,8 +322,8 @@ where
                 head = read_head(&mut stream, first, deadline, server.max_request_header_bytes) => head,
                 () = shutting_down(&mut watch) => return None,
             };
-            let head = match head {
-                Head::Complete(head) => head,
+            let (mut head, end) = match head {
+                Head::Complete(head, end) => (head, end),
                 Head::Closed => return None,
                 Head::TimedOut => {
                     metrics::head_timeout();
@@ -335,36 +344,58 @@ where
                     return None;
                 }
             };
+            served = served.saturating_add(1);
+            // The limit counts requests, on whichever path they go: the
+            // one that reaches it says `Connection: close`.
+            let reuses_remaining = self
+                .inner
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit)
+                .map(|limit| limit.saturating_sub(served));
+            // What follows the head: a body, or the next pipelined request.
+            let after = head.split_off(end);
             // The common request takes the lean path; the rest, and any head
             // Pingora's parser refuses, the full proxy.
-            let (full_stream, head) =
-                match fast::serve(stream, head, pipeline.clone(), shutdown, started).await {
-                    fast::Lane::Served(Some(reused)) => {
-                        stream = reused;
-                        continue;
+            let lane = lean::serve(
+                stream,
+                head,
+                pipeline.clone(),
+                shutdown,
+                started,
+                reuses_remaining,
+            )
+            .await;
+            let (full_stream, head) = match lane {
+                lean::Lane::Served(Some(reused)) => {
+                    stream = reused;
+                    pipelined = after;
+                    continue;
+                }
+                lean::Lane::Served(None) => return None,
+                lean::Lane::Full(stream, mut head, bodiless) => {
+                    if bodiless {
+                        pipelined = after;
+                    } else {
+                        // A body (or an upgraded connection's first bytes):
+                        // Pingora reads on from here. Bytes it reads past a
+                        // body end the connection after the response, since
+                        // it does not pipeline; they are never taken for
+                        // part of this request.
+                        head.unsplit(after);
                     }
-                    fast::Lane::Served(None) => return None,
-                    fast::Lane::Full(stream, head) => (stream, head),
-                };
+                    (stream, head)
+                }
+            };
             let mut session = ServerSession::new_http1(full_stream);
             session.set_read_timeout(Some(server.body_idle_timeout));
             session.set_write_timeout(Some(server.write_timeout));
-            match settings.take() {
-                Some(previous) => previous.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive(Some(KEEPALIVE.as_secs()));
-                    session.set_keepalive_reuses_remaining(
-                        self.inner
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-            }
+            session.set_keepalive(Some(KEEPALIVE.as_secs()));
+            session.set_keepalive_reuses_remaining(reuses_remaining);
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             }
-            // Pipelining is never enabled, so the previous session handed
-            // over no bytes of its own: these are the request's first.
+            // Pipelining is never enabled on the session: these are the
+            // request's first bytes, and nothing of an earlier one.
             session.set_pipelined_prefix(head);
             // Pingora's request future is allocated here and freed when the
             // response is done, before the connection waits again.
@@ -384,7 +415,8 @@ where
                 }
                 return None;
             };
-            (stream, settings) = reused.consume();
+            // The keep-alive settings are this loop's, set anew per request.
+            (stream, _) = reused.consume();
         }
     }
 

@@ -1,5 +1,8 @@
-//! The Pingora glue: each `ProxyHttp` hook hands its phase to the pipeline
-//! and writes out what it decided. No policy lives here.
+//! The full proxy: Pingora's `ProxyHttp` engine, for every request the lean
+//! path does not take (bodies, upgrades, hop-by-hop fields) and for HTTP/2.
+//! Each hook hands its phase to what every engine shares (the pipeline, the
+//! upstream request builder, the response rules, the answers) and writes out
+//! what it decided. No policy lives here.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,18 +10,19 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::Method;
+use http::{Method, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 
 use crate::pipeline::Pipeline;
-use crate::proxy::access::{self, Finished, Next, Verdict};
-use crate::proxy::head::HeadEdit;
+use crate::proxy::access::{self, Finished};
+use crate::proxy::answer::{self, rendered_head};
+use crate::proxy::request::{self, is_idempotent};
+use crate::proxy::response;
+use crate::proxy::verdict::{Next, Verdict};
 use crate::reject::Rendered;
-use crate::route::target::Rewrite;
-use crate::session::cache::Principal;
 
 /// The proxy. The pipeline sits behind an `ArcSwap` so a reload can replace it
 /// while each request keeps the one it started with.
@@ -49,7 +53,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        crate::proxy::idle::request_started();
+        crate::proxy::h1::request_started();
         RequestCtx {
             pipeline: self.pipeline.load_full(),
             started: Instant::now(),
@@ -129,6 +133,26 @@ impl ProxyHttp for Gateway {
         ctx.verdict
             .observed
             .upstream_answered(upstream_response.status.as_u16());
+        response::prepare(upstream_response).map_err(|why| answer::upstream_error(why.as_str()))
+    }
+
+    /// After Pingora's own edits (it turns a close-delimited response into a
+    /// chunked one to keep the connection): an HTTP/1.0 client cannot read
+    /// chunked framing, so it gets the body delimited by the close.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if session.req_header().version == Version::HTTP_10
+            && upstream_response
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -138,7 +162,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        prepare_upstream_request(
+        request::prepare(
             upstream_request,
             &ctx.pipeline,
             &ctx.verdict.rewrite,
@@ -170,21 +194,18 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        let (status, body) = error_answer(e);
-        if status > 0 {
-            if let Ok(status) = http::StatusCode::from_u16(status) {
-                let rendered = Rendered {
-                    status,
-                    headers: Vec::new(),
-                    body,
-                };
-                if let Err(err) = respond(session, rendered).await {
-                    tracing::debug!(error = %err, "could not write the error response");
-                }
-            }
+        let Some(rendered) = answer::failure(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let error_code = rendered.status.as_u16();
+        if let Err(err) = respond(session, rendered).await {
+            tracing::debug!(error = %err, "could not write the error response");
         }
         FailToProxy {
-            error_code: status,
+            error_code,
             can_reuse_downstream: false,
         }
     }
@@ -205,31 +226,6 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// RFC 9110 9.2.2.
-pub(crate) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// The head of a complete small response written by the gateway itself.
-pub(crate) fn rendered_head(rendered: &Rendered) -> Result<Box<ResponseHeader>> {
-    let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))?;
-    if !rendered.body.is_empty() {
-        resp.insert_header("content-type", "application/json")?;
-    }
-    // A 204 has no body and must not say how long it is (RFC 9110 8.6).
-    if rendered.status != http::StatusCode::NO_CONTENT {
-        resp.insert_header("content-length", rendered.body.len())?;
-    }
-    resp.insert_header("cache-control", "no-store")?;
-    for (name, value) in &rendered.headers {
-        resp.insert_header(*name, value.as_str())?;
-    }
-    Ok(Box::new(resp))
-}
-
 /// Writes a complete small response, keeping the connection open.
 async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
     let resp = rendered_head(&rendered)?;
@@ -239,82 +235,6 @@ async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
         session
             .write_response_body(Some(Bytes::from_static(rendered.body.as_bytes())), true)
             .await?;
-    }
-    Ok(())
-}
-
-/// The status and JSON body answering a request whose forwarding failed
-/// before a response started; status 0: the client is gone, answer nothing.
-pub(crate) fn error_answer(e: &Error) -> (u16, &'static str) {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => (*code, ""),
-        // The client paused its request body longer than `body_idle_timeout`.
-        ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => (
-            408,
-            r#"{"error":"request_timeout","message":"the request body did not arrive in time"}"#,
-        ),
-        _ if e.esource() == &ErrorSource::Downstream => (0, ""),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
-            504,
-            r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#,
-        ),
-        _ => match e.esource() {
-            ErrorSource::Upstream => (
-                502,
-                r#"{"error":"bad_gateway","message":"the upstream could not be reached"}"#,
-            ),
-            ErrorSource::Downstream => (0, ""),
-            _ => (500, r#"{"error":"internal","message":"internal error"}"#),
-        },
-    }
-}
-
-/// Makes the upstream request say what was decided: the canonical target and
-/// host, no method or path override headers, the forwarding headers, no
-/// client-sent identity headers, and the principal's identity headers.
-/// Shared by both forwarding paths.
-pub(crate) fn prepare_upstream_request(
-    upstream_request: &mut impl HeadEdit,
-    pipeline: &Pipeline,
-    rewrite: &Rewrite,
-    peer: Option<std::net::IpAddr>,
-    principal: Option<&Principal>,
-) -> Result<()> {
-    // The upstream sees the method, path and host that the route was chosen on.
-    // One pass over the client's header names finds what must not reach
-    // the app: method and path override headers, and client-sent copies of
-    // identity headers. Usually nothing, and then nothing is allocated.
-    let plan = &pipeline.identity;
-    let strip: Vec<http::HeaderName> = upstream_request
-        .headers()
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            crate::route::target::OVERRIDE_HEADERS.contains(&name) || plan.is_identity_header(name)
-        })
-        .cloned()
-        .collect();
-    for name in &strip {
-        upstream_request.remove(name);
-    }
-    if let Some(uri) = &rewrite.uri {
-        upstream_request.set_uri(uri.clone());
-    }
-    if let Some(host) = &rewrite.host {
-        upstream_request.insert(http::header::HOST, host.clone())?;
-    }
-    // A shared handle on the (already canonical) Host bytes, not a copy.
-    let host = upstream_request.headers().get(http::header::HOST).cloned();
-    crate::proxy::forwarded::apply(
-        upstream_request,
-        peer,
-        &pipeline.config.rate_limit.trusted_proxies,
-        host.as_ref(),
-    )?;
-    if let Some(principal) = &principal {
-        for (name, value) in plan.headers(&principal.identity) {
-            upstream_request.insert(name.clone(), value)?;
-        }
     }
     Ok(())
 }
