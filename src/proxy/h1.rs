@@ -372,17 +372,22 @@ where
                     continue;
                 }
                 lean::Lane::Served(None) => return None,
-                lean::Lane::Full(stream, mut head, bodiless) => {
-                    if bodiless {
-                        pipelined = after;
-                    } else {
-                        // A body (or an upgraded connection's first bytes):
-                        // Pingora reads on from here. Bytes it reads past a
-                        // body end the connection after the response, since
-                        // it does not pipeline; they are never taken for
-                        // part of this request.
-                        head.unsplit(after);
+                lean::Lane::Full(stream, mut head, body) => {
+                    let mut after = after;
+                    match body {
+                        // What follows a body of known length is the next
+                        // request, kept for this loop.
+                        Some(length) if after.len() > length => {
+                            pipelined = after.split_off(length);
+                        }
+                        // A chunked body (or an upgraded connection's first
+                        // bytes): Pingora reads on from here. Bytes it reads
+                        // past a body end the connection after the response,
+                        // since it does not pipeline; they are never taken
+                        // for part of this request.
+                        _ => {}
                     }
+                    head.unsplit(after);
                     (stream, head)
                 }
             };

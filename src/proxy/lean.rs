@@ -51,9 +51,10 @@ pub enum Lane {
     /// Served here; the connection comes back when it may be reused.
     Served(Option<Stream>),
     /// Not a request this path takes: the connection and the head, for the
-    /// full proxy, and whether the request is known to end with its head
-    /// (Pingora parsed it, it has no body and asks for no upgrade or tunnel).
-    Full(Stream, BytesMut, bool),
+    /// full proxy, and how long its body is when that is known (Pingora
+    /// parsed the head, it has no chunked body and asks for no upgrade or
+    /// tunnel): what follows that body is the next request.
+    Full(Stream, BytesMut, Option<usize>),
 }
 
 /// Serves one request whose whole head (and nothing after it) is in `head`
@@ -77,15 +78,12 @@ pub async fn serve(
         Ok(Some(_)) => {}
         // A head Pingora's parser refuses is answered by the full proxy,
         // which counts and logs it as it always has.
-        _ => return Lane::Full(down.into_inner(), prefix, false),
+        _ => return Lane::Full(down.into_inner(), prefix, None),
     }
     let body_empty = down.is_body_empty();
     if !takes(down.req_header()) || !body_empty {
-        let req = down.req_header();
-        let bodiless = body_empty
-            && !req.headers.contains_key(header::UPGRADE)
-            && req.method != Method::CONNECT;
-        return Lane::Full(down.into_inner(), prefix, bodiless);
+        let body = body_length(down.req_header(), body_empty);
+        return Lane::Full(down.into_inner(), prefix, body);
     }
     drop(prefix);
     let server = &pipeline.config.server;
@@ -119,6 +117,23 @@ pub async fn serve(
         Ok(Some(reused)) => Lane::Served(Some(reused.into_parts().0)),
         _ => Lane::Served(None),
     }
+}
+
+/// How long the body of a request Pingora parsed is, when the request ends
+/// with it: not for a chunked body, an upgrade or a tunnel.
+fn body_length(req: &RequestHeader, body_empty: bool) -> Option<usize> {
+    if req.headers.contains_key(header::UPGRADE)
+        || req.method == Method::CONNECT
+        || req.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return None;
+    }
+    if body_empty {
+        return Some(0);
+    }
+    // Pingora's parser accepted the head, so its lengths agree.
+    let length = req.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?;
+    length.split(',').next()?.trim().parse().ok()
 }
 
 /// Whether the lean path takes this request (its body is checked apart).

@@ -91,6 +91,25 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Writes `bytes` exactly as given, without reading anything.
+    pub fn write(&mut self, bytes: &[u8]) -> Option<()> {
+        self.writer.write_all(bytes).ok()
+    }
+
+    /// Reads the next response (`None`: the connection closed first).
+    pub fn read(&mut self) -> Option<Response> {
+        read_response(&mut self.reader, false)
+    }
+
+    /// Reads everything until the server closes the connection.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        let _ = self.reader.read_to_end(&mut all);
+        all
+    }
+}
+
 fn read_response(reader: &mut BufReader<TcpStream>, head: bool) -> Option<Response> {
     let mut status_line = String::new();
     if reader.read_line(&mut status_line).ok()? == 0 {

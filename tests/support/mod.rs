@@ -6,6 +6,7 @@ pub mod echo;
 pub mod gateway;
 pub mod http;
 pub mod redis;
+pub mod scripted;
 pub mod topology;
 
 pub use self::echo::EchoUpstream;
