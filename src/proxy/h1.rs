@@ -452,6 +452,61 @@ mod tests {
         }
     }
 
+    /// What Pingora's HTTP/1 parser (httparse, as Pingora calls it) makes
+    /// of `buf`: `Some(end)` when the head is whole, `None` when it wants
+    /// more bytes, `Err` when it refuses the head.
+    fn pingora_end(buf: &[u8]) -> Result<Option<usize>, ()> {
+        let mut headers = [httparse::EMPTY_HEADER; 256];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(end)) => Ok(Some(end)),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// The loop and Pingora agree on where every head ends: when the
+        /// loop says a head is whole, Pingora parses exactly those bytes as
+        /// a whole head or refuses them (never asks for more, which it would
+        /// read outside the head deadline); when Pingora finds a whole head,
+        /// the loop finds the same end. Heads are made of the pieces where
+        /// parsers differ: CR and LF in every combination, empty lines
+        /// before the request line, folded and empty header lines.
+        #[test]
+        fn the_loop_and_pingoras_parser_agree_where_a_head_ends(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "GET / HTTP/1.1", "GET /a?b HTTP/1.0", "POST /x HTTP/1.1", "Host: a",
+                    "X: y", "X:", " folded", "\tX: y", "A", ":", " ", "\r", "\n", "\r\n",
+                    "\n\r", "\r\r", "\n\n", "\r\n\r\n", "\n\r\n", "\r\n\n", "body",
+                ]),
+                1..14,
+            ),
+            split in 0usize..64,
+        ) {
+            let buf: Vec<u8> = pieces.concat().into_bytes();
+            let ours = head_end(&buf, 0);
+            // Trickled in two reads, the loop finds the same end.
+            let split = split.min(buf.len());
+            let scanned = if head_end(&buf[..split], 0).is_none() { split } else { 0 };
+            proptest::prop_assert_eq!(head_end(&buf, scanned), ours);
+            match pingora_end(&buf) {
+                Ok(Some(end)) => proptest::prop_assert_eq!(ours, Some(end), "{:?}", pieces),
+                Ok(None) => proptest::prop_assert_eq!(ours, None, "{:?}", pieces),
+                Err(()) => {}
+            }
+            if let Some(end) = ours {
+                let theirs = pingora_end(&buf[..end]);
+                proptest::prop_assert!(
+                    matches!(theirs, Ok(Some(e)) if e == end) || theirs.is_err(),
+                    "{:?}: the loop ends the head at {} but Pingora says {:?}", pieces, end, theirs
+                );
+            }
+        }
+    }
+
     #[test]
     fn connections_are_limited_in_total_and_per_ip_and_given_back() {
         let connections = Arc::new(Connections::default());
