@@ -1,6 +1,7 @@
 //! Session ids from the `Cookie` header: finding a cookie by name, plain ids, and
 //! express-session signed cookies (`s:<id>.<base64 HMAC-SHA256>`, URL-encoded),
-//! verified in constant time against every configured secret (key rotation).
+//! checked against the configured secrets in order until one matches, each
+//! comparison in constant time (key rotation).
 
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
