@@ -1,10 +1,13 @@
 //! The checks of `[server]`, `[admin]` and `[cache]`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::file;
+use super::keypath::{fmt_path, idx, sub, Seg};
 use super::model::{AdminSettings, BasicAuth, CacheSettings, ServerSettings};
-use super::validate::*;
+use super::values::is_listen_addr;
 
 impl<'r, 't> Checker<'r, 't> {
     pub(super) fn server(&mut self) -> Option<ServerSettings> {
@@ -271,5 +274,21 @@ impl<'r, 't> Checker<'r, 't> {
                 .configure_notifications
                 .unwrap_or(defaults.configure_notifications),
         })
+    }
+}
+
+/// Whether two listen addresses would be the same socket (port 0 never is:
+/// each gets its own free port).
+pub(super) fn same_listener(a: &str, b: &str) -> bool {
+    let port = |s: &str| s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    if port(a).is_none_or(|p| p == 0) || port(a) != port(b) {
+        return false;
+    }
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(x), Ok(y)) => x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified(),
+        _ => false,
     }
 }

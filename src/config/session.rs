@@ -4,12 +4,14 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::checker::Checker;
 use super::file;
+use super::keypath::{idx, sub, Seg};
 use super::model::{
     BearerMode, CookieFormat, FieldPath, IdentityHeader, KeyTemplate, SessionSettings, Sliding,
     ValueFormat,
 };
-use super::validate::*;
+use super::values::is_valid_redirect;
 
 impl<'r, 't> Checker<'r, 't> {
     pub(super) fn session(&mut self) -> Option<SessionSettings> {
@@ -501,4 +503,84 @@ impl<'r, 't> Checker<'r, 't> {
         }
         ok.then_some(out)
     }
+}
+
+/// `[identity.headers]` values longer than this are not sent, unless the
+/// header sets its own `max_bytes`.
+pub(super) const DEFAULT_IDENTITY_BYTES: usize = 1024;
+
+/// RFC 6265 cookie-name: an RFC 2616 token.
+pub(super) fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+/// Headers that describe the connection or carry credentials: never set from
+/// a session. `name` is lower-cased with `_` folded to `-`.
+pub(super) fn is_reserved_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "cookie"
+            | "authorization"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "keep-alive"
+    ) || name.starts_with("proxy-")
+}
+
+/// A cookie attribute value (`Path`): no separators, spaces or control characters.
+pub(super) fn is_cookie_attribute(value: &str) -> bool {
+    !value
+        .chars()
+        .any(|c| c == ';' || c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// The `[session]` keys of logout and per-user sets, as written.
+pub(super) struct LifecycleKeys {
+    pub(super) logout_path: Option<String>,
+    pub(super) logout_all_path: Option<String>,
+    pub(super) logout_redirect: Option<String>,
+    pub(super) user_field: Option<String>,
+    pub(super) user_sessions_key: Option<String>,
+    pub(super) user_tokens_key: Option<String>,
+    pub(super) cookie_path: Option<String>,
+    pub(super) cookie_domain: Option<String>,
+}
+
+/// The validated `[session]` keys of logout and per-user sets.
+pub(super) struct Lifecycle {
+    pub(super) logout_path: Option<String>,
+    pub(super) logout_all_path: Option<String>,
+    pub(super) logout_redirect: Option<String>,
+    pub(super) user_field: FieldPath,
+    pub(super) user_sessions_key: Option<KeyTemplate>,
+    pub(super) user_tokens_key: Option<KeyTemplate>,
+    pub(super) cookie_path: String,
+    pub(super) cookie_domain: Option<String>,
 }
