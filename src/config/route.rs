@@ -12,6 +12,7 @@ use super::model::{
 };
 use super::suggest::suggest;
 use super::values::is_valid_redirect;
+use crate::route::target::normalise_host;
 
 impl<'r, 't> Checker<'r, 't> {
     /// The upstreams, and each `[[upstream]]`'s name by position (known even
@@ -253,9 +254,16 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             }
 
-            // `Some(Err(()))`: a host that was reported as invalid.
-            let host = f.host.map(|host| {
-                normalize_host(&host).map_err(|message| self.error(&sub(&entry, "host"), message))
+            // `Some(Err(()))`: a host that was reported as invalid. Stored in
+            // the form request hosts are compared in (one normaliser for
+            // both), so the route matches whatever spelling of it arrives.
+            let host = f.host.map(|host| match normalise_host(&host) {
+                Ok(name) => Ok(name.into_owned()),
+                Err(_) => {
+                    let message = format!("{host:?} is not a valid host name");
+                    self.error(&sub(&entry, "host"), message);
+                    Err(())
+                }
             });
 
             let upstream_path = sub(&entry, "upstream");
@@ -493,18 +501,4 @@ pub(super) fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("{addr:?}: port 0 is not a valid upstream port"));
     }
     Ok(addrs)
-}
-
-/// `host` as a route stores it: lower-case, without a port.
-pub(super) fn normalize_host(host: &str) -> Result<String, String> {
-    let invalid = || format!("{host:?} is not a valid host name");
-    if host.is_empty() || host.contains('@') {
-        return Err(invalid());
-    }
-    let authority: http::uri::Authority = host.parse().map_err(|_| invalid())?;
-    let name = authority.host();
-    if name.is_empty() {
-        return Err(invalid());
-    }
-    Ok(name.to_ascii_lowercase())
 }

@@ -1168,6 +1168,32 @@ mode = "dry-run"
     }
 
     #[test]
+    fn route_hosts_are_kept_in_the_form_request_hosts_are_compared_in() {
+        let vhost = |host: &str| {
+            minimal(&format!(
+                "\n[[route]]\nname = \"v\"\nhost = {host:?}\npath_prefix = \"/\"\nupstream = \"app\"\n"
+            ))
+        };
+        for (written, kept) in [
+            ("A.Test.", "a.test"),
+            ("a.test.:8443", "a.test"),
+            ("[::1]:8080", "[::1]"),
+        ] {
+            let config = parse("proxy.toml", &vhost(written), &no_env).unwrap();
+            assert_eq!(config.routes[1].host.as_deref(), Some(kept), "{written}");
+        }
+        for written in ["a..test", "a!b.test", "user@a.test", "a.test:x", ""] {
+            let errs = errors(&vhost(written));
+            let got: Vec<(&str, &str)> = errs
+                .iter()
+                .map(|e| (e.path.as_str(), e.message.as_str()))
+                .collect();
+            let want = format!("{written:?} is not a valid host name");
+            assert_eq!(got, [("route[1].host", want.as_str())], "{written}");
+        }
+    }
+
+    #[test]
     fn missing_sections() {
         let errs = errors("[server]\nlisten = []\n");
         let got: Vec<(usize, usize, &str)> = errs
