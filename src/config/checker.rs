@@ -47,6 +47,8 @@ pub(super) struct Checker<'r, 't> {
     pub(super) quiet: HashSet<String>,
     /// The configuration file's directory: key files are relative to it.
     pub(super) base: std::path::PathBuf,
+    /// Where `pid_file` and `upgrade_sock` default to (see `runtime_paths`).
+    pub(super) runtime_dir: std::path::PathBuf,
 }
 
 pub(super) const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;

@@ -8,6 +8,7 @@ use super::file;
 use super::keypath::{fmt_path, idx, sub, Seg};
 use super::model::{AdminSettings, BasicAuth, CacheSettings, ServerSettings};
 use super::values::is_listen_addr;
+use crate::runtime_paths;
 
 impl<'r, 't> Checker<'r, 't> {
     pub(super) fn server(&mut self) -> Option<ServerSettings> {
@@ -55,12 +56,15 @@ impl<'r, 't> Checker<'r, 't> {
             Duration::from_secs(10),
             true,
         );
-        let pid_file = self.non_empty(&sub(&path, "pid_file"), f.pid_file, "/tmp/sessiongate.pid");
-        let upgrade_sock = self.non_empty(
-            &sub(&path, "upgrade_sock"),
-            f.upgrade_sock,
-            "/tmp/sessiongate_upgrade.sock",
+        // A directory only this user can write: see `runtime_paths`.
+        let in_runtime_dir = |name| self.runtime_dir.join(name).to_string_lossy().into_owned();
+        let (default_pid, default_sock) = (
+            in_runtime_dir(runtime_paths::PID_FILE_NAME),
+            in_runtime_dir(runtime_paths::UPGRADE_SOCK_NAME),
         );
+        let pid_file = self.non_empty(&sub(&path, "pid_file"), f.pid_file, &default_pid);
+        let upgrade_sock =
+            self.non_empty(&sub(&path, "upgrade_sock"), f.upgrade_sock, &default_sock);
         let max_request_header_bytes = match f.max_request_header_bytes {
             None => 65536,
             Some(n) => match usize::try_from(n) {

@@ -16,6 +16,7 @@ use super::keypath::Seg;
 use super::model::Config;
 use super::schema::fields_of;
 use super::suggest::suggest;
+use crate::runtime_paths;
 
 /// Reads and validates the file at `path`, expanding `${VAR}` from the
 /// process environment.
@@ -36,7 +37,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Validates `text` (the contents of `source_name`), looking `${VAR}`
-/// references up with `env`.
+/// references up with `env`, and `XDG_RUNTIME_DIR` too (it decides where
+/// `pid_file` and `upgrade_sock` default to).
 pub fn parse(
     source_name: &str,
     text: &str,
@@ -74,6 +76,10 @@ pub fn parse(
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default(),
+        runtime_dir: runtime_paths::default_dir(
+            env("XDG_RUNTIME_DIR").as_deref(),
+            runtime_paths::current_uid(),
+        ),
     };
     let config = checker.check();
 
@@ -272,8 +278,16 @@ access = "public"
         assert_eq!(server.threads, 2);
         assert_eq!(server.grace_period, Duration::from_secs(1));
         assert_eq!(server.graceful_shutdown_timeout, Duration::from_secs(10));
-        assert_eq!(server.pid_file, "/tmp/sessiongate.pid");
-        assert_eq!(server.upgrade_sock, "/tmp/sessiongate_upgrade.sock");
+        let runtime_dir =
+            crate::runtime_paths::default_dir(None, crate::runtime_paths::current_uid());
+        assert_eq!(
+            Path::new(&server.pid_file),
+            runtime_dir.join("sessiongate.pid")
+        );
+        assert_eq!(
+            Path::new(&server.upgrade_sock),
+            runtime_dir.join("upgrade.sock")
+        );
         assert_eq!(server.max_request_header_bytes, 65536);
         assert_eq!(server.request_head_timeout, Duration::from_secs(10));
         assert_eq!(server.body_idle_timeout, Duration::from_secs(60));
@@ -1191,6 +1205,37 @@ mode = "dry-run"
             let want = format!("{written:?} is not a valid host name");
             assert_eq!(got, [("route[1].host", want.as_str())], "{written}");
         }
+    }
+
+    #[test]
+    fn pid_file_and_upgrade_sock_default_to_the_users_runtime_dir() {
+        let env = |name: &str| (name == "XDG_RUNTIME_DIR").then(|| "/run/user/42".to_owned());
+        let server = parse("proxy.toml", &minimal(""), &env).unwrap().server;
+        assert_eq!(server.pid_file, "/run/user/42/sessiongate/sessiongate.pid");
+        assert_eq!(server.upgrade_sock, "/run/user/42/sessiongate/upgrade.sock");
+        // Never a directory every local user can write.
+        let server = parse("proxy.toml", &minimal(""), &no_env).unwrap().server;
+        assert!(
+            !server.pid_file.starts_with("/tmp/sessiongate."),
+            "{}",
+            server.pid_file
+        );
+        assert!(
+            !server.upgrade_sock.starts_with("/tmp/sessiongate_"),
+            "{}",
+            server.upgrade_sock
+        );
+        // Keys that are set win.
+        let text = minimal("").replacen(
+            "[server]\n",
+            "[server]\npid_file = \"/var/run/g.pid\"\nupgrade_sock = \"/var/run/g.sock\"\n",
+            1,
+        );
+        let server = parse("proxy.toml", &text, &env).unwrap().server;
+        assert_eq!(
+            (server.pid_file.as_str(), server.upgrade_sock.as_str()),
+            ("/var/run/g.pid", "/var/run/g.sock")
+        );
     }
 
     #[test]
