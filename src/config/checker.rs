@@ -19,6 +19,7 @@ use super::schema::fields_of;
 use super::suggest::suggest;
 use super::values::is_listen_addr;
 
+/// `kind` with its indefinite article (`an integer`, `a table`).
 pub(super) fn with_article(kind: &str) -> String {
     match kind.chars().next() {
         Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {kind}"),
@@ -27,7 +28,7 @@ pub(super) fn with_article(kind: &str) -> String {
 }
 
 /// serde's "expected ..." phrases, in the file's vocabulary.
-pub(super) fn friendly_expected(expected: &str) -> String {
+fn friendly_expected(expected: &str) -> String {
     match expected {
         // Every list in proxy.toml is a list of strings.
         "a sequence" => "a list of strings".to_owned(),
@@ -38,6 +39,7 @@ pub(super) fn friendly_expected(expected: &str) -> String {
     }
 }
 
+/// One pass over one file: the parsed document, and every problem found so far.
 pub(super) struct Checker<'r, 't> {
     pub(super) text: &'t str,
     pub(super) root: &'r Spanned<DeTable<'t>>,
@@ -51,12 +53,14 @@ pub(super) struct Checker<'r, 't> {
     pub(super) runtime_dir: std::path::PathBuf,
 }
 
-pub(super) const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
+/// Each type error costs a new deserialization of its section; this bounds
+/// the work a hostile file can cause.
+const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
 
 impl<'r, 't> Checker<'r, 't> {
     // -- positions ---------------------------------------------------------
 
-    pub(super) fn table_at(&self, path: &[Seg]) -> Option<&'r DeTable<'t>> {
+    fn table_at(&self, path: &[Seg]) -> Option<&'r DeTable<'t>> {
         if path.is_empty() {
             Some(self.root.get_ref())
         } else {
@@ -126,7 +130,7 @@ impl<'r, 't> Checker<'r, 't> {
         self.missing(path, format!("missing required key `{name}`"));
     }
 
-    pub(super) fn unknown_key(&mut self, path: &[Seg], candidates: &[&'static str]) {
+    fn unknown_key(&mut self, path: &[Seg], candidates: &[&'static str]) {
         let Some((Seg::Key(name), parent)) = path.split_last() else {
             return;
         };
@@ -186,7 +190,7 @@ impl<'r, 't> Checker<'r, 't> {
         None
     }
 
-    pub(super) fn type_error(&mut self, path: &[Seg], err: &toml::de::Error) {
+    fn type_error(&mut self, path: &[Seg], err: &toml::de::Error) {
         let message = err.message();
         let friendly = message
             .strip_prefix("invalid type: ")
@@ -207,11 +211,7 @@ impl<'r, 't> Checker<'r, 't> {
         self.error_at(offset, path, friendly.unwrap_or_else(|| message.to_owned()));
     }
 
-    pub(super) fn report_unknown<T: DeserializeOwned>(
-        &mut self,
-        base: &[Seg],
-        ignored: &[Vec<Seg>],
-    ) {
+    fn report_unknown<T: DeserializeOwned>(&mut self, base: &[Seg], ignored: &[Vec<Seg>]) {
         for relative in ignored {
             let candidates = match relative.split_last().map(|(_, parent)| parent) {
                 Some([]) => fields_of::<T>(),
@@ -349,7 +349,7 @@ impl<'r, 't> Checker<'r, 't> {
 
 /// Drops the key a type error points into (the innermost key on `path`) so
 /// the section can be deserialized again; returns the dropped key's path.
-pub(super) fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Vec<Seg>> {
+fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Vec<Seg>> {
     let at = path.iter().rposition(|seg| matches!(seg, Seg::Key(_)))?;
     let Seg::Key(key) = &path[at] else {
         return None;

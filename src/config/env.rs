@@ -48,7 +48,7 @@ pub(super) fn expand_env(
 /// or empty, as in a POSIX shell); `$${` is a literal `${`. `Ok(None)` when
 /// there is nothing to expand; `Err` lists every unset variable or malformed
 /// reference.
-pub(super) fn expand_str(
+fn expand_str(
     s: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, Vec<String>> {
@@ -107,7 +107,7 @@ pub(super) fn expand_str(
     }
 }
 
-pub(super) fn is_env_name(name: &str) -> bool {
+fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

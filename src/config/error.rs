@@ -39,7 +39,7 @@ pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
 }
 
-pub(super) fn render_errors(source_name: &str, errors: &[ConfigError]) -> String {
+fn render_errors(source_name: &str, errors: &[ConfigError]) -> String {
     let mut out = String::new();
     for (i, error) in errors.iter().enumerate() {
         if i > 0 {

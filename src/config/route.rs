@@ -470,7 +470,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
     out
 }
 
-pub(super) fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs = match addr.parse::<SocketAddr>() {
         Ok(sa) => vec![sa],
         Err(_) => {

@@ -211,12 +211,7 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     /// The `[session]` keys of logout and of the per-user id sets.
-    pub(super) fn lifecycle(
-        &mut self,
-        path: &[Seg],
-        f: LifecycleKeys,
-        cookie: &str,
-    ) -> Option<Lifecycle> {
+    fn lifecycle(&mut self, path: &[Seg], f: LifecycleKeys, cookie: &str) -> Option<Lifecycle> {
         let mut ok = true;
         let logout_path = f.logout_path.as_deref().and_then(|p| {
             let checked = self.exact_path(&sub(path, "logout_path"), p);
@@ -353,7 +348,7 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     /// A path matched exactly (after normalisation): absolute, plain and normal.
-    pub(super) fn exact_path(&mut self, path: &[Seg], text: &str) -> Option<String> {
+    fn exact_path(&mut self, path: &[Seg], text: &str) -> Option<String> {
         if !text.starts_with('/') {
             self.error(path, format!("{text:?} must start with \"/\""));
             return None;
@@ -507,10 +502,10 @@ impl<'r, 't> Checker<'r, 't> {
 
 /// `[identity.headers]` values longer than this are not sent, unless the
 /// header sets its own `max_bytes`.
-pub(super) const DEFAULT_IDENTITY_BYTES: usize = 1024;
+const DEFAULT_IDENTITY_BYTES: usize = 1024;
 
 /// RFC 6265 cookie-name: an RFC 2616 token.
-pub(super) fn is_cookie_name(name: &str) -> bool {
+fn is_cookie_name(name: &str) -> bool {
     !name.is_empty()
         && name.bytes().all(|b| {
             b.is_ascii_graphic()
@@ -538,7 +533,7 @@ pub(super) fn is_cookie_name(name: &str) -> bool {
 
 /// Headers that describe the connection or carry credentials: never set from
 /// a session. `name` is lower-cased with `_` folded to `-`.
-pub(super) fn is_reserved_header(name: &str) -> bool {
+fn is_reserved_header(name: &str) -> bool {
     matches!(
         name,
         "host"
@@ -555,32 +550,32 @@ pub(super) fn is_reserved_header(name: &str) -> bool {
 }
 
 /// A cookie attribute value (`Path`): no separators, spaces or control characters.
-pub(super) fn is_cookie_attribute(value: &str) -> bool {
+fn is_cookie_attribute(value: &str) -> bool {
     !value
         .chars()
         .any(|c| c == ';' || c == ',' || c.is_whitespace() || c.is_control())
 }
 
 /// The `[session]` keys of logout and per-user sets, as written.
-pub(super) struct LifecycleKeys {
-    pub(super) logout_path: Option<String>,
-    pub(super) logout_all_path: Option<String>,
-    pub(super) logout_redirect: Option<String>,
-    pub(super) user_field: Option<String>,
-    pub(super) user_sessions_key: Option<String>,
-    pub(super) user_tokens_key: Option<String>,
-    pub(super) cookie_path: Option<String>,
-    pub(super) cookie_domain: Option<String>,
+struct LifecycleKeys {
+    logout_path: Option<String>,
+    logout_all_path: Option<String>,
+    logout_redirect: Option<String>,
+    user_field: Option<String>,
+    user_sessions_key: Option<String>,
+    user_tokens_key: Option<String>,
+    cookie_path: Option<String>,
+    cookie_domain: Option<String>,
 }
 
 /// The validated `[session]` keys of logout and per-user sets.
-pub(super) struct Lifecycle {
-    pub(super) logout_path: Option<String>,
-    pub(super) logout_all_path: Option<String>,
-    pub(super) logout_redirect: Option<String>,
-    pub(super) user_field: FieldPath,
-    pub(super) user_sessions_key: Option<KeyTemplate>,
-    pub(super) user_tokens_key: Option<KeyTemplate>,
-    pub(super) cookie_path: String,
-    pub(super) cookie_domain: Option<String>,
+struct Lifecycle {
+    logout_path: Option<String>,
+    logout_all_path: Option<String>,
+    logout_redirect: Option<String>,
+    user_field: FieldPath,
+    user_sessions_key: Option<KeyTemplate>,
+    user_tokens_key: Option<KeyTemplate>,
+    cookie_path: String,
+    cookie_domain: Option<String>,
 }

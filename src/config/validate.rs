@@ -124,9 +124,9 @@ pub fn parse(
 }
 
 impl Checker<'_, '_> {
-    // -- sections ----------------------------------------------------------
-
-    pub(super) fn check(&mut self) -> Option<Config> {
+    /// Every section, in an order that lets later checks use earlier results
+    /// (routes name upstreams, `[admin] listen` must differ from the public one).
+    fn check(&mut self) -> Option<Config> {
         self.top_level();
         let server = self.server();
         let redis = self.redis();
@@ -153,7 +153,8 @@ impl Checker<'_, '_> {
         })
     }
 
-    pub(super) fn top_level(&mut self) {
+    /// Unknown tables and keys at the top of the file.
+    fn top_level(&mut self) {
         let known = fields_of::<file::File>();
         for (key, value) in self.root.get_ref().iter() {
             let name = key.get_ref().as_ref();
