@@ -28,5 +28,5 @@ USER sessiongate
 ENV LISTEN_ADDR=0.0.0.0:8080 \
     ADMIN_ADDR=0.0.0.0:9100
 EXPOSE 8080 9100
-# Pid file and upgrade socket default to /tmp, which this user can write.
+# Pid file and upgrade socket default to /tmp/sessiongate-10001 (created mode 0700).
 CMD ["sessiongate", "run", "-c", "/etc/sessiongate/proxy.toml"]

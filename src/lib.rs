@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reject;
 pub mod route;
+pub mod runtime_paths;
 pub mod session;
 pub mod upstream;

@@ -400,3 +400,49 @@ fn routes_serve_only_their_methods_and_never_trace_by_default() {
     let resp = send(&s, "GET", "/api/x", "site.test", true).unwrap();
     assert_eq!(resp.status, 200);
 }
+
+/// A route's `host` is kept in the form request hosts are compared in: one
+/// trailing dot and the case do not matter, so `host = "Admin.Test."` is the
+/// vhost of `admin.test` and `admin.test.` alike (not a route nothing reaches,
+/// letting its requests fall through to the public catch-all).
+#[test]
+fn a_route_host_written_with_a_trailing_dot_matches_with_or_without_it() {
+    let s = Stack::start(|url, upstream| {
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{url}"
+
+[session]
+secrets = ["fixture-secret-current"]
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+name = "admin-vhost"
+host = "Admin.Test."
+path_prefix = "/"
+upstream = "app"
+
+[[route]]
+name = "site"
+path_prefix = "/"
+upstream = "app"
+access = "public"
+"#
+        )
+    });
+    for host in ["admin.test", "admin.test.", "ADMIN.test.:8443"] {
+        let resp = send(&s, "GET", "/x", host, false);
+        assert_eq!(resp.map(|r| r.status), Some(401), "Host {host:?}");
+    }
+    assert_eq!(s.upstream.requests(), 0);
+    let resp = send(&s, "GET", "/x", "site.test", false);
+    assert_eq!(resp.map(|r| r.status), Some(200));
+}

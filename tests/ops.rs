@@ -595,6 +595,123 @@ fn sighup_reloads_live_and_keeps_the_old_config_when_broken() {
     );
 }
 
+/// `sessiongate reload` signals only a pid file no other user could have
+/// planted: one in a directory others can write (sticky bit or not), owned by
+/// another user, or writable by others is refused, and nothing is signalled
+/// (and `run` will not start with such a directory).
+#[test]
+fn reload_refuses_a_pid_file_other_users_could_have_written() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::path::Path;
+    use std::process::{Child, Command};
+
+    /// The process the pid file names: `sleep` dies of a SIGHUP, so whether
+    /// it was signalled shows.
+    struct Target(Child);
+    impl Drop for Target {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let pid_file = run_dir.join("gateway.pid");
+    let config_path = dir.path().join("proxy.toml");
+    let text = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+pid_file = "{}"
+upgrade_sock = "{}"
+[redis]
+url = "redis://127.0.0.1:1"
+[session]
+secrets = ["s"]
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:1"]
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#,
+        pid_file.display(),
+        run_dir.join("upgrade.sock").display()
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let mut target = Target(Command::new("sleep").arg("60").spawn().unwrap());
+    std::fs::write(&pid_file, format!("{}\n", target.0.id())).unwrap();
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(&pid_file, 0o644);
+    let refused = |what: &str, path: &Path, reason: &str| {
+        let out = Command::new(support::gateway::binary())
+            .args(["reload", "-c"])
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+        assert!(
+            stderr.contains(&path.display().to_string()) && stderr.contains(reason),
+            "{what}: {stderr}"
+        );
+    };
+
+    for mode in [0o777, 0o1777, 0o770] {
+        chmod(&run_dir, mode);
+        refused(
+            &format!("directory mode {mode:o}"),
+            &run_dir,
+            "can be written by other users",
+        );
+    }
+    // `run` refuses such a directory too, before Redis or Pingora are touched.
+    let out = Command::new(support::gateway::binary())
+        .args(["run", "-c"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "run: {out:?}");
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains(&run_dir.display().to_string()),
+        "run: {stderr}"
+    );
+    chmod(&run_dir, 0o700);
+    chmod(&pid_file, 0o666);
+    refused(
+        "pid file mode 666",
+        &pid_file,
+        "can be written by other users",
+    );
+    chmod(&pid_file, 0o644);
+    let ours = std::fs::metadata(&pid_file).unwrap().uid();
+    if std::os::unix::fs::lchown(&pid_file, Some(65534), None).is_ok() {
+        refused("pid file of uid 65534", &pid_file, "owned by uid 65534");
+        std::os::unix::fs::lchown(&pid_file, Some(ours), None).unwrap();
+    } else {
+        eprintln!("not root: cannot chown, the owner rule is not exercised here");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        target.0.try_wait().unwrap().is_none(),
+        "a refused reload signalled the process"
+    );
+
+    // The same pid file, ours in a private directory: signalled.
+    let out = Command::new(support::gateway::binary())
+        .args(["reload", "-c"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(target.0.wait().unwrap().signal(), Some(libc::SIGHUP));
+}
+
 /// A reload that drops a secret refuses its cookies from the first request
 /// it serves, though they were verified (and remembered) a moment before;
 /// the keys' sessions are untouched in Redis.

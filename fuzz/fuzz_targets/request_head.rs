@@ -3,11 +3,14 @@
 //! own canonical form, and every framework reading of it was enforced.
 #![no_main]
 
+#[path = "../../tests/support/invariants.rs"]
+mod invariants;
+
 use std::sync::OnceLock;
 
+use invariants::{check, sample_config};
 use libfuzzer_sys::fuzz_target;
 use sessiongate::config::Config;
-use sessiongate::route::invariants::{check, sample_config};
 use sessiongate::route::target::{PathParameters, TargetPolicy};
 
 fuzz_target!(|data: &[u8]| {

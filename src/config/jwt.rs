@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::file;
+use super::keypath::{idx, sub, Seg};
 use super::model::KeyTemplate;
-use super::validate::*;
 
 impl<'r, 't> Checker<'r, 't> {
     /// `[jwt]`: required by, and only used with, `[session] bearer = "jwt"`.

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::file;
-use super::validate::*;
+use super::keypath::{idx, sub, Seg};
 
 impl<'r, 't> Checker<'r, 't> {
     /// `[rate_limit]`: two optional buckets and the trusted proxies.

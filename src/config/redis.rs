@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::file;
+use super::keypath::{sub, Seg};
 use super::model::{RedisSettings, RedisTopology};
-use super::validate::*;
 
 impl<'r, 't> Checker<'r, 't> {
     pub(super) fn redis(&mut self) -> Option<RedisSettings> {

@@ -1,11 +1,18 @@
 //! The checks of `[[upstream]]` and `[[route]]`.
 
 use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::checker::{with_article, Checker};
 use super::file;
-use super::model::{Access, ReportStoreUnavailable, Route, RouteMode, StoreErrorPolicy, Upstream};
-use super::validate::*;
+use super::keypath::{idx, sub, Seg};
+use super::model::{
+    Access, Config, ReportStoreUnavailable, Route, RouteMode, StoreErrorPolicy, Upstream,
+};
+use super::suggest::suggest;
+use super::values::is_valid_redirect;
+use crate::route::target::normalise_host;
 
 impl<'r, 't> Checker<'r, 't> {
     /// The upstreams, and each `[[upstream]]`'s name by position (known even
@@ -247,9 +254,16 @@ impl<'r, 't> Checker<'r, 't> {
                 }
             }
 
-            // `Some(Err(()))`: a host that was reported as invalid.
-            let host = f.host.map(|host| {
-                normalize_host(&host).map_err(|message| self.error(&sub(&entry, "host"), message))
+            // `Some(Err(()))`: a host that was reported as invalid. Stored in
+            // the form request hosts are compared in (one normaliser for
+            // both), so the route matches whatever spelling of it arrives.
+            let host = f.host.map(|host| match normalise_host(&host) {
+                Ok(name) => Ok(name.into_owned()),
+                Err(_) => {
+                    let message = format!("{host:?} is not a valid host name");
+                    self.error(&sub(&entry, "host"), message);
+                    Err(())
+                }
             });
 
             let upstream_path = sub(&entry, "upstream");
@@ -434,7 +448,7 @@ impl<'r, 't> Checker<'r, 't> {
 
 /// What `check` (and `run`, at start) warns about in a valid configuration:
 /// routes in report mode, which forward what they would refuse.
-pub fn warnings(config: &super::Config) -> Vec<String> {
+pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for route in &config.routes {
         if route.mode != RouteMode::Report {
@@ -454,4 +468,37 @@ pub fn warnings(config: &super::Config) -> Vec<String> {
         }
     }
     out
+}
+
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs = match addr.parse::<SocketAddr>() {
+        Ok(sa) => vec![sa],
+        Err(_) => {
+            let Some((host, port)) = addr.rsplit_once(':') else {
+                return Err(format!("{addr:?} has no port (expected host:port)"));
+            };
+            if host.is_empty() {
+                return Err(format!("{addr:?} has no host (expected host:port)"));
+            }
+            if host.contains(':') {
+                return Err(format!(
+                    "{addr:?}: IPv6 addresses must be in brackets, e.g. \"[::1]:3000\""
+                ));
+            }
+            let Ok(port) = port.parse::<u16>() else {
+                return Err(format!("{addr:?} has an invalid port (expected host:port)"));
+            };
+            (host, port)
+                .to_socket_addrs()
+                .map_err(|err| format!("cannot resolve {addr:?}: {err}"))?
+                .collect()
+        }
+    };
+    if addrs.is_empty() {
+        return Err(format!("{addr:?} resolved to no addresses"));
+    }
+    if addrs.iter().any(|a| a.port() == 0) {
+        return Err(format!("{addr:?}: port 0 is not a valid upstream port"));
+    }
+    Ok(addrs)
 }

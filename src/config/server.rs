@@ -1,10 +1,14 @@
 //! The checks of `[server]`, `[admin]` and `[cache]`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::file;
+use super::keypath::{fmt_path, idx, sub, Seg};
 use super::model::{AdminSettings, BasicAuth, CacheSettings, ServerSettings};
-use super::validate::*;
+use super::values::is_listen_addr;
+use crate::runtime_paths;
 
 impl<'r, 't> Checker<'r, 't> {
     pub(super) fn server(&mut self) -> Option<ServerSettings> {
@@ -52,12 +56,15 @@ impl<'r, 't> Checker<'r, 't> {
             Duration::from_secs(10),
             true,
         );
-        let pid_file = self.non_empty(&sub(&path, "pid_file"), f.pid_file, "/tmp/sessiongate.pid");
-        let upgrade_sock = self.non_empty(
-            &sub(&path, "upgrade_sock"),
-            f.upgrade_sock,
-            "/tmp/sessiongate_upgrade.sock",
+        // A directory only this user can write: see `runtime_paths`.
+        let in_runtime_dir = |name| self.runtime_dir.join(name).to_string_lossy().into_owned();
+        let (default_pid, default_sock) = (
+            in_runtime_dir(runtime_paths::PID_FILE_NAME),
+            in_runtime_dir(runtime_paths::UPGRADE_SOCK_NAME),
         );
+        let pid_file = self.non_empty(&sub(&path, "pid_file"), f.pid_file, &default_pid);
+        let upgrade_sock =
+            self.non_empty(&sub(&path, "upgrade_sock"), f.upgrade_sock, &default_sock);
         let max_request_header_bytes = match f.max_request_header_bytes {
             None => 65536,
             Some(n) => match usize::try_from(n) {
@@ -271,5 +278,21 @@ impl<'r, 't> Checker<'r, 't> {
                 .configure_notifications
                 .unwrap_or(defaults.configure_notifications),
         })
+    }
+}
+
+/// Whether two listen addresses would be the same socket (port 0 never is:
+/// each gets its own free port).
+pub(super) fn same_listener(a: &str, b: &str) -> bool {
+    let port = |s: &str| s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    if port(a).is_none_or(|p| p == 0) || port(a) != port(b) {
+        return false;
+    }
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(x), Ok(y)) => x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified(),
+        _ => false,
     }
 }

@@ -4,12 +4,14 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::checker::Checker;
 use super::file;
+use super::keypath::{idx, sub, Seg};
 use super::model::{
     BearerMode, CookieFormat, FieldPath, IdentityHeader, KeyTemplate, SessionSettings, Sliding,
     ValueFormat,
 };
-use super::validate::*;
+use super::values::is_valid_redirect;
 
 impl<'r, 't> Checker<'r, 't> {
     pub(super) fn session(&mut self) -> Option<SessionSettings> {
@@ -209,12 +211,7 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     /// The `[session]` keys of logout and of the per-user id sets.
-    pub(super) fn lifecycle(
-        &mut self,
-        path: &[Seg],
-        f: LifecycleKeys,
-        cookie: &str,
-    ) -> Option<Lifecycle> {
+    fn lifecycle(&mut self, path: &[Seg], f: LifecycleKeys, cookie: &str) -> Option<Lifecycle> {
         let mut ok = true;
         let logout_path = f.logout_path.as_deref().and_then(|p| {
             let checked = self.exact_path(&sub(path, "logout_path"), p);
@@ -351,7 +348,7 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     /// A path matched exactly (after normalisation): absolute, plain and normal.
-    pub(super) fn exact_path(&mut self, path: &[Seg], text: &str) -> Option<String> {
+    fn exact_path(&mut self, path: &[Seg], text: &str) -> Option<String> {
         if !text.starts_with('/') {
             self.error(path, format!("{text:?} must start with \"/\""));
             return None;
@@ -501,4 +498,84 @@ impl<'r, 't> Checker<'r, 't> {
         }
         ok.then_some(out)
     }
+}
+
+/// `[identity.headers]` values longer than this are not sent, unless the
+/// header sets its own `max_bytes`.
+const DEFAULT_IDENTITY_BYTES: usize = 1024;
+
+/// RFC 6265 cookie-name: an RFC 2616 token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+/// Headers that describe the connection or carry credentials: never set from
+/// a session. `name` is lower-cased with `_` folded to `-`.
+fn is_reserved_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "cookie"
+            | "authorization"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "keep-alive"
+    ) || name.starts_with("proxy-")
+}
+
+/// A cookie attribute value (`Path`): no separators, spaces or control characters.
+fn is_cookie_attribute(value: &str) -> bool {
+    !value
+        .chars()
+        .any(|c| c == ';' || c == ',' || c.is_whitespace() || c.is_control())
+}
+
+/// The `[session]` keys of logout and per-user sets, as written.
+struct LifecycleKeys {
+    logout_path: Option<String>,
+    logout_all_path: Option<String>,
+    logout_redirect: Option<String>,
+    user_field: Option<String>,
+    user_sessions_key: Option<String>,
+    user_tokens_key: Option<String>,
+    cookie_path: Option<String>,
+    cookie_domain: Option<String>,
+}
+
+/// The validated `[session]` keys of logout and per-user sets.
+struct Lifecycle {
+    logout_path: Option<String>,
+    logout_all_path: Option<String>,
+    logout_redirect: Option<String>,
+    user_field: FieldPath,
+    user_sessions_key: Option<KeyTemplate>,
+    user_tokens_key: Option<KeyTemplate>,
+    cookie_path: String,
+    cookie_domain: Option<String>,
 }

@@ -2,71 +2,21 @@
 //! problem at once: syntax, `${VAR}` expansion, wrong types, unknown keys and
 //! semantic checks, each with its dotted key path and `line:column`.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt::{self, Write as _};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
-use serde::de::{DeserializeOwned, IntoDeserializer as _};
 use toml::de::{DeTable, DeValue};
-use toml::Spanned;
 
+use super::checker::Checker;
+use super::env::expand_env;
+use super::error::{line_col, ConfigError, ConfigErrors, Pending};
 use super::file;
-use super::model::{Config, FieldPath, KeyTemplate};
-
-/// `[identity.headers]` values longer than this are not sent, unless the
-/// header sets its own `max_bytes`.
-pub(super) const DEFAULT_IDENTITY_BYTES: usize = 1024;
-
-/// One problem in the configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted key path, e.g. `route[2].upstream` (array indexes are 0-based);
-    /// empty for syntax and I/O errors.
-    pub path: String,
-    /// 1-based line; 0 when the error is not tied to a position (I/O errors).
-    pub line: usize,
-    /// 1-based column, in characters; 0 when `line` is 0.
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}: ", self.line, self.column)?;
-        }
-        if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Every problem found in one configuration file, sorted by position.
-/// Displays as one `<source>:<line>:<column>: <path>: <message>` line per error.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", render_errors(.source_name, .errors))]
-pub struct ConfigErrors {
-    /// The file name used in messages (`load` uses the path it was given).
-    pub source_name: String,
-    pub errors: Vec<ConfigError>,
-}
-
-pub(super) fn render_errors(source_name: &str, errors: &[ConfigError]) -> String {
-    let mut out = String::new();
-    for (i, error) in errors.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        // With a position: `<source>:<line>:<col>: ...`; without: `<source>: ...`.
-        let separator = if error.line > 0 { ":" } else { ": " };
-        let _ = write!(out, "{source_name}{separator}{error}");
-    }
-    out
-}
+use super::keypath::Seg;
+use super::model::Config;
+use super::schema::fields_of;
+use super::suggest::suggest;
+use crate::runtime_paths;
 
 /// Reads and validates the file at `path`, expanding `${VAR}` from the
 /// process environment.
@@ -87,7 +37,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Validates `text` (the contents of `source_name`), looking `${VAR}`
-/// references up with `env`.
+/// references up with `env`, and `XDG_RUNTIME_DIR` too (it decides where
+/// `pid_file` and `upgrade_sock` default to).
 pub fn parse(
     source_name: &str,
     text: &str,
@@ -125,6 +76,10 @@ pub fn parse(
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default(),
+        runtime_dir: runtime_paths::default_dir(
+            env("XDG_RUNTIME_DIR").as_deref(),
+            runtime_paths::current_uid(),
+        ),
     };
     let config = checker.check();
 
@@ -168,808 +123,10 @@ pub fn parse(
     }
 }
 
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .get(line_start..)
-        .map_or(1, |s| s.chars().count() + 1);
-    (line, column)
-}
-
-// ---------------------------------------------------------------------------
-// Key paths
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-pub(super) fn fmt_path(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(key) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                let bare = !key.is_empty()
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if bare {
-                    out.push_str(key);
-                } else {
-                    let _ = write!(out, "{key:?}");
-                }
-            }
-            Seg::Index(index) => {
-                let _ = write!(out, "[{index}]");
-            }
-        }
-    }
-    out
-}
-
-pub(super) fn sub(path: &[Seg], key: &str) -> Vec<Seg> {
-    let mut path = path.to_vec();
-    path.push(Seg::Key(key.to_owned()));
-    path
-}
-
-pub(super) fn idx(path: &[Seg], index: usize) -> Vec<Seg> {
-    let mut path = path.to_vec();
-    path.push(Seg::Index(index));
-    path
-}
-
-pub(super) fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
-    match path {
-        serde_ignored::Path::Root => Vec::new(),
-        serde_ignored::Path::Seq { parent, index } => idx(&ignored_path(parent), *index),
-        serde_ignored::Path::Map { parent, key } => sub(&ignored_path(parent), key),
-        serde_ignored::Path::Some { parent }
-        | serde_ignored::Path::NewtypeStruct { parent }
-        | serde_ignored::Path::NewtypeVariant { parent } => ignored_path(parent),
-    }
-}
-
-pub(super) fn tracked_path(path: &serde_path_to_error::Path) -> Vec<Seg> {
-    path.iter()
-        .filter_map(|seg| match seg {
-            serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
-            serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
-            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {
-                None
-            }
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------
-// `${VAR}` expansion
-
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Pending {
-    pub(super) offset: usize,
-    pub(super) path: String,
-    pub(super) message: String,
-}
-
-pub(super) fn expand_env(
-    value: &mut Spanned<DeValue<'_>>,
-    path: &mut Vec<Seg>,
-    env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut Vec<Pending>,
-) {
-    let offset = value.span().start;
-    match value.get_mut() {
-        DeValue::String(s) => match expand_str(s, env) {
-            Ok(Some(expanded)) => *s = Cow::Owned(expanded),
-            Ok(None) => {}
-            Err(messages) => errors.extend(messages.into_iter().map(|message| Pending {
-                offset,
-                path: fmt_path(path),
-                message,
-            })),
-        },
-        DeValue::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                path.push(Seg::Index(i));
-                expand_env(item, path, env, errors);
-                path.pop();
-            }
-        }
-        DeValue::Table(table) => {
-            for (key, item) in table.iter_mut() {
-                path.push(Seg::Key(key.get_ref().to_string()));
-                expand_env(item, path, env, errors);
-                path.pop();
-            }
-        }
-        DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => {}
-    }
-}
-
-/// Expands `${NAME}` and `${NAME:-default}` (the default when `NAME` is unset
-/// or empty, as in a POSIX shell); `$${` is a literal `${`. `Ok(None)` when
-/// there is nothing to expand; `Err` lists every unset variable or malformed
-/// reference.
-pub(super) fn expand_str(
-    s: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<String>, Vec<String>> {
-    if !s.contains("${") {
-        return Ok(None);
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut errors = Vec::new();
-    let mut rest = s;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        if let Some(after) = tail.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("${") {
-            let reference = after.split_once('}').map(|(inner, remaining)| {
-                let (name, default) = match inner.split_once(":-") {
-                    Some((name, default)) => (name, Some(default)),
-                    None => (inner, None),
-                };
-                (name, default, remaining)
-            });
-            match reference {
-                Some((name, default, remaining)) if is_env_name(name) => {
-                    match (env(name), default) {
-                        (Some(value), Some(default)) if value.is_empty() => out.push_str(default),
-                        (Some(value), _) => out.push_str(&value),
-                        (None, Some(default)) => out.push_str(default),
-                        (None, None) => {
-                            errors.push(format!("environment variable {name} is not set"))
-                        }
-                    }
-                    rest = remaining;
-                }
-                _ => {
-                    errors.push(
-                        "malformed `${...}`: expected `${NAME}` or `${NAME:-default}` \
-                         (write `$${` for a literal `${`)"
-                            .to_owned(),
-                    );
-                    out.push_str("${");
-                    rest = after;
-                }
-            }
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    if errors.is_empty() {
-        Ok(Some(out))
-    } else {
-        Err(errors)
-    }
-}
-
-pub(super) fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-// ---------------------------------------------------------------------------
-// Helpers
-
-/// The field names serde knows for struct `T` (used for "did you mean").
-pub(super) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-
-    impl<'de> serde::Deserializer<'de> for Probe<'_> {
-        type Error = serde::de::value::Error;
-
-        fn deserialize_any<V: serde::de::Visitor<'de>>(
-            self,
-            _visitor: V,
-        ) -> Result<V::Value, Self::Error> {
-            Err(serde::de::Error::custom("probe"))
-        }
-
-        fn deserialize_struct<V: serde::de::Visitor<'de>>(
-            self,
-            _name: &'static str,
-            fields: &'static [&'static str],
-            _visitor: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(serde::de::Error::custom("probe"))
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-            bytes byte_buf option unit unit_struct newtype_struct seq tuple
-            tuple_struct map enum identifier ignored_any
-        }
-    }
-
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(Probe(&mut fields));
-    fields
-}
-
-/// Every key `proxy.toml` accepts, by table, straight from the file format's
-/// types (so it cannot drift from what `check` accepts). Inline tables are
-/// named after their key (`route.on_unauthenticated`); `jwt.claims` and the
-/// `identity.headers` names are free-form.
-pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
-    vec![
-        ("", fields_of::<file::File>()),
-        ("server", fields_of::<file::Server>()),
-        ("redis", fields_of::<file::Redis>()),
-        ("session", fields_of::<file::Session>()),
-        ("session.sliding", fields_of::<file::Sliding>()),
-        ("jwt", fields_of::<file::Jwt>()),
-        ("cache", fields_of::<file::Cache>()),
-        ("identity", fields_of::<file::Identity>()),
-        ("identity.headers", fields_of::<file::IdentityTable>()),
-        ("upstream", fields_of::<file::Upstream>()),
-        ("upstream.health_check", fields_of::<file::HealthCheck>()),
-        ("rate_limit", fields_of::<file::RateLimit>()),
-        ("rollout", fields_of::<file::Rollout>()),
-        ("rate_limit.failed_auth_per_ip", fields_of::<file::Bucket>()),
-        ("route", fields_of::<file::Route>()),
-        (
-            "route.on_unauthenticated",
-            fields_of::<file::OnUnauthenticated>(),
-        ),
-        ("admin", fields_of::<file::Admin>()),
-        ("admin.metrics_basic_auth", fields_of::<file::BasicAuth>()),
-    ]
-}
-
-/// The closest candidate to `word`, if one is close enough to be a typo.
-pub(super) fn suggest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    let word = word.to_ascii_lowercase();
-    candidates
-        .into_iter()
-        .filter(|c| *c != word)
-        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
-        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
-pub(super) fn with_article(kind: &str) -> String {
-    match kind.chars().next() {
-        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {kind}"),
-        _ => format!("a {kind}"),
-    }
-}
-
-/// serde's "expected ..." phrases, in the file's vocabulary.
-pub(super) fn friendly_expected(expected: &str) -> String {
-    match expected {
-        // Every list in proxy.toml is a list of strings.
-        "a sequence" => "a list of strings".to_owned(),
-        "i64" | "u64" | "usize" => "an integer".to_owned(),
-        "a map" => "a table".to_owned(),
-        other if other.starts_with("struct ") => "a table".to_owned(),
-        other => other.to_owned(),
-    }
-}
-
-pub(super) fn is_listen_addr(addr: &str) -> bool {
-    if addr.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return false;
-    };
-    port.parse::<u16>().is_ok()
-        && !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-}
-
-/// Whether two listen addresses would be the same socket (port 0 never is:
-/// each gets its own free port).
-pub(super) fn same_listener(a: &str, b: &str) -> bool {
-    let port = |s: &str| s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
-    if port(a).is_none_or(|p| p == 0) || port(a) != port(b) {
-        return false;
-    }
-    if a.eq_ignore_ascii_case(b) {
-        return true;
-    }
-    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
-        (Ok(x), Ok(y)) => x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified(),
-        _ => false,
-    }
-}
-
-pub(super) fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
-    let addrs = match addr.parse::<SocketAddr>() {
-        Ok(sa) => vec![sa],
-        Err(_) => {
-            let Some((host, port)) = addr.rsplit_once(':') else {
-                return Err(format!("{addr:?} has no port (expected host:port)"));
-            };
-            if host.is_empty() {
-                return Err(format!("{addr:?} has no host (expected host:port)"));
-            }
-            if host.contains(':') {
-                return Err(format!(
-                    "{addr:?}: IPv6 addresses must be in brackets, e.g. \"[::1]:3000\""
-                ));
-            }
-            let Ok(port) = port.parse::<u16>() else {
-                return Err(format!("{addr:?} has an invalid port (expected host:port)"));
-            };
-            (host, port)
-                .to_socket_addrs()
-                .map_err(|err| format!("cannot resolve {addr:?}: {err}"))?
-                .collect()
-        }
-    };
-    if addrs.is_empty() {
-        return Err(format!("{addr:?} resolved to no addresses"));
-    }
-    if addrs.iter().any(|a| a.port() == 0) {
-        return Err(format!("{addr:?}: port 0 is not a valid upstream port"));
-    }
-    Ok(addrs)
-}
-
-/// RFC 6265 cookie-name: an RFC 2616 token.
-pub(super) fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_graphic()
-                && !matches!(
-                    b,
-                    b'(' | b')'
-                        | b'<'
-                        | b'>'
-                        | b'@'
-                        | b','
-                        | b';'
-                        | b':'
-                        | b'\\'
-                        | b'"'
-                        | b'/'
-                        | b'['
-                        | b']'
-                        | b'?'
-                        | b'='
-                        | b'{'
-                        | b'}'
-                )
-        })
-}
-
-/// Headers that describe the connection or carry credentials: never set from
-/// a session. `name` is lower-cased with `_` folded to `-`.
-pub(super) fn is_reserved_header(name: &str) -> bool {
-    matches!(
-        name,
-        "host"
-            | "connection"
-            | "content-length"
-            | "transfer-encoding"
-            | "cookie"
-            | "authorization"
-            | "upgrade"
-            | "te"
-            | "trailer"
-            | "keep-alive"
-    ) || name.starts_with("proxy-")
-}
-
-/// `host` as a route stores it: lower-case, without a port.
-pub(super) fn normalize_host(host: &str) -> Result<String, String> {
-    let invalid = || format!("{host:?} is not a valid host name");
-    if host.is_empty() || host.contains('@') {
-        return Err(invalid());
-    }
-    let authority: http::uri::Authority = host.parse().map_err(|_| invalid())?;
-    let name = authority.host();
-    if name.is_empty() {
-        return Err(invalid());
-    }
-    Ok(name.to_ascii_lowercase())
-}
-
-/// A cookie attribute value (`Path`): no separators, spaces or control characters.
-pub(super) fn is_cookie_attribute(value: &str) -> bool {
-    !value
-        .chars()
-        .any(|c| c == ';' || c == ',' || c.is_whitespace() || c.is_control())
-}
-
-/// The `[session]` keys of logout and per-user sets, as written.
-pub(super) struct LifecycleKeys {
-    pub(super) logout_path: Option<String>,
-    pub(super) logout_all_path: Option<String>,
-    pub(super) logout_redirect: Option<String>,
-    pub(super) user_field: Option<String>,
-    pub(super) user_sessions_key: Option<String>,
-    pub(super) user_tokens_key: Option<String>,
-    pub(super) cookie_path: Option<String>,
-    pub(super) cookie_domain: Option<String>,
-}
-
-/// The validated `[session]` keys of logout and per-user sets.
-pub(super) struct Lifecycle {
-    pub(super) logout_path: Option<String>,
-    pub(super) logout_all_path: Option<String>,
-    pub(super) logout_redirect: Option<String>,
-    pub(super) user_field: FieldPath,
-    pub(super) user_sessions_key: Option<KeyTemplate>,
-    pub(super) user_tokens_key: Option<KeyTemplate>,
-    pub(super) cookie_path: String,
-    pub(super) cookie_domain: Option<String>,
-}
-
-pub(super) fn is_valid_redirect(target: &str) -> bool {
-    if target.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return false;
-    }
-    if target.starts_with('/') {
-        // `//host` and `/\host` are both treated by browsers as another origin.
-        return !(target.starts_with("//") || target.starts_with("/\\"));
-    }
-    match target.parse::<http::Uri>() {
-        Ok(uri) => {
-            matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.authority().is_some_and(|a| !a.host().is_empty())
-        }
-        Err(_) => false,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The checker
-
-pub(super) struct Checker<'r, 't> {
-    pub(super) text: &'t str,
-    pub(super) root: &'r Spanned<DeTable<'t>>,
-    pub(super) errors: Vec<Pending>,
-    /// Paths whose absence is already explained (a type error removed the
-    /// key, or an unknown key was suggested as this one).
-    pub(super) quiet: HashSet<String>,
-    /// The configuration file's directory: key files are relative to it.
-    pub(super) base: std::path::PathBuf,
-}
-
-pub(super) const MAX_TYPE_ERRORS_PER_SECTION: usize = 64;
-
-impl<'r, 't> Checker<'r, 't> {
-    // -- positions ---------------------------------------------------------
-
-    pub(super) fn table_at(&self, path: &[Seg]) -> Option<&'r DeTable<'t>> {
-        if path.is_empty() {
-            Some(self.root.get_ref())
-        } else {
-            self.lookup(path)?.get_ref().as_table()
-        }
-    }
-
-    pub(super) fn lookup(&self, path: &[Seg]) -> Option<&'r Spanned<DeValue<'t>>> {
-        let (last, parent) = path.split_last()?;
-        match last {
-            Seg::Key(key) => self.table_at(parent)?.get(key.as_str()),
-            Seg::Index(index) => self.lookup(parent)?.get_ref().as_array()?.get(*index),
-        }
-    }
-
-    /// Byte offset of the value at `path` (or of its key, with `key`); when
-    /// the path does not exist, of its closest existing ancestor.
-    pub(super) fn position(&self, path: &[Seg], key: bool) -> usize {
-        if key {
-            if let Some((Seg::Key(name), parent)) = path.split_last() {
-                if let Some((k, _)) = self
-                    .table_at(parent)
-                    .and_then(|t| t.get_key_value(name.as_str()))
-                {
-                    return k.span().start;
-                }
-            }
-        }
-        (1..=path.len())
-            .rev()
-            .find_map(|n| self.lookup(&path[..n]))
-            .map_or(self.root.span().start, |v| v.span().start)
-    }
-
-    pub(super) fn line_of(&self, offset: usize) -> usize {
-        line_col(self.text, offset).0
-    }
-
-    // -- reporting ---------------------------------------------------------
-
-    pub(super) fn error_at(&mut self, offset: usize, path: &[Seg], message: impl Into<String>) {
-        self.errors.push(Pending {
-            offset,
-            path: fmt_path(path),
-            message: message.into(),
-        });
-    }
-
-    /// An error about the value at `path`.
-    pub(super) fn error(&mut self, path: &[Seg], message: impl Into<String>) {
-        let offset = self.position(path, false);
-        self.error_at(offset, path, message);
-    }
-
-    /// A required key is absent (reported at its table, unless explained).
-    pub(super) fn missing(&mut self, path: &[Seg], message: impl Into<String>) {
-        if !self.quiet.contains(&fmt_path(path)) {
-            self.error(path, message);
-        }
-    }
-
-    pub(super) fn missing_key(&mut self, path: &[Seg]) {
-        let name = match path.last() {
-            Some(Seg::Key(name)) => name.clone(),
-            _ => String::new(),
-        };
-        self.missing(path, format!("missing required key `{name}`"));
-    }
-
-    pub(super) fn unknown_key(&mut self, path: &[Seg], candidates: &[&'static str]) {
-        let Some((Seg::Key(name), parent)) = path.split_last() else {
-            return;
-        };
-        let mut message = format!("unknown key `{name}`");
-        if let Some(close) = suggest(name, candidates.iter().copied()) {
-            let _ = write!(message, "; did you mean `{close}`?");
-            self.quiet.insert(fmt_path(&sub(parent, close)));
-        }
-        let offset = self.position(path, true);
-        self.error_at(offset, path, message);
-    }
-
-    // -- deserialization ---------------------------------------------------
-
-    /// Deserializes the table at `path` into `T`. A value of the wrong type is
-    /// reported and its key dropped before trying again, so every type error
-    /// and every unknown key of the section is reported. `None` when the
-    /// value is not a table at all.
-    pub(super) fn section<T: DeserializeOwned>(&mut self, path: &[Seg]) -> Option<T> {
-        let value = self.lookup(path)?;
-        if !value.get_ref().is_table() {
-            let found = with_article(value.get_ref().type_str());
-            self.error(path, format!("expected a table, found {found}"));
-            return None;
-        }
-        let mut working = value.clone();
-        for _ in 0..MAX_TYPE_ERRORS_PER_SECTION {
-            let mut ignored = Vec::new();
-            let mut track = serde_path_to_error::Track::new();
-            let de = serde_path_to_error::Deserializer::new(
-                working.clone().into_deserializer(),
-                &mut track,
-            );
-            let result: Result<T, toml::de::Error> =
-                serde_ignored::deserialize(de, |p| ignored.push(ignored_path(&p)));
-            let err = match result {
-                Ok(parsed) => {
-                    self.report_unknown::<T>(path, &ignored);
-                    return Some(parsed);
-                }
-                Err(err) => err,
-            };
-            let relative = tracked_path(&track.path());
-            let full = [path, relative.as_slice()].concat();
-            self.type_error(&full, &err);
-            match remove_key(&mut working, &relative) {
-                Some(removed) => {
-                    self.quiet
-                        .insert(fmt_path(&[path, removed.as_slice()].concat()));
-                }
-                None => {
-                    self.report_unknown::<T>(path, &ignored);
-                    return None;
-                }
-            }
-        }
-        None
-    }
-
-    pub(super) fn type_error(&mut self, path: &[Seg], err: &toml::de::Error) {
-        let message = err.message();
-        let friendly = message
-            .strip_prefix("invalid type: ")
-            .and_then(|rest| rest.rsplit_once(", expected "))
-            .map(|(_, expected)| {
-                let found = self.lookup(path).map_or_else(
-                    || "something else".to_owned(),
-                    |v| with_article(v.get_ref().type_str()),
-                );
-                format!("expected {}, found {found}", friendly_expected(expected))
-            });
-        let offset = match self.lookup(path) {
-            Some(value) => value.span().start,
-            None => err
-                .span()
-                .map_or_else(|| self.position(path, false), |s| s.start),
-        };
-        self.error_at(offset, path, friendly.unwrap_or_else(|| message.to_owned()));
-    }
-
-    pub(super) fn report_unknown<T: DeserializeOwned>(
-        &mut self,
-        base: &[Seg],
-        ignored: &[Vec<Seg>],
-    ) {
-        for relative in ignored {
-            let candidates = match relative.split_last().map(|(_, parent)| parent) {
-                Some([]) => fields_of::<T>(),
-                Some([.., Seg::Key(parent)]) if parent == "on_unauthenticated" => {
-                    fields_of::<file::OnUnauthenticated>()
-                }
-                Some([.., Seg::Key(parent)]) if parent == "metrics_basic_auth" => {
-                    fields_of::<file::BasicAuth>()
-                }
-                Some([.., Seg::Key(parent)])
-                    if parent == "failed_auth_per_ip" || parent == "requests_per_user" =>
-                {
-                    fields_of::<file::Bucket>()
-                }
-                Some([.., Seg::Key(parent)]) if parent == "health_check" => {
-                    fields_of::<file::HealthCheck>()
-                }
-                _ => &[],
-            };
-            self.unknown_key(&[base, relative.as_slice()].concat(), candidates);
-        }
-    }
-
-    // -- value helpers -----------------------------------------------------
-
-    pub(super) fn duration(
-        &mut self,
-        path: &[Seg],
-        value: Option<&str>,
-        default: Duration,
-        allow_zero: bool,
-    ) -> Duration {
-        let Some(text) = value else {
-            return default;
-        };
-        match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() && !allow_zero => {
-                self.error(path, "must be greater than zero");
-                default
-            }
-            Ok(d) => d,
-            Err(err) => {
-                self.error(
-                    path,
-                    format!(
-                        "invalid duration {text:?} ({err}); write e.g. \"100ms\", \"5s\" or \"1m\""
-                    ),
-                );
-                default
-            }
-        }
-    }
-
-    /// One of a fixed set of strings; `None` (after reporting) when unknown.
-    pub(super) fn choice<T: Copy>(
-        &mut self,
-        path: &[Seg],
-        value: Option<&str>,
-        default: T,
-        options: &[(&str, T)],
-    ) -> Option<T> {
-        let Some(text) = value else {
-            return Some(default);
-        };
-        if let Some((_, v)) = options.iter().find(|(name, _)| *name == text) {
-            return Some(*v);
-        }
-        let expected: Vec<String> = options
-            .iter()
-            .map(|(name, _)| format!("{name:?}"))
-            .collect();
-        self.error(
-            path,
-            format!(
-                "unknown value {text:?}, expected one of {}",
-                expected.join(", ")
-            ),
-        );
-        None
-    }
-
-    pub(super) fn non_empty(
-        &mut self,
-        path: &[Seg],
-        value: Option<String>,
-        default: &str,
-    ) -> String {
-        match value {
-            Some(v) if v.is_empty() => {
-                self.error(path, "must not be empty");
-                default.to_owned()
-            }
-            Some(v) => v,
-            None => default.to_owned(),
-        }
-    }
-
-    /// A required, non-empty list of `host:port` servers.
-    pub(super) fn servers(
-        &mut self,
-        path: &[Seg],
-        value: Option<Vec<String>>,
-        what: &str,
-    ) -> Option<Vec<String>> {
-        match value {
-            None => {
-                self.missing_key(path);
-                None
-            }
-            Some(list) if list.is_empty() => {
-                self.error(path, format!("must list at least one {what}"));
-                None
-            }
-            Some(list) => {
-                let mut ok = true;
-                for (i, server) in list.iter().enumerate() {
-                    if !is_listen_addr(server) || server.ends_with(":0") {
-                        self.error(&idx(path, i), "must be host:port");
-                        ok = false;
-                    }
-                }
-                ok.then_some(list)
-            }
-        }
-    }
-
-    pub(super) fn string_list(&mut self, path: &[Seg], value: Option<&[String]>, what: &str) {
-        match value {
-            None => self.missing_key(path),
-            Some([]) => self.error(path, format!("must list at least one {what}")),
-            Some(_) => {}
-        }
-    }
-
-    // -- sections ----------------------------------------------------------
-
-    pub(super) fn check(&mut self) -> Option<Config> {
+impl Checker<'_, '_> {
+    /// Every section, in an order that lets later checks use earlier results
+    /// (routes name upstreams, `[admin] listen` must differ from the public one).
+    fn check(&mut self) -> Option<Config> {
         self.top_level();
         let server = self.server();
         let redis = self.redis();
@@ -996,7 +153,8 @@ impl<'r, 't> Checker<'r, 't> {
         })
     }
 
-    pub(super) fn top_level(&mut self) {
+    /// Unknown tables and keys at the top of the file.
+    fn top_level(&mut self) {
         let known = fields_of::<file::File>();
         for (key, value) in self.root.get_ref().iter() {
             let name = key.get_ref().as_ref();
@@ -1023,31 +181,12 @@ impl<'r, 't> Checker<'r, 't> {
     }
 }
 
-/// Drops the key a type error points into (the innermost key on `path`) so
-/// the section can be deserialized again; returns the dropped key's path.
-pub(super) fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Vec<Seg>> {
-    let at = path.iter().rposition(|seg| matches!(seg, Seg::Key(_)))?;
-    let Seg::Key(key) = &path[at] else {
-        return None;
-    };
-    let mut parent = value;
-    for seg in &path[..at] {
-        parent = match (seg, parent.get_mut()) {
-            (Seg::Key(k), DeValue::Table(table)) => table.get_mut(k.as_str())?,
-            (Seg::Index(i), DeValue::Array(items)) => items.get_mut(*i)?,
-            _ => return None,
-        };
-    }
-    match parent.get_mut() {
-        DeValue::Table(table) => table.remove(key.as_str()).map(|_| path[..=at].to_vec()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::model::*;
+    use crate::config::server::same_listener;
+    use std::time::Duration;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -1140,8 +279,16 @@ access = "public"
         assert_eq!(server.threads, 2);
         assert_eq!(server.grace_period, Duration::from_secs(1));
         assert_eq!(server.graceful_shutdown_timeout, Duration::from_secs(10));
-        assert_eq!(server.pid_file, "/tmp/sessiongate.pid");
-        assert_eq!(server.upgrade_sock, "/tmp/sessiongate_upgrade.sock");
+        let runtime_dir =
+            crate::runtime_paths::default_dir(None, crate::runtime_paths::current_uid());
+        assert_eq!(
+            Path::new(&server.pid_file),
+            runtime_dir.join("sessiongate.pid")
+        );
+        assert_eq!(
+            Path::new(&server.upgrade_sock),
+            runtime_dir.join("upgrade.sock")
+        );
         assert_eq!(server.max_request_header_bytes, 65536);
         assert_eq!(server.request_head_timeout, Duration::from_secs(10));
         assert_eq!(server.body_idle_timeout, Duration::from_secs(60));
@@ -1326,29 +473,6 @@ upstream = "ap"
         let config = parse("proxy.toml", &text, &env).unwrap();
         assert_eq!(config.redis.url, "redis://10.0.0.7:6379/0");
         assert_eq!(config.session.secrets, ["hunter2"]);
-    }
-
-    #[test]
-    fn expand_str_rules() {
-        let env = |name: &str| (name == "A").then(|| "x".to_owned());
-        assert_eq!(expand_str("plain $5", &env), Ok(None));
-        assert_eq!(expand_str("${A}-${A}", &env), Ok(Some("x-x".to_owned())));
-        assert_eq!(expand_str("$${A}", &env), Ok(Some("${A}".to_owned())));
-        assert_eq!(expand_str("${B:-d:1}", &env), Ok(Some("d:1".to_owned())));
-        assert_eq!(expand_str("${A:-d}", &env), Ok(Some("x".to_owned())));
-        assert_eq!(expand_str("${B:-}", &env), Ok(Some(String::new())));
-        let empty = |_: &str| Some(String::new());
-        assert_eq!(expand_str("${A:-d}", &empty), Ok(Some("d".to_owned())));
-        assert_eq!(expand_str("${A}", &empty), Ok(Some(String::new())));
-        assert!(expand_str("${A", &env).is_err());
-        assert!(expand_str("${1A}", &env).is_err());
-        assert_eq!(
-            expand_str("${B}${C}", &env).unwrap_err(),
-            [
-                "environment variable B is not set",
-                "environment variable C is not set"
-            ]
-        );
     }
 
     #[test]
@@ -2059,6 +1183,63 @@ mode = "dry-run"
     }
 
     #[test]
+    fn route_hosts_are_kept_in_the_form_request_hosts_are_compared_in() {
+        let vhost = |host: &str| {
+            minimal(&format!(
+                "\n[[route]]\nname = \"v\"\nhost = {host:?}\npath_prefix = \"/\"\nupstream = \"app\"\n"
+            ))
+        };
+        for (written, kept) in [
+            ("A.Test.", "a.test"),
+            ("a.test.:8443", "a.test"),
+            ("[::1]:8080", "[::1]"),
+        ] {
+            let config = parse("proxy.toml", &vhost(written), &no_env).unwrap();
+            assert_eq!(config.routes[1].host.as_deref(), Some(kept), "{written}");
+        }
+        for written in ["a..test", "a!b.test", "user@a.test", "a.test:x", ""] {
+            let errs = errors(&vhost(written));
+            let got: Vec<(&str, &str)> = errs
+                .iter()
+                .map(|e| (e.path.as_str(), e.message.as_str()))
+                .collect();
+            let want = format!("{written:?} is not a valid host name");
+            assert_eq!(got, [("route[1].host", want.as_str())], "{written}");
+        }
+    }
+
+    #[test]
+    fn pid_file_and_upgrade_sock_default_to_the_users_runtime_dir() {
+        let env = |name: &str| (name == "XDG_RUNTIME_DIR").then(|| "/run/user/42".to_owned());
+        let server = parse("proxy.toml", &minimal(""), &env).unwrap().server;
+        assert_eq!(server.pid_file, "/run/user/42/sessiongate/sessiongate.pid");
+        assert_eq!(server.upgrade_sock, "/run/user/42/sessiongate/upgrade.sock");
+        // Never a directory every local user can write.
+        let server = parse("proxy.toml", &minimal(""), &no_env).unwrap().server;
+        assert!(
+            !server.pid_file.starts_with("/tmp/sessiongate."),
+            "{}",
+            server.pid_file
+        );
+        assert!(
+            !server.upgrade_sock.starts_with("/tmp/sessiongate_"),
+            "{}",
+            server.upgrade_sock
+        );
+        // Keys that are set win.
+        let text = minimal("").replacen(
+            "[server]\n",
+            "[server]\npid_file = \"/var/run/g.pid\"\nupgrade_sock = \"/var/run/g.sock\"\n",
+            1,
+        );
+        let server = parse("proxy.toml", &text, &env).unwrap().server;
+        assert_eq!(
+            (server.pid_file.as_str(), server.upgrade_sock.as_str()),
+            ("/var/run/g.pid", "/var/run/g.sock")
+        );
+    }
+
+    #[test]
     fn missing_sections() {
         let errs = errors("[server]\nlisten = []\n");
         let got: Vec<(usize, usize, &str)> = errs
@@ -2076,24 +1257,6 @@ mode = "dry-run"
             ],
             "{errs:#?}"
         );
-    }
-
-    #[test]
-    fn redirect_rules() {
-        assert!(is_valid_redirect("/login"));
-        assert!(is_valid_redirect("https://auth.example.com/login?next=/"));
-        assert!(!is_valid_redirect("//evil.example"));
-        assert!(!is_valid_redirect("/\\evil.example"));
-        assert!(!is_valid_redirect("login"));
-        assert!(!is_valid_redirect("javascript:alert(1)"));
-        assert!(!is_valid_redirect("ftp://x/"));
-    }
-
-    #[test]
-    fn field_lists_are_known() {
-        assert!(fields_of::<file::Server>().contains(&"listen"));
-        assert!(fields_of::<file::File>().contains(&"admin"));
-        assert_eq!(fields_of::<file::OnUnauthenticated>(), ["redirect"]);
     }
 
     #[test]

@@ -15,10 +15,7 @@ use std::hash::BuildHasher;
 use subtle::{Choice, ConstantTimeEq};
 use thread_local::ThreadLocal;
 
-use super::SessionId;
-
-/// Longest session id accepted, in bytes (after percent-decoding).
-pub const MAX_ID_LEN: usize = 256;
+use super::{SessionId, MAX_ID_LEN};
 
 /// Length of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;

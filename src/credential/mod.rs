@@ -8,6 +8,10 @@ pub mod jwt;
 
 use std::fmt;
 
+/// Longest session id accepted, in bytes: a cookie's id after
+/// percent-decoding, or a JWT's id claim.
+pub const MAX_ID_LEN: usize = 256;
+
 /// Where a credential came from (decides e.g. `WWW-Authenticate: Bearer` on 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialSource {

@@ -186,8 +186,18 @@ pub struct PidFile {
 
 impl PidFile {
     pub fn write(path: &Path) -> std::io::Result<PidFile> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let pid = std::process::id();
-        std::fs::write(path, format!("{pid}\n"))?;
+        // Never group- or other-writable, whatever the umask: `reload`
+        // refuses a pid file others could have written.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)?
+            .write_all(format!("{pid}\n").as_bytes())?;
         Ok(PidFile {
             path: path.to_owned(),
             pid,
@@ -227,8 +237,11 @@ pub fn pingora_opt(upgrade: bool) -> Option<pingora::server::configuration::Opt>
     })
 }
 
-/// `sessiongate reload`: sends SIGHUP to the pid in `pid_file`.
+/// `sessiongate reload`: sends SIGHUP to the pid in `pid_file`, which must be
+/// ours (or root's) in a directory no other user can write: otherwise anyone
+/// could choose the process we signal.
 pub fn signal_reload(pid_file: &str) -> anyhow::Result<u32> {
+    crate::runtime_paths::check_pid_file(Path::new(pid_file))?;
     let text = std::fs::read_to_string(pid_file).map_err(|e| {
         anyhow::anyhow!("cannot read pid file {pid_file}: {e} (is the gateway running?)")
     })?;

@@ -52,6 +52,13 @@ fn seconds(d: std::time::Duration) -> u64 {
 /// `config_path` is re-read on SIGHUP; `upgrade` takes the listening sockets
 /// over from a running old process (Pingora's graceful upgrade).
 pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<()> {
+    // Before Pingora binds or connects to the upgrade socket and before the
+    // pid file is written: both must be out of other users' reach.
+    crate::runtime_paths::prepare(
+        Path::new(&config.server.pid_file),
+        Path::new(&config.server.upgrade_sock),
+    )
+    .context("refusing to start")?;
     let store = RedisStore::new(&config.redis)?;
     let redis_url = redact_url(&config.redis.url);
     startup_check(&config)

@@ -1,12 +1,13 @@
-//! What canonicalisation guarantees, as one check that the property tests and
-//! the request-head fuzz target both run: the forwarded target is its own
-//! canonical form and picks the same routes, and every reading of it that a
-//! framework could make lands on a route whose demands were enforced.
+//! What canonicalisation guarantees, as one check that the property tests
+//! (tests/route_invariants.rs) and the request-head fuzz target both include
+//! by path: the forwarded target is its own canonical form and picks the same
+//! routes, and every reading of it that a framework could make lands on a
+//! route whose demands were enforced. Test code, so not in the library.
 
-use super::path::{prefix_matches, strip_parameters};
-use super::table::RouteTable;
-use super::target::{Target, TargetPolicy};
-use crate::config::{Access, Config};
+use sessiongate::config::{Access, Config};
+use sessiongate::route::path::{prefix_matches, strip_parameters};
+use sessiongate::route::table::RouteTable;
+use sessiongate::route::target::{Target, TargetPolicy};
 
 /// A layout with public, authenticated, role-protected, mixed-case and
 /// host-bound routes.
@@ -48,7 +49,7 @@ path_prefix = "/"
 upstream = "app"
 access = "public"
 "#;
-    crate::config::parse("sample.toml", text, &|_| None).expect("sample config")
+    sessiongate::config::parse("sample.toml", text, &|_| None).expect("sample config")
 }
 
 /// The first route a framework would pick for `path` on `host` under its own
