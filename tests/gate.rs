@@ -425,3 +425,28 @@ fn pipelined_requests_are_served_in_order_on_either_engine() {
         assert_eq!(response.echoed_target(), "/public/after");
     }
 }
+
+#[test]
+fn the_keep_alive_limit_counts_requests_on_both_engines() {
+    let s = Stack::start(|url, upstream| {
+        config(url, upstream, "").replace("threads = 1", "threads = 1\nkeepalive_requests = 3")
+    });
+    for bodies in [[false, false, false], [false, true, false], [true, false, true]] {
+        let mut client = Client::connect(s.gateway.addr);
+        for (i, body) in bodies.iter().enumerate() {
+            let request = if *body {
+                "POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nz"
+            } else {
+                "GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n"
+            };
+            client.write(request.as_bytes()).expect("send");
+            let response = client
+                .read()
+                .unwrap_or_else(|| panic!("{bodies:?}: no response to request {}", i + 1));
+            assert_eq!(response.status, 200);
+            let close = response.header("connection") == Some("close");
+            assert_eq!(close, i == 2, "{bodies:?}: request {}", i + 1);
+        }
+        assert!(client.read().is_none(), "{bodies:?}: the connection was kept");
+    }
+}

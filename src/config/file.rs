@@ -74,6 +74,7 @@ pub struct Server {
     pub write_timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub max_connections_per_ip: Option<i64>,
+    pub keepalive_requests: Option<i64>,
 }
 
 /// `[redis]`

@@ -173,6 +173,9 @@ pub struct ServerSettings {
     /// `max_connections_per_ip`: open client connections per client IP
     /// (default 256; 0: no limit).
     pub max_connections_per_ip: usize,
+    /// `keepalive_requests`: requests one client connection carries before
+    /// the gateway closes it, on either engine (default 1000; 0: no limit).
+    pub keepalive_requests: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -124,6 +124,7 @@ impl<'r, 't> Checker<'r, 't> {
         };
         let max_connections = limit("max_connections", f.max_connections, 4096);
         let max_connections_per_ip = limit("max_connections_per_ip", f.max_connections_per_ip, 256);
+        let keepalive_requests = limit("keepalive_requests", f.keepalive_requests, 1000);
         Some(ServerSettings {
             target: TargetPolicy {
                 non_canonical_paths: non_canonical_paths?,
@@ -141,6 +142,7 @@ impl<'r, 't> Checker<'r, 't> {
             write_timeout,
             max_connections,
             max_connections_per_ip,
+            keepalive_requests,
         })
     }
 

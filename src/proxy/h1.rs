@@ -347,11 +347,10 @@ where
             served = served.saturating_add(1);
             // The limit counts requests, on whichever path they go: the
             // one that reaches it says `Connection: close`.
-            let reuses_remaining = self
-                .inner
-                .server_options()
-                .and_then(|o| o.keepalive_request_limit)
-                .map(|limit| limit.saturating_sub(served));
+            let reuses_remaining = match server.keepalive_requests {
+                0 => None,
+                limit => Some(u32::try_from(limit).unwrap_or(u32::MAX).saturating_sub(served)),
+            };
             // What follows the head: a body, or the next pipelined request.
             let after = head.split_off(end);
             // The common request takes the lean path; the rest, and any head
