@@ -387,7 +387,7 @@ fn forwarding_headers_from_a_client_are_replaced() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.echoed("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(resp.echoed("x-forwarded-proto"), ["http"]);
-    assert_eq!(resp.echoed("x-forwarded-host"), ["site.test"]);
+    assert_eq!(resp.echoed("x-forwarded-host"), ["site.test:8080"]);
     assert!(resp.echoed("forwarded").is_empty());
 }
 
