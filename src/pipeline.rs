@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST};
 use http::request::Parts;
-use http::uri::PathAndQuery;
 use http::{HeaderValue, Method};
 
 use crate::config::{
@@ -270,16 +269,6 @@ impl Pipeline {
                 tracing::debug!(error = %e, "shared rate limit: a failure was counted locally only");
             }
         }
-    }
-
-    /// Without `[rate_limit]`'s client IP (e.g. outside Pingora); the target
-    /// is read from `req.uri`.
-    pub async fn decide(&self, req: &Parts) -> Outcome {
-        let target = match (req.uri.authority(), req.uri.path_and_query()) {
-            (Some(_), _) => req.uri.to_string(),
-            (None, pq) => pq.map_or("/", PathAndQuery::as_str).to_owned(),
-        };
-        self.decide_limited(req, target.as_bytes(), None).await
     }
 
     async fn decide_limited(
