@@ -702,6 +702,94 @@ user_sessions_key = "user:{user}:sessions""#;
         assert!(store.members("user:u1:sessions").is_empty());
     }
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn sec_fetch_site_decides_when_a_browser_sends_it() {
+        let own = RequestOrigin::new("http", "app.test", None);
+        for site in ["same-origin", "same-site", "none"] {
+            let h = headers(&[("sec-fetch-site", site), ("origin", "http://evil.test")]);
+            assert!(!cross_site(&h, &own), "{site}");
+        }
+        for site in ["cross-site", "Same-Origin", "whatever"] {
+            let h = headers(&[("sec-fetch-site", site), ("origin", "http://app.test")]);
+            assert!(cross_site(&h, &own), "{site}");
+        }
+        let twice = headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-site", "cross-site"),
+        ]);
+        assert!(cross_site(&twice, &own));
+    }
+
+    #[test]
+    fn without_sec_fetch_site_the_origin_must_be_the_requests_own() {
+        let own = RequestOrigin::new("http", "app.test", Some(8080));
+        let passes = |origin: &'static str| !cross_site(&headers(&[("origin", origin)]), &own);
+        assert!(passes("http://app.test:8080"));
+        assert!(passes("HTTP://App.Test.:8080"));
+        for refused in [
+            "null",
+            "http://app.test",
+            "https://app.test:8080",
+            "http://evil.test:8080",
+            "http://app.test.evil.test:8080",
+            "http://app.test:8080/path",
+            "http://user@app.test:8080",
+            "http://app.test:99999",
+            "app.test:8080",
+            "",
+        ] {
+            assert!(!passes(refused), "{refused:?}");
+        }
+        // No header at all: not a browser, served.
+        assert!(!cross_site(&HeaderMap::new(), &own));
+        let two = headers(&[
+            ("origin", "http://app.test:8080"),
+            ("origin", "http://app.test:8080"),
+        ]);
+        assert!(cross_site(&two, &own));
+
+        // Default ports, and IPv6 literals.
+        let https = RequestOrigin::new("https", "app.test", None);
+        assert!(!cross_site(
+            &headers(&[("origin", "https://app.test:443")]),
+            &https
+        ));
+        assert!(cross_site(
+            &headers(&[("origin", "http://app.test:443")]),
+            &https
+        ));
+        let v6 = RequestOrigin::new("http", "[::1]", Some(8080));
+        assert!(!cross_site(
+            &headers(&[("origin", "http://[::1]:8080")]),
+            &v6
+        ));
+        assert!(cross_site(&headers(&[("origin", "http://[::1]")]), &v6));
+    }
+
+    #[test]
+    fn the_port_is_the_absolute_targets_else_the_host_headers() {
+        let host = HeaderValue::from_static("app.test:8080");
+        assert_eq!(authority_port(b"/auth/logout", Some(&host)), Some(8080));
+        assert_eq!(
+            authority_port(b"http://app.test:81/x", Some(&host)),
+            Some(81)
+        );
+        assert_eq!(authority_port(b"http://app.test?x", Some(&host)), None);
+        let v6 = HeaderValue::from_static("[::1]:9000");
+        assert_eq!(authority_port(b"/", Some(&v6)), Some(9000));
+        let bare = HeaderValue::from_static("[::1]");
+        assert_eq!(authority_port(b"/", Some(&bare)), None);
+        assert_eq!(authority_port(b"/", None), None);
+    }
+
     #[tokio::test]
     async fn store_errors_are_reported() {
         let l = logout(SETS);
