@@ -344,6 +344,12 @@ fn a_cross_site_logout_is_refused_and_leaves_the_session_alone() {
     assert_eq!(members(&s.redis, "user:1001:sessions"), [ALICE_2, ALICE]);
     assert_eq!(status_with(&s, ALICE), 200);
     assert_eq!(status_with(&s, ALICE_2), 200);
+    // Logged like any refusal: forbidden, with its reason.
+    let log = s.gateway.access_log_until(|l| l["reason"] == "cross_site");
+    let refused: Vec<_> = log.iter().filter(|l| l["reason"] == "cross_site").collect();
+    assert!(!refused.is_empty(), "{log:?}");
+    assert_eq!(refused[0]["status"], 403);
+    assert_eq!(refused[0]["decision"], "forbidden");
 
     // The same site (either header), a typed URL, and a client that sends
     // neither header (curl, an app) log out.
