@@ -14,7 +14,7 @@ use crate::credential::{Credential, CredentialSource};
 use crate::logout::Caller;
 use crate::reject::AuthFailure;
 
-use super::trace::{CredentialSeen, Trace};
+use super::trace::{CredentialSeen, NoTrace, Trace};
 
 /// What the extract stage found.
 pub(super) enum Extracted {
@@ -125,7 +125,7 @@ pub(super) fn caller(
     verifier: Option<&ExpressVerifier>,
     jwt: Option<&JwtSettings>,
 ) -> Option<Caller> {
-    match extract(req, session, verifier, &mut super::trace::NoTrace) {
+    match extract(req, session, verifier, &mut NoTrace) {
         Extracted::Found(credential) => Some(match credential.source {
             CredentialSource::Cookie => Caller::Session(credential.id),
             CredentialSource::Bearer => Caller::Opaque(credential.id),
