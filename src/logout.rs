@@ -6,19 +6,25 @@
 //!
 //! Both are idempotent: without a session, or with an unknown one, they still
 //! answer 204 and clear the cookie. Any other method gets 405 with
-//! `Allow: POST`, so a link or an image cannot log anyone out. A Redis error is
-//! a 503 that leaves the cookie alone, so the client can retry.
+//! `Allow: POST`, so a link or an image cannot log anyone out, and a browser's
+//! POST from another site (`Sec-Fetch-Site: cross-site`, or without that
+//! header an `Origin` that is not the request's own) gets 403, so a form on
+//! another site cannot either; clients that send neither (curl, apps) are
+//! served. A Redis error is a 503 that leaves the cookie alone, so the client
+//! can retry.
 //!
 //! Session ids are never logged; only how many keys a logout ended.
 
 use std::fmt::Write as _;
 
-use http::StatusCode;
+use http::header::ORIGIN;
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::config::{Config, FieldPath, KeyTemplate, SessionSettings, ValueFormat};
 use crate::credential::SessionId;
 use crate::reject::Rendered;
+use crate::route::target::normalise_host;
 use crate::session::cache::SessionCache;
 use crate::session::{Session, SessionStore, StoreError};
 
@@ -267,6 +273,118 @@ impl Logout {
             body: r#"{"error":"method_not_allowed","message":"logout requires POST"}"#,
         }
     }
+}
+
+/// The origin a request was made to: what a browser's `Origin` says when a
+/// page of this very site sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestOrigin<'a> {
+    scheme: &'a str,
+    /// Canonical: lower case, no port, no trailing dot.
+    host: &'a str,
+    /// `None`: no port was named and the scheme has no default.
+    port: Option<u16>,
+}
+
+impl<'a> RequestOrigin<'a> {
+    /// `scheme` (`http`, or `https` behind a TLS-terminating proxy), the
+    /// canonical `host`, and the port the request named (`None`: the
+    /// scheme's default).
+    pub fn new(scheme: &'a str, host: &'a str, port: Option<u16>) -> RequestOrigin<'a> {
+        RequestOrigin {
+            scheme,
+            host,
+            port: port.or_else(|| default_port(scheme)),
+        }
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("http") {
+        Some(80)
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Some(443)
+    } else {
+        None
+    }
+}
+
+/// `authority` split into its host and its port text, if it has one.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    if authority.starts_with('[') {
+        return match authority.split_once(']') {
+            Some((v6, after)) => (&authority[..v6.len() + 1], after.strip_prefix(':')),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    }
+}
+
+/// The port a request named: in an absolute-form target's authority (which
+/// wins over `Host`), else in its `Host` header; `None` when it named none.
+pub fn authority_port(raw_target: &[u8], host: Option<&HeaderValue>) -> Option<u16> {
+    let authority = match raw_target.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"http://") => {
+            let rest = &raw_target[7..];
+            let end = rest
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(rest.len());
+            &rest[..end]
+        }
+        _ => host?.as_bytes(),
+    };
+    let authority = std::str::from_utf8(authority).ok()?;
+    split_port(authority).1?.parse().ok()
+}
+
+/// Whether a logout POST with `headers` was sent by a page of another site
+/// than `own`. `Sec-Fetch-Site` decides when a browser sends it: only
+/// `same-origin`, `same-site` and `none` (typed by the user) pass. Without
+/// it, an `Origin` must be `own` exactly (scheme, host and port); `Origin:
+/// null` (a sandboxed frame, a `file:` page, a redirect across sites) names
+/// no site and never is. A request with neither is not a browser's
+/// (`curl`, an app's HTTP client) and passes.
+pub fn cross_site(headers: &HeaderMap, own: &RequestOrigin<'_>) -> bool {
+    let mut sites = headers.get_all("sec-fetch-site").iter().peekable();
+    if sites.peek().is_some() {
+        return sites
+            .any(|site| !matches!(site.as_bytes(), b"same-origin" | b"same-site" | b"none"));
+    }
+    let mut origins = headers.get_all(ORIGIN).iter();
+    let Some(origin) = origins.next() else {
+        return false;
+    };
+    // A browser sends one `Origin`; more than one is not a browser's word.
+    if origins.next().is_some() {
+        return true;
+    }
+    !origin.to_str().is_ok_and(|origin| is_origin(origin, own))
+}
+
+/// Whether the serialised origin `origin` (`scheme://host[:port]`) is `own`.
+fn is_origin(origin: &str, own: &RequestOrigin<'_>) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return false;
+    }
+    let (host, port) = split_port(authority);
+    let port = match port {
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) => Some(port),
+            Err(_) => return false,
+        },
+        None => default_port(scheme),
+    };
+    scheme.eq_ignore_ascii_case(own.scheme)
+        && port.is_some()
+        && port == own.port
+        && normalise_host(host).is_ok_and(|host| host == own.host)
 }
 
 /// The `Set-Cookie` value that makes a browser drop the session cookie: empty,
@@ -582,6 +700,94 @@ user_sessions_key = "user:{user}:sessions""#;
         assert!(!store.has("token:t2") && !store.has("sess:s1"));
         assert!(store.members("user:u1:tokens").is_empty());
         assert!(store.members("user:u1:sessions").is_empty());
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn sec_fetch_site_decides_when_a_browser_sends_it() {
+        let own = RequestOrigin::new("http", "app.test", None);
+        for site in ["same-origin", "same-site", "none"] {
+            let h = headers(&[("sec-fetch-site", site), ("origin", "http://evil.test")]);
+            assert!(!cross_site(&h, &own), "{site}");
+        }
+        for site in ["cross-site", "Same-Origin", "whatever"] {
+            let h = headers(&[("sec-fetch-site", site), ("origin", "http://app.test")]);
+            assert!(cross_site(&h, &own), "{site}");
+        }
+        let twice = headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-site", "cross-site"),
+        ]);
+        assert!(cross_site(&twice, &own));
+    }
+
+    #[test]
+    fn without_sec_fetch_site_the_origin_must_be_the_requests_own() {
+        let own = RequestOrigin::new("http", "app.test", Some(8080));
+        let passes = |origin: &'static str| !cross_site(&headers(&[("origin", origin)]), &own);
+        assert!(passes("http://app.test:8080"));
+        assert!(passes("HTTP://App.Test.:8080"));
+        for refused in [
+            "null",
+            "http://app.test",
+            "https://app.test:8080",
+            "http://evil.test:8080",
+            "http://app.test.evil.test:8080",
+            "http://app.test:8080/path",
+            "http://user@app.test:8080",
+            "http://app.test:99999",
+            "app.test:8080",
+            "",
+        ] {
+            assert!(!passes(refused), "{refused:?}");
+        }
+        // No header at all: not a browser, served.
+        assert!(!cross_site(&HeaderMap::new(), &own));
+        let two = headers(&[
+            ("origin", "http://app.test:8080"),
+            ("origin", "http://app.test:8080"),
+        ]);
+        assert!(cross_site(&two, &own));
+
+        // Default ports, and IPv6 literals.
+        let https = RequestOrigin::new("https", "app.test", None);
+        assert!(!cross_site(
+            &headers(&[("origin", "https://app.test:443")]),
+            &https
+        ));
+        assert!(cross_site(
+            &headers(&[("origin", "http://app.test:443")]),
+            &https
+        ));
+        let v6 = RequestOrigin::new("http", "[::1]", Some(8080));
+        assert!(!cross_site(
+            &headers(&[("origin", "http://[::1]:8080")]),
+            &v6
+        ));
+        assert!(cross_site(&headers(&[("origin", "http://[::1]")]), &v6));
+    }
+
+    #[test]
+    fn the_port_is_the_absolute_targets_else_the_host_headers() {
+        let host = HeaderValue::from_static("app.test:8080");
+        assert_eq!(authority_port(b"/auth/logout", Some(&host)), Some(8080));
+        assert_eq!(
+            authority_port(b"http://app.test:81/x", Some(&host)),
+            Some(81)
+        );
+        assert_eq!(authority_port(b"http://app.test?x", Some(&host)), None);
+        let v6 = HeaderValue::from_static("[::1]:9000");
+        assert_eq!(authority_port(b"/", Some(&v6)), Some(9000));
+        let bare = HeaderValue::from_static("[::1]");
+        assert_eq!(authority_port(b"/", Some(&bare)), None);
+        assert_eq!(authority_port(b"/", None), None);
     }
 
     #[tokio::test]

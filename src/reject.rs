@@ -67,6 +67,9 @@ pub enum Rejection {
     RateLimited {
         retry_after: u64,
     },
+    /// A browser's logout POST sent from another site (`Sec-Fetch-Site`,
+    /// else `Origin`): a page elsewhere may not log the user out.
+    CrossSiteLogout,
 }
 
 /// A response ready to be written: status, extra headers, JSON body.
@@ -92,6 +95,7 @@ impl Rejection {
             Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::NoRoute => "no_route",
             Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::CrossSiteLogout => "cross_site",
         }
     }
 
@@ -113,7 +117,9 @@ impl Rejection {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Unauthenticated { login: Some(_), .. } => StatusCode::FOUND,
             Rejection::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            Rejection::Forbidden | Rejection::IdentityUnavailable => StatusCode::FORBIDDEN,
+            Rejection::Forbidden | Rejection::IdentityUnavailable | Rejection::CrossSiteLogout => {
+                StatusCode::FORBIDDEN
+            }
             Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -158,6 +164,9 @@ impl Rejection {
             Rejection::RateLimited { retry_after } => {
                 headers.push(("retry-after", retry_after.to_string()));
                 r#"{"error":"rate_limited","message":"too many requests, retry later"}"#
+            }
+            Rejection::CrossSiteLogout => {
+                r#"{"error":"forbidden","message":"a logout must come from this site"}"#
             }
         };
         Rendered {

@@ -300,6 +300,97 @@ fn logout_while_redis_is_down_is_503_and_keeps_the_cookie() {
     assert_eq!(post(&s, LOGOUT, &[]).status, 204);
 }
 
+/// A logout POST with `headers`, for `Host: host`, carrying `id`'s cookie.
+fn logout_from(s: &Setup, path: &str, host: &str, id: &str, headers: &[(&str, &str)]) -> u16 {
+    let cookie = cookie(id);
+    let mut all = vec![("Host", host), ("Cookie", cookie.as_str())];
+    all.extend_from_slice(headers);
+    let resp = post(s, path, &all);
+    if resp.status == 403 {
+        assert_eq!(
+            resp.header("set-cookie"),
+            None,
+            "a refusal keeps the cookie"
+        );
+        assert!(resp.body.contains("forbidden"), "{}", resp.body);
+    }
+    resp.status
+}
+
+#[test]
+fn a_cross_site_logout_is_refused_and_leaves_the_session_alone() {
+    let s = setup("");
+    // As a browser at http://127.0.0.1:<port>/ would send them.
+    let host = s.gateway.addr.to_string();
+    let own = format!("http://{host}");
+    let other_port = format!("http://127.0.0.1:{}", s.gateway.addr.port() ^ 1);
+    let https = format!("https://{host}");
+    for (path, headers) in [
+        (LOGOUT, vec![("Sec-Fetch-Site", "cross-site")]),
+        // Sec-Fetch-Site decides when a browser sends it.
+        (
+            LOGOUT_ALL,
+            vec![("Sec-Fetch-Site", "cross-site"), ("Origin", own.as_str())],
+        ),
+        (LOGOUT, vec![("Origin", "http://evil.test")]),
+        (LOGOUT_ALL, vec![("Origin", "null")]),
+        (LOGOUT, vec![("Origin", https.as_str())]),
+        (LOGOUT, vec![("Origin", other_port.as_str())]),
+    ] {
+        let status = logout_from(&s, path, &host, ALICE, &headers);
+        assert_eq!(status, 403, "{path} {headers:?}");
+    }
+    assert!(exists(&s.redis, &format!("sess:{ALICE}")));
+    assert_eq!(members(&s.redis, "user:1001:sessions"), [ALICE_2, ALICE]);
+    assert_eq!(status_with(&s, ALICE), 200);
+    assert_eq!(status_with(&s, ALICE_2), 200);
+    // Logged like any refusal: forbidden, with its reason.
+    let log = s.gateway.access_log_until(|l| l["reason"] == "cross_site");
+    let refused: Vec<_> = log.iter().filter(|l| l["reason"] == "cross_site").collect();
+    assert!(!refused.is_empty(), "{log:?}");
+    assert_eq!(refused[0]["status"], 403);
+    assert_eq!(refused[0]["decision"], "forbidden");
+
+    // The same site (either header), a typed URL, and a client that sends
+    // neither header (curl, an app) log out.
+    let same_origin = [("Sec-Fetch-Site", "same-origin")];
+    assert_eq!(logout_from(&s, LOGOUT, &host, ALICE, &same_origin), 204);
+    assert_eq!(status_with(&s, ALICE), 401);
+    let origin = [("Origin", own.as_str())];
+    assert_eq!(logout_from(&s, LOGOUT, &host, ALICE_2, &origin), 204);
+    assert_eq!(status_with(&s, ALICE_2), 401);
+    let typed = [("Sec-Fetch-Site", "none")];
+    assert_eq!(logout_from(&s, LOGOUT, &host, PASSPORT, &typed), 204);
+    assert_eq!(status_with(&s, PASSPORT), 401);
+    assert_eq!(logout_from(&s, LOGOUT_ALL, &host, VIEWER, &[]), 204);
+    assert_eq!(status_with(&s, VIEWER), 401);
+}
+
+#[test]
+fn the_origin_is_https_only_when_a_trusted_proxy_says_so() {
+    let forwarded = [
+        ("X-Forwarded-Proto", "https"),
+        ("Origin", "https://app.test"),
+    ];
+    // A client's own X-Forwarded-Proto is not believed.
+    let s = setup("");
+    assert_eq!(logout_from(&s, LOGOUT, "app.test", ALICE, &forwarded), 403);
+    assert_eq!(status_with(&s, ALICE), 200);
+    let plain = [
+        ("X-Forwarded-Proto", "https"),
+        ("Origin", "http://app.test"),
+    ];
+    assert_eq!(logout_from(&s, LOGOUT, "App.Test:80", ALICE, &plain), 204);
+    assert_eq!(status_with(&s, ALICE), 401);
+
+    // Behind a TLS-terminating proxy the gateway trusts, it is.
+    let s = setup("\n[rate_limit]\ntrusted_proxies = [\"127.0.0.1/32\"]");
+    assert_eq!(logout_from(&s, LOGOUT, "app.test", ALICE, &plain), 403);
+    assert_eq!(status_with(&s, ALICE), 200);
+    assert_eq!(logout_from(&s, LOGOUT, "app.test", ALICE, &forwarded), 204);
+    assert_eq!(status_with(&s, ALICE), 401);
+}
+
 // ---------------------------------------------------------------------------
 // The CLI
 

@@ -56,6 +56,7 @@ secret = "{HS_SECRET}"
 [identity.headers]
 "X-User-Id" = "user.id"
 "X-User-Role" = "user.role"
+"X-Token-Id" = "claims.tokenId"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -434,6 +435,23 @@ fn explain_says_why_for_valid_expired_revoked_forged_and_wrong_role_credentials(
     assert_eq!(jwt["credential"]["check"], "ok");
     assert_eq!(jwt["lookup"]["key"], "token:b574...");
     assert_eq!(jwt["lookup"]["result"], "found");
+    // The identity header carrying the token id shows the same prefix.
+    let token_id = jwt["session"]["identity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["header"] == "x-token-id")
+        .unwrap_or_else(|| panic!("no x-token-id in {jwt}"));
+    assert_eq!(token_id["value"], "b574...", "{out}");
+    let human = explain_cli(
+        &s,
+        &["--url", "http://app.test/staff/x", "--bearer", &valid_token],
+    );
+    printed += &human;
+    assert!(
+        human.contains("x-token-id: b574... <- claims.tokenId"),
+        "{human}"
+    );
     // Its role (editor, at user.role: absent in the token's claims) is not admin.
     assert_eq!(jwt["decision"]["reason"], "role_missing");
 

@@ -81,11 +81,6 @@ impl Selection {
             },
         ))
     }
-
-    /// Whether every reading chose the same route.
-    pub fn is_single(&self) -> bool {
-        self.others.iter().flatten().all(|&(_, r)| r == self.route)
-    }
 }
 
 impl RouteTable {

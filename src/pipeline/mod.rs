@@ -1,0 +1,387 @@
+//! The request pipeline as plain async code, free of Pingora: route, extract,
+//! resolve, authorize (DESIGN.md section 1), one stage per module. `decide_from`
+//! turns a request head into an [`Outcome`]; the engines in `proxy` only write
+//! that outcome out. `explain` runs the same stages with a recording
+//! [`trace::Trace`] instead of the serving path's no-op one.
+
+mod authorize;
+mod extract;
+mod limit;
+mod outcome;
+mod record;
+mod resolve;
+mod route;
+mod trace;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::header::{ACCEPT, HOST};
+use http::request::Parts;
+use http::{HeaderValue, Method};
+
+use crate::config::{Config, CookieFormat, Route};
+use crate::credential::cookie::ExpressVerifier;
+use crate::explain::Explanation;
+use crate::identity::IdentityPlan;
+use crate::labels::Decision;
+use crate::logout::{Logout, LogoutScope, RequestOrigin};
+use crate::metrics::PipelineMetrics;
+use crate::reject::{login_url, AuthFailure, Rejection, Rendered};
+use crate::route::table::RouteTable;
+use crate::route::target::Target;
+use crate::session::cache::SessionCache;
+use crate::session::SessionStore;
+
+use extract::Extracted;
+pub use outcome::Outcome;
+use resolve::{Resolved, Resolver};
+use route::Matched;
+use trace::{NoTrace, Trace};
+
+/// Everything compiled from one configuration that a request needs.
+pub struct Pipeline {
+    pub config: Config,
+    pub identity: IdentityPlan,
+    verifier: Option<ExpressVerifier>,
+    resolver: Resolver,
+    store: Arc<dyn SessionStore>,
+    cache: Arc<SessionCache>,
+    /// One round-robin cursor per upstream.
+    cursors: Vec<AtomicUsize>,
+    /// `logout_path` / `logout_all_path`, when configured.
+    logout: Option<Logout>,
+    /// Metric handles for this configuration's routes and upstreams.
+    pub metrics: PipelineMetrics,
+    /// `[rate_limit]` (its token buckets are emptied by a reload).
+    limits: limit::Limits,
+    /// Which upstream addresses are out of rotation (`health_check`).
+    health: Arc<crate::upstream::UpstreamHealth>,
+    /// The routes, matched under every reading of a path.
+    table: RouteTable,
+}
+
+impl Pipeline {
+    pub fn new(config: Config, store: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Pipeline {
+        let identity = IdentityPlan::new(&config.identity);
+        Pipeline {
+            verifier: (config.session.cookie_format == CookieFormat::Express)
+                .then(|| ExpressVerifier::new(&config.session.secrets)),
+            resolver: Resolver::new(&config, &identity, store.clone(), cache.clone()),
+            identity,
+            cursors: config
+                .upstreams
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            logout: Logout::new(&config, config.jwt.as_ref().map(|jwt| jwt.key.clone())),
+            metrics: PipelineMetrics::new(&config),
+            limits: limit::Limits::new(&config.rate_limit, store.clone()),
+            health: crate::upstream::UpstreamHealth::new(&config.upstreams),
+            table: RouteTable::new(&config.routes),
+            store,
+            cache,
+            config,
+        }
+    }
+
+    pub fn route(&self, index: usize) -> &Route {
+        &self.config.routes[index]
+    }
+
+    /// The next address of the route's upstream, round robin, skipping the
+    /// addresses a health check took out (unless every one of them is out).
+    pub fn upstream_addr(&self, route: usize) -> std::net::SocketAddr {
+        let upstream = self.config.routes[route].upstream;
+        let addrs = &self.config.upstreams[upstream].addrs;
+        self.health.start(&self.config.upstreams);
+        let n = self.cursors[upstream].fetch_add(1, Ordering::Relaxed);
+        (0..addrs.len())
+            .map(|k| (n + k) % addrs.len())
+            .find(|&i| self.health.is_up(upstream, i))
+            .map_or(addrs[n % addrs.len()], |i| addrs[i])
+    }
+
+    /// The response for a refusal on `route`: with its `show_error_details`,
+    /// a 401 or 403 body carries the reason code.
+    pub fn render(&self, route: Option<usize>, rejection: &Rejection) -> Rendered {
+        let details = route.is_some_and(|r| self.config.routes[r].show_error_details);
+        rejection.render_with(details)
+    }
+
+    /// Decides on a request whose request-target, exactly as received, is
+    /// `target`, from `peer` (the connection's address), with `[rate_limit]`
+    /// applied: failed authentications per client IP (checked before the
+    /// session is looked up) and requests per user.
+    pub async fn decide_from(&self, req: &Parts, target: &[u8], peer: Option<IpAddr>) -> Outcome {
+        let client = self.limits.client(req, peer);
+        let outcome = self.decide(req, target, peer, client, &mut NoTrace).await;
+        self.limits.settle(outcome, client).await
+    }
+
+    /// Runs the pipeline on one request head without serving it and says
+    /// what each stage found. Changes nothing: no rate limit is applied or
+    /// counted, nothing is cached, touched or logged out, no metric moves
+    /// (the Redis reads themselves aside).
+    pub async fn explain(&self, req: &Parts, raw_target: &[u8]) -> Explanation {
+        let mut recorder = record::Recorder::new(&self.config, &self.identity, &self.cache);
+        let outcome = self
+            .decide(req, raw_target, None, None, &mut recorder)
+            .await;
+        recorder.finish(req, &outcome, |route, rejection| {
+            self.render(route, rejection).status.as_u16()
+        })
+    }
+
+    /// The stages in order. `client` is the key of `[rate_limit]`'s
+    /// failed-authentication budget (`None`: not limited).
+    async fn decide<T: Trace>(
+        &self,
+        req: &Parts,
+        raw_target: &[u8],
+        peer: Option<IpAddr>,
+        client: Option<IpAddr>,
+        trace: &mut T,
+    ) -> Outcome {
+        let reject = |route, rejection| Outcome::Reject { route, rejection };
+
+        if header_bytes(req) > self.config.server.max_request_header_bytes {
+            return reject(None, Rejection::HeadersTooLarge);
+        }
+        let mut target = match Target::parse(
+            raw_target,
+            req.headers.get_all(HOST).iter().map(HeaderValue::as_bytes),
+            req.version >= http::Version::HTTP_11,
+            self.config.server.target,
+        ) {
+            Ok(target) => target,
+            Err(e) => return reject(None, Rejection::BadTarget(e)),
+        };
+        trace.request(&target);
+        if let Some((logout, scope)) = self
+            .logout
+            .as_ref()
+            .and_then(|l| l.matches(&target.path).map(|scope| (l, scope)))
+        {
+            if T::DRY_RUN {
+                trace.note("a logout path: answered by the gateway (explain ends nothing)");
+                return Outcome::Respond {
+                    decision: Decision::LoggedOut,
+                    rendered: logout.done(),
+                };
+            }
+            let origin = self.origin(req, raw_target, &target, peer);
+            return self.logout(req, origin, logout, scope).await;
+        }
+        let Some(matched) =
+            Matched::select(&self.table, &self.config.routes, &target.host, &target.path)
+        else {
+            return reject(None, Rejection::NoRoute);
+        };
+        trace.routed(&matched);
+        if let Some(allow) = matched.method_refused(&req.method) {
+            return reject(Some(matched.index()), Rejection::MethodNotAllowed { allow });
+        }
+        let mut outcome = self
+            .authenticate(req, &target, &matched, client, trace)
+            .await;
+        // Report mode: a refusal without a session to show for it is
+        // forwarded bare (role refusals are relaxed in `authorize`, which
+        // still has the session).
+        if let Outcome::Reject {
+            route: Some(route),
+            rejection,
+        } = &outcome
+        {
+            if matched.relaxed(rejection) {
+                outcome = Outcome::Forward {
+                    route: *route,
+                    principal: None,
+                    decision: Decision::WouldDeny,
+                    stale: false,
+                    rewrite: Default::default(),
+                    would_deny: Some(rejection.clone()),
+                };
+            }
+        }
+        if let Outcome::Forward { rewrite, .. } = &mut outcome {
+            *rewrite = std::mem::take(&mut target.rewrite);
+        }
+        outcome
+    }
+
+    /// Extract, resolve and authorize against every matched route: public
+    /// only when all of them are public.
+    async fn authenticate<T: Trace>(
+        &self,
+        req: &Parts,
+        target: &Target<'_>,
+        matched: &Matched<'_>,
+        client: Option<IpAddr>,
+        trace: &mut T,
+    ) -> Outcome {
+        let index = matched.index();
+        let Some(strict) = matched.strict() else {
+            return Outcome::forward(index, None, Decision::Public);
+        };
+        let route = &self.config.routes[strict];
+        // An IP over its failed-authentication budget is refused before Redis.
+        if let Some(retry_after) = self.limits.over_failed_auth(client).await {
+            return Outcome::Reject {
+                route: Some(index),
+                rejection: Rejection::RateLimited { retry_after },
+            };
+        }
+        let session = &self.config.session;
+        let resolved = match extract::extract(req, session, self.verifier.as_ref(), trace) {
+            Extracted::Found(credential) => {
+                let stale_allowed = matched.stale_allowed();
+                self.resolver
+                    .credential(&credential, stale_allowed, &route.name, trace)
+                    .await
+            }
+            // No usable cookie: a bearer JWT, when `bearer = "jwt"`.
+            Extracted::Absent { bearer, reason } => match extract::jwt_bearer(req, session) {
+                None => Resolved::Invalid { reason, bearer },
+                Some(None) => {
+                    trace.credential(trace::CredentialSeen {
+                        source: "bearer",
+                        format: Some("jwt"),
+                        check: "malformed",
+                        ..Default::default()
+                    });
+                    Resolved::Invalid {
+                        reason: AuthFailure::BadCredential,
+                        bearer: true,
+                    }
+                }
+                Some(Some(token)) => self.resolver.token(token, &route.name, trace).await,
+            },
+        };
+        match resolved {
+            Resolved::Found { principal, stale } => {
+                authorize::authorize(matched, principal, stale, trace)
+            }
+            Resolved::Invalid { reason, bearer } => {
+                // Browsers are sent to the login page; API clients get 401.
+                let login = route
+                    .login_redirect
+                    .as_deref()
+                    .filter(|_| !bearer && wants_html(req))
+                    .map(|login| login_url(login, &target.path, target.query));
+                Outcome::Reject {
+                    route: Some(index),
+                    rejection: Rejection::Unauthenticated {
+                        reason,
+                        bearer,
+                        login,
+                    },
+                }
+            }
+            Resolved::Unavailable => Outcome::Reject {
+                route: Some(index),
+                rejection: Rejection::StoreUnavailable,
+            },
+        }
+    }
+
+    /// The origin `req` was made to: the scheme of the listener (plain HTTP),
+    /// or the `X-Forwarded-Proto` of a trusted proxy; the canonical host; the
+    /// port the client named (else the scheme's default).
+    fn origin<'r>(
+        &self,
+        req: &'r Parts,
+        raw_target: &'r [u8],
+        target: &'r Target<'r>,
+        peer: Option<IpAddr>,
+    ) -> RequestOrigin<'r> {
+        let trusted = &self.config.rate_limit.trusted_proxies;
+        let forwarded_proto = peer
+            .filter(|ip| trusted.iter().any(|c| c.contains(*ip)))
+            .and_then(|_| req.headers.get("x-forwarded-proto"))
+            .and_then(|v| v.to_str().ok())
+            // The first proxy's, the one the browser spoke to.
+            .and_then(|v| v.split(',').next())
+            .map(str::trim);
+        RequestOrigin::new(
+            forwarded_proto.unwrap_or("http"),
+            &target.host,
+            crate::logout::authority_port(raw_target, req.headers.get(HOST)),
+        )
+    }
+
+    /// `POST logout_path` / `logout_all_path`: ends the caller's session (or
+    /// every session of its user) and clears the cookie; other methods get
+    /// 405, and a browser's cross-site POST (a page elsewhere logging the
+    /// user out) 403.
+    async fn logout(
+        &self,
+        req: &Parts,
+        origin: RequestOrigin<'_>,
+        logout: &Logout,
+        scope: LogoutScope,
+    ) -> Outcome {
+        if req.method != Method::POST {
+            return Outcome::Respond {
+                decision: Decision::Invalid,
+                rendered: Logout::method_not_allowed(),
+            };
+        }
+        if crate::logout::cross_site(&req.headers, &origin) {
+            tracing::info!(
+                scope = scope.as_str(),
+                "logout refused: a cross-site request"
+            );
+            return Outcome::Reject {
+                route: None,
+                rejection: Rejection::CrossSiteLogout,
+            };
+        }
+        let caller = extract::caller(
+            req,
+            &self.config.session,
+            self.verifier.as_ref(),
+            self.config.jwt.as_ref(),
+        );
+        match logout.end(scope, caller, &*self.store, &self.cache).await {
+            Ok(_) => Outcome::Respond {
+                decision: Decision::LoggedOut,
+                rendered: logout.done(),
+            },
+            Err(e) => {
+                tracing::warn!(scope = scope.as_str(), error = %e, "logout: session store error");
+                Outcome::Reject {
+                    route: None,
+                    rejection: Rejection::StoreUnavailable,
+                }
+            }
+        }
+    }
+}
+
+/// The request line and headers, as sent (near enough: `METHOD target HTTP/1.1`).
+fn header_bytes(req: &Parts) -> usize {
+    let target = req.uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + req.uri.authority().map_or(0, |a| a.as_str().len())
+        + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method.as_str().len() + target + 12;
+    line + req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+}
+
+/// A browser navigation: GET or HEAD that accepts HTML.
+fn wants_html(req: &Parts) -> bool {
+    (req.method == Method::GET || req.method == Method::HEAD)
+        && req
+            .headers
+            .get_all(ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
+}
