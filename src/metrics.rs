@@ -132,6 +132,8 @@ struct Metrics {
     connections_refused: [IntCounter; 2],
     open_connections: IntGauge,
     head_timeouts: IntCounter,
+    h2_streams_refused: IntCounterVec,
+    h2_connections_closed: IntCounterVec,
     /// `[bad_request, head_too_large]`
     bad_requests: [IntCounter; 2],
     auth_failures: IntCounterVec,
@@ -264,6 +266,16 @@ fn build() -> Metrics {
         "Connections closed because a request head did not arrive whole within request_head_timeout.",
     ));
     reg(Box::new(head_timeouts.clone()));
+    let h2_streams_refused = counter_vec(
+        "sessiongate_h2_streams_refused_total",
+        "HTTP/2 streams refused (in_flight: h2_max_concurrent_streams requests in flight on the connection; per_ip: max_streams_per_ip) or reset at h2_request_timeout (deadline).",
+        &["reason"],
+    );
+    let h2_connections_closed = counter_vec(
+        "sessiongate_h2_connections_closed_total",
+        "HTTP/2 connections closed with ENHANCE_YOUR_CALM (in_flight: kept opening streams past the bound; malformed: too many malformed streams).",
+        &["reason"],
+    );
     let bad = counter_vec(
         "sessiongate_bad_requests_total",
         "Request heads refused before the pipeline saw them (bad_request: the HTTP parser refused the head; head_too_large: over max_request_header_bytes).",
@@ -274,6 +286,8 @@ fn build() -> Metrics {
         connections_refused: ["per_ip", "total"].map(|r| refused.with_label_values(&[r])),
         open_connections,
         head_timeouts,
+        h2_streams_refused,
+        h2_connections_closed,
         bad_requests: ["bad_request", "head_too_large"].map(|r| bad.with_label_values(&[r])),
         reloads_ok: reloads.with_label_values(&["ok"]),
         reloads_error: reloads.with_label_values(&["error"]),
@@ -402,6 +416,23 @@ pub fn connection_closed() {
 /// Counts one connection closed for a request head that came too slowly.
 pub fn head_timeout() {
     METRICS.head_timeouts.inc();
+}
+
+/// Counts an HTTP/2 stream refused (`in_flight`, `per_ip`) or reset at its
+/// deadline (`deadline`).
+pub fn h2_stream_refused(reason: &'static str) {
+    METRICS
+        .h2_streams_refused
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// Counts an HTTP/2 connection closed for abuse (`in_flight`, `malformed`).
+pub fn h2_connection_closed(reason: &'static str) {
+    METRICS
+        .h2_connections_closed
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// Why a request head was refused before the pipeline saw it.

@@ -431,7 +431,11 @@ fn the_keep_alive_limit_counts_requests_on_both_engines() {
     let s = Stack::start(|url, upstream| {
         config(url, upstream, "").replace("threads = 1", "threads = 1\nkeepalive_requests = 3")
     });
-    for bodies in [[false, false, false], [false, true, false], [true, false, true]] {
+    for bodies in [
+        [false, false, false],
+        [false, true, false],
+        [true, false, true],
+    ] {
         let mut client = Client::connect(s.gateway.addr);
         for (i, body) in bodies.iter().enumerate() {
             let request = if *body {
@@ -447,6 +451,9 @@ fn the_keep_alive_limit_counts_requests_on_both_engines() {
             let close = response.header("connection") == Some("close");
             assert_eq!(close, i == 2, "{bodies:?}: request {}", i + 1);
         }
-        assert!(client.read().is_none(), "{bodies:?}: the connection was kept");
+        assert!(
+            client.read().is_none(),
+            "{bodies:?}: the connection was kept"
+        );
     }
 }

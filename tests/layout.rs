@@ -105,7 +105,10 @@ fn named_paths(source: &Source) -> Vec<Vec<String>> {
             .iter()
             .find(|p| rest.starts_with(**p))
             .copied();
-        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':');
+        let boundary = i == 0
+            || !(bytes[i - 1].is_ascii_alphanumeric()
+                || bytes[i - 1] == b'_'
+                || bytes[i - 1] == b':');
         let Some(prefix) = starts.filter(|_| boundary) else {
             i += rest.chars().next().map_or(1, char::len_utf8);
             continue;
@@ -118,7 +121,11 @@ fn named_paths(source: &Source) -> Vec<Vec<String>> {
                 '{' => depth += 1,
                 '}' if depth > 0 => depth -= 1,
                 c if depth > 0 || c.is_ascii_alphanumeric() || c == '_' || c == ':' => {
-                    if depth == 0 && c == ':' && !rest[j..].starts_with("::") && !rest[..j].ends_with(':') {
+                    if depth == 0
+                        && c == ':'
+                        && !rest[j..].starts_with("::")
+                        && !rest[..j].ends_with(':')
+                    {
                         end = j;
                         break;
                     }
@@ -150,7 +157,11 @@ fn named_paths(source: &Source) -> Vec<Vec<String>> {
                 segments.remove(0);
                 base.pop();
             }
-            base.extend(segments.into_iter().filter(|s| !s.is_empty() && s != "self"));
+            base.extend(
+                segments
+                    .into_iter()
+                    .filter(|s| !s.is_empty() && s != "self"),
+            );
             paths.push(base);
         }
         i += end.max(1);
@@ -190,7 +201,12 @@ fn expand(expr: &str) -> Vec<String> {
 
 /// Which file a module path lands in: the deepest module that exists,
 /// following `pub use` re-exports of the item named after it.
-fn resolve(path: &[String], modules: &BTreeMap<Vec<String>, usize>, sources: &[Source], hops: usize) -> Option<usize> {
+fn resolve(
+    path: &[String],
+    modules: &BTreeMap<Vec<String>, usize>,
+    sources: &[Source],
+    hops: usize,
+) -> Option<usize> {
     let mut depth = path.len();
     while depth > 0 && !modules.contains_key(&path[..depth]) {
         depth -= 1;
@@ -268,9 +284,16 @@ fn no_two_library_files_lean_on_each_other() {
     let cycles = strongly_connected(&edges);
     let named: Vec<Vec<String>> = cycles
         .iter()
-        .map(|c| c.iter().map(|&i| sources[i].path.display().to_string()).collect())
+        .map(|c| {
+            c.iter()
+                .map(|&i| sources[i].path.display().to_string())
+                .collect()
+        })
         .collect();
-    assert!(named.is_empty(), "files that lean on each other: {named:#?}");
+    assert!(
+        named.is_empty(),
+        "files that lean on each other: {named:#?}"
+    );
 }
 
 #[test]
@@ -282,7 +305,10 @@ fn no_library_file_holds_more_than_800_lines_of_code_outside_tests() {
             long.push(format!("{}: {lines}", source.path.display()));
         }
     }
-    assert!(long.is_empty(), "over {MAX_CODE_LINES} lines of code: {long:?}");
+    assert!(
+        long.is_empty(),
+        "over {MAX_CODE_LINES} lines of code: {long:?}"
+    );
 }
 
 /// Tarjan's algorithm: the strongly connected components with more than one

@@ -75,6 +75,9 @@ pub struct Server {
     pub max_connections: Option<i64>,
     pub max_connections_per_ip: Option<i64>,
     pub keepalive_requests: Option<i64>,
+    pub h2_max_concurrent_streams: Option<i64>,
+    pub max_streams_per_ip: Option<i64>,
+    pub h2_request_timeout: Option<String>,
 }
 
 /// `[redis]`

@@ -176,6 +176,15 @@ pub struct ServerSettings {
     /// `keepalive_requests`: requests one client connection carries before
     /// the gateway closes it, on either engine (default 1000; 0: no limit).
     pub keepalive_requests: usize,
+    /// `h2_max_concurrent_streams`: streams one HTTP/2 connection may have
+    /// open, and requests it may have in flight (default 100; 0: no limit).
+    pub h2_max_concurrent_streams: usize,
+    /// `max_streams_per_ip`: HTTP/2 requests in flight per client IP over
+    /// all its connections (default 512; 0: no limit).
+    pub max_streams_per_ip: usize,
+    /// `h2_request_timeout`: how long an HTTP/2 stream may take from its
+    /// head to the start of its response (default 5m).
+    pub h2_request_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -115,6 +115,12 @@ impl<'r, 't> Checker<'r, 't> {
             Duration::from_secs(30),
             false,
         );
+        let h2_request_timeout = self.duration(
+            &sub(&path, "h2_request_timeout"),
+            f.h2_request_timeout.as_deref(),
+            Duration::from_secs(300),
+            false,
+        );
         let mut limit = |key: &str, value: Option<i64>, default: usize| match value {
             None => default,
             Some(n) => usize::try_from(n).unwrap_or_else(|_| {
@@ -125,6 +131,12 @@ impl<'r, 't> Checker<'r, 't> {
         let max_connections = limit("max_connections", f.max_connections, 4096);
         let max_connections_per_ip = limit("max_connections_per_ip", f.max_connections_per_ip, 256);
         let keepalive_requests = limit("keepalive_requests", f.keepalive_requests, 1000);
+        let h2_max_concurrent_streams = limit(
+            "h2_max_concurrent_streams",
+            f.h2_max_concurrent_streams,
+            100,
+        );
+        let max_streams_per_ip = limit("max_streams_per_ip", f.max_streams_per_ip, 512);
         Some(ServerSettings {
             target: TargetPolicy {
                 non_canonical_paths: non_canonical_paths?,
@@ -143,6 +155,9 @@ impl<'r, 't> Checker<'r, 't> {
             max_connections,
             max_connections_per_ip,
             keepalive_requests,
+            h2_max_concurrent_streams,
+            max_streams_per_ip,
+            h2_request_timeout,
         })
     }
 

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use http::header::{ACCEPT, HOST};
 use http::request::Parts;
 use http::{HeaderValue, Method};
+use pingora::protocols::tls::SslDigest;
 
 use crate::config::{Config, CookieFormat, Route};
 use crate::credential::cookie::ExpressVerifier;
@@ -33,7 +34,7 @@ use crate::logout::{Logout, LogoutScope, RequestOrigin};
 use crate::metrics::PipelineMetrics;
 use crate::reject::{login_url, AuthFailure, Rejection, Rendered};
 use crate::route::table::RouteTable;
-use crate::route::target::Target;
+use crate::route::target::{Target, TargetRejected};
 use crate::session::cache::SessionCache;
 use crate::session::SessionStore;
 
@@ -114,12 +115,14 @@ impl Pipeline {
     }
 
     /// Decides on a request whose request-target, exactly as received, is
-    /// `target`, from `peer` (the connection's address), with `[rate_limit]`
+    /// `target`, that arrived as `arrival` says, with `[rate_limit]`
     /// applied: failed authentications per client IP (checked before the
     /// session is looked up) and requests per user.
-    pub async fn decide_from(&self, req: &Parts, target: &[u8], peer: Option<IpAddr>) -> Outcome {
-        let client = self.limits.client(req, peer);
-        let outcome = self.decide(req, target, peer, client, &mut NoTrace).await;
+    pub async fn decide_from(&self, req: &Parts, target: &[u8], arrival: &Arrival) -> Outcome {
+        let client = self.limits.client(req, arrival.peer);
+        let outcome = self
+            .decide(req, target, arrival, client, &mut NoTrace)
+            .await;
         self.limits.settle(outcome, client).await
     }
 
@@ -130,7 +133,7 @@ impl Pipeline {
     pub async fn explain(&self, req: &Parts, raw_target: &[u8]) -> Explanation {
         let mut recorder = record::Recorder::new(&self.config, &self.identity, &self.cache);
         let outcome = self
-            .decide(req, raw_target, None, None, &mut recorder)
+            .decide(req, raw_target, &Arrival::default(), None, &mut recorder)
             .await;
         recorder.finish(req, &outcome, |route, rejection| {
             self.render(route, rejection).status.as_u16()
@@ -143,7 +146,7 @@ impl Pipeline {
         &self,
         req: &Parts,
         raw_target: &[u8],
-        peer: Option<IpAddr>,
+        arrival: &Arrival,
         client: Option<IpAddr>,
         trace: &mut T,
     ) -> Outcome {
@@ -152,9 +155,24 @@ impl Pipeline {
         if header_bytes(req) > self.config.server.max_request_header_bytes {
             return reject(None, Rejection::HeadersTooLarge);
         }
+        // HTTP/2 names the host in `:authority` (Pingora has refused a
+        // `Host` that disagrees with it), and only over TLS.
+        let authority = (req.version == http::Version::HTTP_2)
+            .then(|| req.uri.authority())
+            .flatten();
+        if req.version == http::Version::HTTP_2 && req.uri.scheme_str() != Some("https") {
+            return reject(None, Rejection::BadTarget(TargetRejected::Form));
+        }
+        let hosts = authority.map(|a| a.as_str().as_bytes()).into_iter().chain(
+            req.headers
+                .get_all(HOST)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .filter(|_| authority.is_none()),
+        );
         let mut target = match Target::parse(
             raw_target,
-            req.headers.get_all(HOST).iter().map(HeaderValue::as_bytes),
+            hosts,
             req.version >= http::Version::HTTP_11,
             self.config.server.target,
         ) {
@@ -174,7 +192,7 @@ impl Pipeline {
                     rendered: logout.done(),
                 };
             }
-            let origin = self.origin(req, raw_target, &target, peer);
+            let origin = self.origin(req, raw_target, &target, arrival);
             return self.logout(req, origin, logout, scope).await;
         }
         let Some(matched) =
@@ -289,7 +307,7 @@ impl Pipeline {
         }
     }
 
-    /// The origin `req` was made to: the scheme of the listener (plain HTTP),
+    /// The origin `req` was made to: the scheme of the listener,
     /// or the `X-Forwarded-Proto` of a trusted proxy; the canonical host; the
     /// port the client named (else the scheme's default).
     fn origin<'r>(
@@ -297,10 +315,11 @@ impl Pipeline {
         req: &'r Parts,
         raw_target: &'r [u8],
         target: &'r Target<'r>,
-        peer: Option<IpAddr>,
+        arrival: &Arrival,
     ) -> RequestOrigin<'r> {
         let trusted = &self.config.rate_limit.trusted_proxies;
-        let forwarded_proto = peer
+        let forwarded_proto = arrival
+            .peer
             .filter(|ip| trusted.iter().any(|c| c.contains(*ip)))
             .and_then(|_| req.headers.get("x-forwarded-proto"))
             .and_then(|v| v.to_str().ok())
@@ -308,9 +327,12 @@ impl Pipeline {
             .and_then(|v| v.split(',').next())
             .map(str::trim);
         RequestOrigin::new(
-            forwarded_proto.unwrap_or("http"),
+            forwarded_proto.unwrap_or(arrival.scheme()),
             &target.host,
-            crate::logout::authority_port(raw_target, req.headers.get(HOST)),
+            match req.version {
+                http::Version::HTTP_2 => req.uri.port_u16(),
+                _ => crate::logout::authority_port(raw_target, req.headers.get(HOST)),
+            },
         )
     }
 
@@ -384,4 +406,24 @@ fn wants_html(req: &Parts) -> bool {
             .get_all(ACCEPT)
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
+}
+
+/// The connection a request arrived on, as the request path sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    /// The peer's address (`None`: not an inet peer).
+    pub peer: Option<IpAddr>,
+    /// The TLS session of a TLS listener's connection.
+    pub tls: Option<Arc<SslDigest>>,
+}
+
+impl Arrival {
+    /// `https` on a TLS listener, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }

@@ -223,7 +223,7 @@ impl Fixture {
     ) -> Outcome {
         let req = head(method, target, headers);
         self.pipeline
-            .decide_from(&req, target.as_bytes(), None)
+            .decide_from(&req, target.as_bytes(), &Arrival::default())
             .await
     }
 

@@ -18,6 +18,7 @@ const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = http::header::FORWARDED;
 const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Rewrites the forwarding headers of `req`, which came from `peer` (a
 /// trusted proxy or not) for the (canonical) `host`.
@@ -25,8 +26,10 @@ pub(crate) fn apply(
     req: &mut impl HeadEdit,
     peer: Option<IpAddr>,
     from_trusted: bool,
+    tls: bool,
     host: Option<&HeaderValue>,
 ) -> Result<()> {
+    let proto = if tls { HTTPS } else { HTTP };
     let Some(peer) = peer else {
         // Not an inet peer (a Unix socket): nothing to vouch for.
         for name in [XFF, XFP, XFH, FORWARDED] {
@@ -42,7 +45,7 @@ pub(crate) fn apply(
         };
         req.insert(XFF, chain)?;
         if req.headers().get(&XFP).is_none() {
-            req.insert(XFP, HTTP)?;
+            req.insert(XFP, proto.clone())?;
         }
         if let (None, Some(host)) = (req.headers().get(&XFH), host) {
             req.insert(XFH, host.clone())?;
@@ -51,7 +54,7 @@ pub(crate) fn apply(
             let host = host.and_then(|h| h.to_str().ok());
             req.insert(
                 FORWARDED,
-                value(format!("{chain}, {}", element(peer, host)))?,
+                value(format!("{chain}, {}", element(peer, host, tls)))?,
             )?;
         }
     } else {
@@ -59,7 +62,7 @@ pub(crate) fn apply(
             req.remove(&FORWARDED);
         }
         req.insert(XFF, address(peer)?)?;
-        req.insert(XFP, HTTP)?;
+        req.insert(XFP, proto)?;
         match host {
             Some(host) => req.insert(XFH, host.clone())?,
             None => {
@@ -98,15 +101,16 @@ fn joined(req: &impl HeadEdit, name: &HeaderName) -> Option<String> {
 }
 
 /// One RFC 7239 element for this hop.
-fn element(peer: IpAddr, host: Option<&str>) -> String {
+fn element(peer: IpAddr, host: Option<&str>, tls: bool) -> String {
+    let proto = if tls { "https" } else { "http" };
     let for_ = match peer {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
     match host {
-        Some(host) if host.starts_with('[') => format!("for={for_};host=\"{host}\";proto=http"),
-        Some(host) => format!("for={for_};host={host};proto=http"),
-        None => format!("for={for_};proto=http"),
+        Some(host) if host.starts_with('[') => format!("for={for_};host=\"{host}\";proto={proto}"),
+        Some(host) => format!("for={for_};host={host};proto={proto}"),
+        None => format!("for={for_};proto={proto}"),
     }
 }
 
@@ -144,6 +148,7 @@ mod tests {
             &mut r,
             Some("192.0.2.7".parse().unwrap()),
             false,
+            false,
             Some(&HeaderValue::from_static("site.test")),
         )
         .unwrap();
@@ -165,6 +170,7 @@ mod tests {
             &mut r,
             Some("10.1.2.3".parse().unwrap()),
             true,
+            false,
             Some(&HeaderValue::from_static("site.test")),
         )
         .unwrap();
@@ -180,6 +186,7 @@ mod tests {
             &mut r,
             Some("::1".parse().unwrap()),
             true,
+            false,
             Some(&HeaderValue::from_static("[::1]")),
         )
         .unwrap();

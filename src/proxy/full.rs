@@ -16,7 +16,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::access::{self, Finished};
 use crate::proxy::answer::{self, rendered_head};
 use crate::proxy::request::{self, is_idempotent};
@@ -44,8 +44,8 @@ pub struct RequestCtx {
     verdict: Verdict,
     /// Connection attempts retried on another address so far.
     retries: usize,
-    /// The connection's peer address.
-    peer: Option<std::net::IpAddr>,
+    /// The connection the request arrived on.
+    arrival: Arrival,
 }
 
 #[async_trait]
@@ -53,24 +53,29 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        crate::proxy::h1::request_started();
+        crate::proxy::progress::request_started();
         RequestCtx {
             pipeline: self.pipeline.load_full(),
             started: Instant::now(),
             verdict: Verdict::default(),
             retries: 0,
-            peer: None,
+            arrival: Arrival::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        ctx.peer = peer;
+        ctx.arrival = Arrival {
+            peer: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: session.digest().and_then(|d| d.ssl_digest.clone()),
+        };
         let req = session.req_header();
-        let outcome = ctx.pipeline.decide_from(req, req.raw_path(), peer).await;
+        let outcome = ctx
+            .pipeline
+            .decide_from(req, req.raw_path(), &ctx.arrival)
+            .await;
         match ctx.verdict.record(&ctx.pipeline, outcome) {
             Next::Forward(_) => Ok(false),
             Next::Answer(rendered) => {
@@ -145,6 +150,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::proxy::progress::response_started();
         if session.req_header().version == Version::HTTP_10
             && upstream_response
                 .headers
@@ -166,7 +172,7 @@ impl ProxyHttp for Gateway {
             upstream_request,
             &ctx.pipeline,
             &ctx.verdict.rewrite,
-            ctx.peer,
+            &ctx.arrival,
             ctx.verdict.principal.as_deref(),
         )
     }
@@ -228,6 +234,7 @@ impl ProxyHttp for Gateway {
 
 /// Writes a complete small response, keeping the connection open.
 async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
+    crate::proxy::progress::response_started();
     let resp = rendered_head(&rendered)?;
     let head_only = rendered.body.is_empty() || session.req_header().method == Method::HEAD;
     session.write_response_header(resp, head_only).await?;

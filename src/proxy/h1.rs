@@ -30,13 +30,13 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::metrics::{self, BadRequest};
 use crate::pipeline::Pipeline;
-use crate::proxy::{access, lean};
+use crate::proxy::{access, h2, lean, progress};
 use crate::reject::Rejection;
 
 /// How long a connection may stay idle before its next request (Pingora's
@@ -56,6 +56,8 @@ pub struct LeanHttp<A> {
     /// The running pipeline: its `[server]` limits and its metrics.
     pipeline: Arc<ArcSwap<Pipeline>>,
     connections: Arc<Connections>,
+    /// HTTP/2 requests in flight per client IP.
+    in_flight: Arc<h2::InFlight>,
 }
 
 impl<A> LeanHttp<A> {
@@ -64,6 +66,7 @@ impl<A> LeanHttp<A> {
             inner: Arc::new(inner),
             pipeline,
             connections: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 }
@@ -140,17 +143,6 @@ impl Drop for Admitted {
         }
         metrics::connection_closed();
     }
-}
-
-tokio::task_local! {
-    /// Set when Pingora accepted the head it was handed and started a request.
-    static STARTED: Arc<AtomicBool>;
-}
-
-/// Called by the proxy when a request starts (its context is created): the
-/// head handed over was accepted by Pingora's parser.
-pub fn request_started() {
-    let _ = STARTED.try_with(|started| started.store(true, Ordering::Relaxed));
 }
 
 /// What reading a request head found.
@@ -301,6 +293,21 @@ where
                 return None;
             }
         };
+        // A TLS handshake that chose HTTP/2: the HTTP/2 loop serves it.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let pipeline = self.pipeline.load_full();
+            let server = &pipeline.config.server;
+            h2::serve(
+                self.inner.clone(),
+                stream,
+                shutdown,
+                server,
+                &self.in_flight,
+                ip,
+            )
+            .await;
+            return None;
+        }
         let mut watch = shutdown.clone();
         // Bytes of the next request read with the previous one (a client
         // that pipelines): they start the next head, served in order.
@@ -349,7 +356,11 @@ where
             // one that reaches it says `Connection: close`.
             let reuses_remaining = match server.keepalive_requests {
                 0 => None,
-                limit => Some(u32::try_from(limit).unwrap_or(u32::MAX).saturating_sub(served)),
+                limit => Some(
+                    u32::try_from(limit)
+                        .unwrap_or(u32::MAX)
+                        .saturating_sub(served),
+                ),
             };
             // What follows the head: a body, or the next pipelined request.
             let after = head.split_off(end);
@@ -404,7 +415,7 @@ where
             // Pingora's request future is allocated here and freed when the
             // response is done, before the connection waits again.
             let accepted = Arc::new(AtomicBool::new(false));
-            let reused = STARTED
+            let reused = progress::STARTED
                 .scope(
                     accepted.clone(),
                     self.inner.process_new_http(session, shutdown),

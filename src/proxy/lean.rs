@@ -30,7 +30,7 @@ use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::access::{self, Finished};
 use crate::proxy::answer::{self, rendered_head, upstream_error};
 use crate::proxy::request::{self, is_idempotent};
@@ -188,9 +188,15 @@ struct Exchange<'a> {
 impl Exchange<'_> {
     /// Decides, then answers or forwards.
     async fn run(&mut self, down: &mut DownstreamSession) {
-        let peer = down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let arrival = Arrival {
+            peer: down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            tls: down.digest().ssl_digest.clone(),
+        };
         let req = down.req_header();
-        let outcome = self.pipeline.decide_from(req, req.raw_path(), peer).await;
+        let outcome = self
+            .pipeline
+            .decide_from(req, req.raw_path(), &arrival)
+            .await;
         let route = match self.verdict.record(self.pipeline, outcome) {
             Next::Forward(route) => route,
             Next::Answer(rendered) => {
@@ -198,7 +204,7 @@ impl Exchange<'_> {
                 return;
             }
         };
-        if let Err(e) = self.forward(down, route, peer).await {
+        if let Err(e) = self.forward(down, route, &arrival).await {
             self.failed(down, &e).await;
         }
     }
@@ -207,7 +213,7 @@ impl Exchange<'_> {
     fn upstream_request(
         &self,
         req: &RequestHeader,
-        peer: Option<std::net::IpAddr>,
+        arrival: &Arrival,
     ) -> Result<Box<RequestHeader>> {
         // Without Pingora's header-case map: every header operation below
         // then touches one map instead of two, and names go out in lower
@@ -229,7 +235,7 @@ impl Exchange<'_> {
             &mut parts,
             self.pipeline,
             &self.verdict.rewrite,
-            peer,
+            arrival,
             self.verdict.principal.as_deref(),
         )?;
         let mut upstream_req = Box::new(RequestHeader::from(parts));
@@ -261,7 +267,7 @@ impl Exchange<'_> {
         &mut self,
         down: &mut DownstreamSession,
         route: usize,
-        peer: Option<std::net::IpAddr>,
+        arrival: &Arrival,
     ) -> Result<()> {
         let method = down.req_header().method.clone();
         let upstream = self.pipeline.route(route).upstream;
@@ -289,7 +295,7 @@ impl Exchange<'_> {
                     }
                 },
             };
-            let req = self.upstream_request(down.req_header(), peer)?;
+            let req = self.upstream_request(down.req_header(), arrival)?;
             let mut client = UpstreamSession::new(stream);
             client.read_timeout = Some(settings.read_timeout);
             let sent = async {

@@ -3,12 +3,10 @@
 //! makes the head say what was decided, so every way in forwards the same
 //! bytes for the same request.
 
-use std::net::IpAddr;
-
 use http::{HeaderName, Method};
-use pingora::Result;
+use pingora::{ErrorType, OrErr, Result};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::forwarded;
 use crate::proxy::head::HeadEdit;
 use crate::proxy::owned::{self, Owned};
@@ -22,9 +20,10 @@ pub(crate) fn prepare(
     upstream_request: &mut impl HeadEdit,
     pipeline: &Pipeline,
     rewrite: &Rewrite,
-    peer: Option<IpAddr>,
+    arrival: &Arrival,
     principal: Option<&Principal>,
 ) -> Result<()> {
+    let peer = arrival.peer;
     let trusted = &pipeline.config.rate_limit.trusted_proxies;
     let from_trusted = peer.is_some_and(|ip| trusted.iter().any(|c| c.contains(ip)));
     // One pass over the client's header names finds what must not reach the
@@ -54,13 +53,42 @@ pub(crate) fn prepare(
     }
     // A shared handle on the (already canonical) Host bytes, not a copy.
     let host = upstream_request.headers().get(http::header::HOST).cloned();
-    forwarded::apply(upstream_request, peer, from_trusted, host.as_ref())?;
+    forwarded::apply(
+        upstream_request,
+        peer,
+        from_trusted,
+        arrival.tls.is_some(),
+        host.as_ref(),
+    )?;
+    join_cookies(upstream_request)?;
     if let Some(principal) = &principal {
         for (name, value) in plan.headers(&principal.identity) {
             upstream_request.insert(name.clone(), value)?;
         }
     }
     Ok(())
+}
+
+/// Several `Cookie` fields become one, joined with `; ` (RFC 9113 8.2.3,
+/// and what HTTP/1.1 allows, RFC 6265 5.4): an HTTP/2 client may split its
+/// cookies over several fields, and apps differ on which of several
+/// HTTP/1.1 fields they read. Joined in order, the app's first occurrence of
+/// a cookie is the one the gateway read.
+fn join_cookies(req: &mut impl HeadEdit) -> Result<()> {
+    let mut fields = req.headers().get_all(http::header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for field in req.headers().get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(field.as_bytes());
+    }
+    let value = http::HeaderValue::from_bytes(&joined)
+        .or_err(ErrorType::InvalidHTTPHeader, "joining cookie fields")?;
+    req.insert(http::header::COOKIE, value)
 }
 
 /// RFC 9110 9.2.2: a request that may be sent again when nothing of it
