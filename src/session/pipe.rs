@@ -43,7 +43,7 @@ use tokio_util::codec::Decoder;
 
 /// After a failed connection attempt, how long requests fail at once before
 /// the next attempt: as for the shared connections.
-const RETRY_AFTER: Duration = Duration::from_millis(super::topology::RETRY_AFTER_MS);
+const RETRY_AFTER: Duration = Duration::from_millis(super::RETRY_AFTER_MS);
 
 /// Where to connect and what to say first.
 struct Target {
