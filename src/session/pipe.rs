@@ -378,6 +378,33 @@ impl<S> State<S> {
             .find(|s| !s.abandoned && s.waker.is_some())
             .and_then(|s| s.waker.clone())
     }
+
+    /// Gives `value` to the oldest command waiting for replies.
+    fn deliver(&mut self, value: Value, current: u64) -> RedisResult<()> {
+        let Some(front) = self.waiting.front_mut() else {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "redis sent a reply to no command",
+            )));
+        };
+        front.got.push(value);
+        if front.got.len() < front.want {
+            return Ok(());
+        }
+        let Some(slot) = self.waiting.pop_front() else {
+            return Ok(());
+        };
+        if slot.abandoned {
+            return Ok(());
+        }
+        self.done.push((slot.ticket, Ok(slot.got)));
+        if slot.ticket != current {
+            if let Some(waker) = slot.waker {
+                waker.wake();
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
@@ -423,35 +450,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> State<S> {
                 return Ok(());
             }
         }
-    }
-}
-
-impl<S> State<S> {
-    /// Gives `value` to the oldest command waiting for replies.
-    fn deliver(&mut self, value: Value, current: u64) -> RedisResult<()> {
-        let Some(front) = self.waiting.front_mut() else {
-            return Err(RedisError::from((
-                ErrorKind::Io,
-                "redis sent a reply to no command",
-            )));
-        };
-        front.got.push(value);
-        if front.got.len() < front.want {
-            return Ok(());
-        }
-        let Some(slot) = self.waiting.pop_front() else {
-            return Ok(());
-        };
-        if slot.abandoned {
-            return Ok(());
-        }
-        self.done.push((slot.ticket, Ok(slot.got)));
-        if slot.ticket != current {
-            if let Some(waker) = slot.waker {
-                waker.wake();
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1089,7 +1087,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(600))]
+        #![proptest_config(ProptestConfig::with_cases(500))]
 
         #[test]
         fn every_answer_is_the_requests_own(ops in proptest::collection::vec(op(), 1..150)) {
