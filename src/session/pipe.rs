@@ -15,10 +15,10 @@
 //! (timeout, client gone) leaves its place in the queue, marked abandoned: its
 //! reply is read and thrown away, never given to the next request; what it
 //! owed the others (the flush of its tick, the wake-up when the socket is
-//! ready) passes to the oldest request still waiting. Any error
-//! on the connection (I/O, a reply that does not parse, a reply nobody asked
-//! for, a timeout) fails every command in flight and drops the connection; the
-//! next request makes a new one. Nothing is ever resent: a request whose
+//! ready) passes to the oldest request still waiting. Any error on the
+//! connection (I/O, a reply that does not parse, a reply nobody asked for, a
+//! timeout) fails every command in flight and drops the connection; the next
+//! request makes a new one. Nothing is ever resent: a request whose
 //! command may have reached Redis gets an error, and the gateway fails closed.
 //!
 //! Used for `mode = "standalone"` over plain TCP with RESP2 (the default).
