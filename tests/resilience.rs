@@ -180,6 +180,62 @@ fn failed_auths_are_limited_per_client_ip() {
     assert!(!gateway.stdout().join("\n").contains("good-session-1"));
 }
 
+/// Behind a trusted balancer, an `X-Forwarded-For` that is not ASCII, or a
+/// hop that is not an address, is counted against that hop, never against
+/// the balancer: whoever sends it spends only their own failed-auth budget.
+#[test]
+fn an_odd_forwarded_for_spends_only_its_own_failed_auth_budget() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gateway = TestGateway::start(&config(
+        &redis,
+        &one_upstream(upstream.addr),
+        "[rate_limit]\nfailed_auth_per_ip = { burst = 2, per = \"1m\" }\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    ));
+    let addr = gateway.addr;
+    // A failed authentication through the balancer (the peer, 127.0.0.1),
+    // with the X-Forwarded-For bytes it passed on.
+    let bad = |xff: &[u8]| {
+        let mut req = b"GET /x HTTP/1.1\r\nHost: app.test\r\nCookie: sid=made-up\r\n\
+                        Connection: close\r\nX-Forwarded-For: "
+            .to_vec();
+        req.extend_from_slice(xff);
+        req.extend_from_slice(b"\r\n\r\n");
+        support::raw_request(addr, &req).expect("a response").status
+    };
+
+    // The balancer appended the client's address to junk the client sent:
+    // that address is the client, whatever the junk.
+    for _ in 0..2 {
+        assert_eq!(bad("\u{e9}t\u{e9}, 198.51.100.20".as_bytes()), 401);
+    }
+    assert_eq!(bad(b"\xff\xfe, 198.51.100.20"), 429);
+    assert_eq!(
+        bad(b"\xff, 198.51.100.21"),
+        401,
+        "another client behind the balancer, junk on its left too"
+    );
+
+    // A hop that is not an address (not even UTF-8) is a client of its own.
+    for _ in 0..2 {
+        assert_eq!(bad(b"\xff\xfe-not-an-ip"), 401);
+    }
+    assert_eq!(bad(b"\xff\xfe-not-an-ip"), 429);
+    assert_eq!(
+        bad(b"198.51.100.22"),
+        401,
+        "another client behind the balancer"
+    );
+    assert_eq!(
+        bad("\u{e9}l\u{e9}ment".as_bytes()),
+        401,
+        "other junk, another client"
+    );
+    assert_eq!(bad(b"unknown"), 401, "other junk, another client");
+    // Nothing was counted against the balancer itself.
+    assert_eq!(bad(b""), 401, "the balancer's own budget");
+}
+
 #[test]
 fn requests_are_limited_per_user() {
     let redis = RedisServer::start();

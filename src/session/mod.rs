@@ -7,5 +7,11 @@ pub mod pipe;
 pub mod store;
 pub mod topology;
 
+/// How long after a failed connection attempt the next one is made; calls
+/// in between fail at once instead of queueing behind a dead server. Here,
+/// not in `topology` or `pipe`, so that both use it and neither imports the
+/// other for it.
+pub(crate) const RETRY_AFTER_MS: u64 = 100;
+
 pub use codec::Session;
 pub use store::{RawSession, RedisStore, SessionStore, StoreError};

@@ -19,6 +19,7 @@ use redis::{
 
 use crate::config::{RedisSettings, RedisTopology};
 use crate::session::pipe::{PipeConn, Pipes};
+use crate::session::RETRY_AFTER_MS;
 
 /// A connection to a single server (standalone, or the current
 /// sentinel-managed master) or to a whole cluster: multiplexed, or this
@@ -61,10 +62,6 @@ impl ConnectionLike for Conn {
         }
     }
 }
-
-/// How long after a failed connection attempt the next one is made; calls
-/// in between fail at once instead of queueing behind a dead server.
-pub(crate) const RETRY_AFTER_MS: u64 = 100;
 
 /// Makes (lazily) and keeps the store's connection. In sentinel mode an error
 /// that says the master is gone or demoted drops it, and the next call asks
