@@ -21,6 +21,8 @@ pub enum Decision {
     /// A `mode = "report"` route forwarded a request that enforcement would
     /// have refused (the reason says why).
     WouldDeny,
+    /// A plain-HTTP request sent to https (`[server] https_redirect`).
+    Redirected,
 }
 
 impl Decision {
@@ -35,6 +37,7 @@ impl Decision {
             Decision::LoggedOut => "logged_out",
             Decision::RateLimited => "rate_limited",
             Decision::WouldDeny => "would_deny",
+            Decision::Redirected => "redirected",
         }
     }
 }

@@ -23,7 +23,7 @@ const STORE_BUCKETS: &[f64] = &[
 ];
 
 /// Every `Decision`, in the order of `decision_index`.
-const DECISIONS: [Decision; 9] = [
+const DECISIONS: [Decision; 10] = [
     Decision::Forwarded,
     Decision::Public,
     Decision::Unauthenticated,
@@ -33,6 +33,7 @@ const DECISIONS: [Decision; 9] = [
     Decision::LoggedOut,
     Decision::RateLimited,
     Decision::WouldDeny,
+    Decision::Redirected,
 ];
 
 fn decision_index(decision: Decision) -> usize {
@@ -46,6 +47,7 @@ fn decision_index(decision: Decision) -> usize {
         Decision::LoggedOut => 6,
         Decision::RateLimited => 7,
         Decision::WouldDeny => 8,
+        Decision::Redirected => 9,
     }
 }
 

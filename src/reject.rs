@@ -70,6 +70,10 @@ pub enum Rejection {
     /// A browser's logout POST sent from another site (`Sec-Fetch-Site`,
     /// else `Origin`): a page elsewhere may not log the user out.
     CrossSiteLogout,
+    /// A TLS connection's certificate is not authoritative for the request's
+    /// host (a request fronted through another name's connection): 421, and
+    /// the client retries on a connection of its own (RFC 9110 15.5.20).
+    Misdirected,
 }
 
 /// A response ready to be written: status, extra headers, JSON body.
@@ -96,6 +100,7 @@ impl Rejection {
             Rejection::NoRoute => "no_route",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::CrossSiteLogout => "cross_site",
+            Rejection::Misdirected => "misdirected",
         }
     }
 
@@ -122,6 +127,7 @@ impl Rejection {
             }
             Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -167,6 +173,9 @@ impl Rejection {
             }
             Rejection::CrossSiteLogout => {
                 r#"{"error":"forbidden","message":"a logout must come from this site"}"#
+            }
+            Rejection::Misdirected => {
+                r#"{"error":"misdirected","message":"this connection is not for this host"}"#
             }
         };
         Rendered {

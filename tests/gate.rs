@@ -457,3 +457,36 @@ fn the_keep_alive_limit_counts_requests_on_both_engines() {
         );
     }
 }
+
+#[test]
+fn https_redirect_sends_every_plain_request_to_https_on_both_engines() {
+    let s = Stack::start(|url, upstream| {
+        config(url, upstream, "").replace(
+            "threads = 1",
+            "threads = 1\nhttps_redirect = true\nhsts = \"max-age=63072000\"",
+        )
+    });
+    for (full, target, want) in [
+        (false, "/public/x?y=1", "https://site.test/public/x?y=1"),
+        (true, "/app/%61/../b", "https://site.test/app/b"),
+        (false, "/nowhere", "https://site.test/nowhere"),
+    ] {
+        let mut client = Client::connect(s.gateway.addr);
+        let request = if full {
+            format!("POST {target} HTTP/1.1\r\nHost: Site.Test.:8080\r\nContent-Length: 1\r\n\r\nx")
+        } else {
+            format!("GET {target} HTTP/1.1\r\nHost: Site.Test.:8080\r\n\r\n")
+        };
+        client.write(request.as_bytes()).expect("send");
+        let response = client.read().expect("a response");
+        assert_eq!(response.status, 308, "{target}");
+        assert_eq!(response.header("location"), Some(want), "{target}");
+        // Never over plain HTTP (RFC 6797 8.1).
+        assert_eq!(response.header("strict-transport-security"), None);
+    }
+    assert_eq!(
+        s.upstream.requests(),
+        0,
+        "a redirected request reached the app"
+    );
+}

@@ -78,6 +78,8 @@ pub struct Server {
     pub h2_max_concurrent_streams: Option<i64>,
     pub max_streams_per_ip: Option<i64>,
     pub h2_request_timeout: Option<String>,
+    pub https_redirect: Option<bool>,
+    pub hsts: Option<String>,
 }
 
 /// `[redis]`

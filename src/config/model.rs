@@ -185,6 +185,15 @@ pub struct ServerSettings {
     /// `h2_request_timeout`: how long an HTTP/2 stream may take from its
     /// head to the start of its response (default 5m).
     pub h2_request_timeout: Duration,
+    /// `https_redirect`: every request on a plain listener is answered 308
+    /// to the same host and target over https (default false).
+    pub https_redirect: bool,
+    /// The port of the https URLs `https_redirect` sends to (the first
+    /// `listen_tls` address's; 443 when there is none).
+    pub https_port: u16,
+    /// `hsts`: the `Strict-Transport-Security` value sent on every response
+    /// over TLS (default none).
+    pub hsts: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone)]

@@ -121,6 +121,26 @@ impl<'r, 't> Checker<'r, 't> {
             Duration::from_secs(300),
             false,
         );
+        let hsts = match f.hsts.as_deref() {
+            None | Some("") => None,
+            Some(text) => match http::HeaderValue::from_str(text) {
+                Ok(value)
+                    if text
+                        .trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("max-age=") =>
+                {
+                    Some(value)
+                }
+                _ => {
+                    self.error(
+                        &sub(&path, "hsts"),
+                        format!("{text:?} is not a Strict-Transport-Security value (it starts with max-age=<seconds>)"),
+                    );
+                    None
+                }
+            },
+        };
         let mut limit = |key: &str, value: Option<i64>, default: usize| match value {
             None => default,
             Some(n) => usize::try_from(n).unwrap_or_else(|_| {
@@ -158,6 +178,9 @@ impl<'r, 't> Checker<'r, 't> {
             h2_max_concurrent_streams,
             max_streams_per_ip,
             h2_request_timeout,
+            https_redirect: f.https_redirect.unwrap_or(false),
+            https_port: 443,
+            hsts,
         })
     }
 

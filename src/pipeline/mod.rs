@@ -180,6 +180,12 @@ impl Pipeline {
             Err(e) => return reject(None, Rejection::BadTarget(e)),
         };
         trace.request(&target);
+        if self.config.server.https_redirect && arrival.tls.is_none() {
+            return Outcome::Respond {
+                decision: Decision::Redirected,
+                rendered: https_redirect(&target, self.config.server.https_port),
+            };
+        }
         if let Some((logout, scope)) = self
             .logout
             .as_ref()
@@ -406,6 +412,28 @@ fn wants_html(req: &Parts) -> bool {
             .get_all(ACCEPT)
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
+}
+
+/// 308 to the same host and target over https: the canonical host and path
+/// (what the request would be routed on) and the query as sent.
+fn https_redirect(target: &Target<'_>, port: u16) -> Rendered {
+    let mut location = String::with_capacity(16 + target.host.len() + target.path.len());
+    location.push_str("https://");
+    location.push_str(&target.host);
+    if port != 443 {
+        location.push(':');
+        location.push_str(&port.to_string());
+    }
+    location.push_str(&target.path);
+    if let Some(query) = target.query {
+        location.push('?');
+        location.push_str(query);
+    }
+    Rendered {
+        status: http::StatusCode::PERMANENT_REDIRECT,
+        headers: vec![("location", location)],
+        body: "",
+    }
 }
 
 /// The connection a request arrived on, as the request path sees it.

@@ -51,7 +51,8 @@ impl Outcome {
                 Rejection::BadTarget(_)
                 | Rejection::HeadersTooLarge
                 | Rejection::NoRoute
-                | Rejection::MethodNotAllowed { .. } => Decision::Invalid,
+                | Rejection::MethodNotAllowed { .. }
+                | Rejection::Misdirected => Decision::Invalid,
             },
         }
     }

@@ -79,7 +79,7 @@ impl ProxyHttp for Gateway {
         match ctx.verdict.record(&ctx.pipeline, outcome) {
             Next::Forward(_) => Ok(false),
             Next::Answer(rendered) => {
-                respond(session, rendered).await?;
+                respond(session, rendered, &ctx.pipeline).await?;
                 Ok(true)
             }
         }
@@ -148,9 +148,11 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::proxy::progress::response_started();
+        let hsts = ctx.pipeline.config.server.hsts.as_ref();
+        response::add_hsts(upstream_response, hsts, ctx.arrival.tls.is_some())?;
         if session.req_header().version == Version::HTTP_10
             && upstream_response
                 .headers
@@ -189,7 +191,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         // Once a response has started, an error page would be appended to its
         // partial body: the connection is closed instead, so the client sees
@@ -207,7 +209,7 @@ impl ProxyHttp for Gateway {
             };
         };
         let error_code = rendered.status.as_u16();
-        if let Err(err) = respond(session, rendered).await {
+        if let Err(err) = respond(session, rendered, &ctx.pipeline).await {
             tracing::debug!(error = %err, "could not write the error response");
         }
         FailToProxy {
@@ -233,9 +235,11 @@ impl ProxyHttp for Gateway {
 }
 
 /// Writes a complete small response, keeping the connection open.
-async fn respond(session: &mut Session, rendered: Rendered) -> Result<()> {
+async fn respond(session: &mut Session, rendered: Rendered, pipeline: &Pipeline) -> Result<()> {
     crate::proxy::progress::response_started();
-    let resp = rendered_head(&rendered)?;
+    let mut resp = rendered_head(&rendered)?;
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    response::add_hsts(&mut resp, pipeline.config.server.hsts.as_ref(), tls)?;
     let head_only = rendered.body.is_empty() || session.req_header().method == Method::HEAD;
     session.write_response_header(resp, head_only).await?;
     if !head_only {

@@ -256,7 +256,7 @@ impl Exchange<'_> {
 
     /// Writes a response of the gateway's own; the connection stays open.
     async fn answer(&mut self, down: &mut DownstreamSession, rendered: Rendered) {
-        if let Err(e) = write_rendered(down, &rendered).await {
+        if let Err(e) = write_rendered(down, &rendered, self.pipeline).await {
             tracing::debug!(error = %e, "could not write the response");
             self.reusable = false;
         }
@@ -346,6 +346,8 @@ impl Exchange<'_> {
             .observed
             .upstream_answered(resp.status.as_u16());
         response::prepare(&mut resp).map_err(|why| upstream_error(why.as_str()))?;
+        let hsts = self.pipeline.config.server.hsts.as_ref();
+        response::add_hsts(&mut resp, hsts, arrival.tls.is_some())?;
         let no_body = method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
         if down.req_header().version == Version::HTTP_10 {
             // An HTTP/1.0 client cannot read chunked framing: a body of
@@ -389,14 +391,20 @@ impl Exchange<'_> {
         let Some(rendered) = answer::failure(e) else {
             return;
         };
-        if let Err(e) = write_rendered(down, &rendered).await {
+        if let Err(e) = write_rendered(down, &rendered, self.pipeline).await {
             tracing::debug!(error = %e, "could not write the error response");
         }
     }
 }
 
-async fn write_rendered(down: &mut DownstreamSession, rendered: &Rendered) -> Result<()> {
-    let head = rendered_head(rendered)?;
+async fn write_rendered(
+    down: &mut DownstreamSession,
+    rendered: &Rendered,
+    pipeline: &Pipeline,
+) -> Result<()> {
+    let mut head = rendered_head(rendered)?;
+    let tls = down.digest().ssl_digest.is_some();
+    response::add_hsts(&mut head, pipeline.config.server.hsts.as_ref(), tls)?;
     let head_only = rendered.body.is_empty() || down.req_header().method == Method::HEAD;
     down.write_response_header(head).await?;
     if !head_only {

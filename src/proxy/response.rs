@@ -63,6 +63,20 @@ pub(crate) fn prepare(resp: &mut ResponseHeader) -> Result<(), Unrelayable> {
     Ok(())
 }
 
+/// Adds the configured `Strict-Transport-Security` (`[server] hsts`) to a
+/// response head sent over TLS; never over plain HTTP, where a client must
+/// ignore it (RFC 6797 8.1).
+pub(crate) fn add_hsts(
+    resp: &mut ResponseHeader,
+    hsts: Option<&http::HeaderValue>,
+    tls: bool,
+) -> pingora::Result<()> {
+    if let (true, Some(value)) = (tls, hsts) {
+        resp.insert_header(header::STRICT_TRANSPORT_SECURITY, value.clone())?;
+    }
+    Ok(())
+}
+
 /// The first of a comma-separated `Content-Length` list, trimmed.
 fn first_length(value: &http::HeaderValue) -> String {
     let text = String::from_utf8_lossy(value.as_bytes());
