@@ -5,20 +5,20 @@
 //! the route's roles, strips every client-sent copy of the identity headers
 //! and sets them from the session before Pingora forwards the request.
 
-pub mod client_ip;
+mod client_ip;
 pub mod config;
 pub mod credential;
 pub mod explain;
-pub mod identity;
-pub mod labels;
-pub mod logout;
+mod identity;
+mod labels;
+mod logout;
 pub mod manage;
-pub mod metrics;
+mod metrics;
 pub mod pipeline;
 pub mod proxy;
-pub mod ratelimit;
-pub mod reject;
+mod ratelimit;
+mod reject;
 pub mod route;
-pub mod runtime_paths;
+mod runtime_paths;
 pub mod session;
-pub mod upstream;
+mod upstream;

@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 /// The whole file. `validate` deserializes each section on its own (so that
 /// one broken section does not hide problems in another); this struct lists
-/// the known top-level keys.
+/// the known top-level keys: its fields are never read, only their names.
 #[derive(Debug, Default, Deserialize)]
+#[allow(dead_code)]
 pub struct File {
     pub server: Option<Server>,
     pub redis: Option<Redis>,

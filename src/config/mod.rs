@@ -10,7 +10,7 @@
 mod checker;
 mod env;
 mod error;
-pub mod file;
+pub(crate) mod file;
 mod jwt;
 mod keypath;
 pub mod model;

@@ -11,20 +11,20 @@
 //! admin listener (`admin`), the access log (`access`) and live reload
 //! (`reload`).
 
-pub mod access;
-pub mod admin;
+mod access;
+mod admin;
 mod answer;
-pub mod forwarded;
-pub mod full;
-pub mod h1;
+mod forwarded;
+mod full;
+mod h1;
 mod h2;
-pub mod head;
-pub mod lean;
-pub mod listen;
+mod head;
+mod lean;
+mod listen;
 mod owned;
 mod progress;
 pub mod reload;
 mod request;
 mod response;
 pub mod service;
-pub mod verdict;
+mod verdict;

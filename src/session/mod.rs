@@ -2,10 +2,10 @@
 //! read from (`store`).
 
 pub mod cache;
-pub mod codec;
-pub mod pipe;
+pub(crate) mod codec;
+pub(crate) mod pipe;
 pub mod store;
-pub mod topology;
+pub(crate) mod topology;
 
 /// How long after a failed connection attempt the next one is made; calls
 /// in between fail at once instead of queueing behind a dead server. Here,
