@@ -125,6 +125,11 @@ pub struct CacheSettings {
     /// last successful resolution a session is still let in while Redis is
     /// unreachable (default 30s).
     pub stale_for: std::time::Duration,
+    /// Not a file key: the key prefixes of everything the cache may hold (the
+    /// session and opaque bearer key templates'), derived from `[session]`.
+    /// Redis is asked to report changes under these prefixes; a key outside
+    /// them is never cached. Empty: every key (and every key is watched).
+    pub tracked_prefixes: Vec<String>,
 }
 
 impl Default for CacheSettings {
@@ -136,6 +141,7 @@ impl Default for CacheSettings {
             negative_ttl: std::time::Duration::from_secs(1),
             configure_notifications: true,
             stale_for: std::time::Duration::from_secs(30),
+            tracked_prefixes: Vec::new(),
         }
     }
 }
@@ -323,6 +329,11 @@ impl KeyTemplate {
             self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix);
         let suffixes = self.suffix.ends_with(&other.suffix) || other.suffix.ends_with(&self.suffix);
         prefixes && suffixes
+    }
+
+    /// The fixed text before the id: every key of this template starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Whether `key` could have been rendered from this template.

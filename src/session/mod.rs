@@ -6,6 +6,7 @@ pub mod codec;
 pub mod pipe;
 pub mod store;
 pub mod topology;
+pub mod tracking;
 
 pub use codec::Session;
 pub use store::{RawSession, RedisStore, SessionStore, StoreError};
