@@ -34,6 +34,8 @@ use crate::session::topology;
 
 /// How often tracking and the server's role are checked.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How often the Sentinels (or the cluster) are asked whether the masters moved.
+const TOPOLOGY_EVERY: Duration = Duration::from_millis(500);
 /// How often the canary is written (and its invalidation expected back).
 const CANARY_WRITE_EVERY: Duration = Duration::from_secs(1);
 /// How often the canary is looked for: the delay before a SWAPDB empties the cache.
@@ -320,9 +322,9 @@ async fn watch(
                     last_write = Instant::now();
                 }
                 // A failover or resharding moves keys to servers we do not
-                // hear: look again every second (an unreachable Sentinel
-                // changes nothing; a demoted master is caught by ROLE).
-                if !standalone && last_topology.elapsed() >= Duration::from_secs(1) {
+                // hear: look again (an unreachable Sentinel changes nothing;
+                // a demoted master is caught by ROLE).
+                if !standalone && last_topology.elapsed() >= TOPOLOGY_EVERY {
                     last_topology = Instant::now();
                     if let Ok(now) = topology::notification_nodes(redis).await {
                         let now = topology::node_names(&now);
