@@ -268,13 +268,53 @@ fn expire_to_the_past_revokes() {
 
 #[test]
 fn eviction_revokes() {
-    revoked_by("eviction (maxmemory)", "a", |c| {
-        run(c, &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
-        run(c, &["CONFIG", "SET", "maxmemory", "1"]);
-        // Any write makes Redis evict until it is under maxmemory (never).
-        let _ = redis::cmd("SET").arg("other").arg("x").query::<()>(c);
-        run(c, &["CONFIG", "SET", "maxmemory", "0"]);
-    });
+    let s = setup();
+    let mut conn = s.redis.conn();
+    // A big session whose TTL is shorter than the gateway's canary's (60 s):
+    // the first key a volatile-ttl eviction takes, the canary staying.
+    let big = format!(
+        r#"{{"user":{{"id":"1","role":"admin"}},"pad":"{}"}}"#,
+        "x".repeat(65536)
+    );
+    let _: () = conn.set_ex("sess:a", &big, 30).unwrap();
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    let flushes = sample(
+        &s.gateway,
+        "sessiongate_cache_flushes_total",
+        &[("reason", "database_changed")],
+    );
+    run(
+        &mut conn,
+        &["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"],
+    );
+    run(&mut conn, &["CONFIG", "SET", "maxmemory-samples", "64"]);
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
+    let used = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .expect("used_memory")
+        .trim()
+        .parse::<u64>()
+        .expect("a number");
+    let started = Instant::now();
+    // A quarter of the session's size below what is used: its eviction makes room.
+    let limit = (used - 16384).to_string();
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", &limit]);
+    let _: redis::RedisResult<()> = conn.set("pad", "y");
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]);
+    let took = gone(&s.gateway, "a", "admin", started, LATENCY);
+    eprintln!("eviction (volatile-ttl): the cached session stopped passing after {took:?}");
+    let evicted: bool = conn.exists("sess:a").unwrap();
+    assert!(!evicted, "redis did not evict the session");
+    assert_eq!(
+        sample(
+            &s.gateway,
+            "sessiongate_cache_flushes_total",
+            &[("reason", "database_changed")]
+        ),
+        flushes,
+        "the canary went too: this test is about the eviction's own invalidation"
+    );
 }
 
 #[test]

@@ -272,7 +272,9 @@ fn a_failover_to_a_replica_that_lacks_the_session_stops_the_cache_serving_it() {
     }
     let switched = Instant::now();
     let took = gone(&gateway, "f", "admin", switched, Duration::from_secs(3));
-    eprintln!("failover to a replica without the session: refused {took:?} after the sentinel named it");
+    eprintln!(
+        "failover to a replica without the session: refused {took:?} after the sentinel named it"
+    );
     // From then on the new master decides, and it has no such session.
     for _ in 0..20 {
         assert_ne!(seen(&gateway, "f"), Ok("admin".into()));
