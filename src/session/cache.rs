@@ -727,6 +727,131 @@ mod tests {
         assert!(cache.stale("k").is_none());
     }
 
+    /// Caches `key` as `user` and fingerprints it as `fingerprint`, as the
+    /// invalidation channel does after a fill.
+    async fn fill(cache: &SessionCache, key: &str, user: &str, fingerprint: u64) {
+        cache
+            .get_or_load(key, || async { Ok(found(cache, user)) })
+            .await
+            .unwrap();
+        if let Some(Lookup::Found(principal)) = cache.peek(key) {
+            principal.fingerprint.store(fingerprint, Ordering::Release);
+        }
+    }
+
+    fn current(fingerprint: u64, pttl_ms: Option<u64>) -> Current {
+        Current::Value {
+            fingerprint,
+            pttl_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_put_back_only_when_its_value_is_unchanged() {
+        let cache = SessionCache::new(settings());
+        cache.set_live(true);
+        fill(&cache, "k", "a", 7).await;
+        // A TTL change: evicted at once, put back once read back unchanged.
+        let evicted = cache.evict("k").expect("a fingerprinted entry");
+        assert!(cache.peek("k").is_none(), "evicted before it is read back");
+        assert!(cache.restore(evicted, current(7, Some(60_000))));
+        let (l, src) = cache
+            .get_or_load("k", || async { Ok(found(&cache, "x")) })
+            .await
+            .unwrap();
+        assert_eq!((user(&l), src), (Some("a"), LookupSource::Cache));
+
+        // Another value, a gone key or an unreadable one: it stays out.
+        for now in [current(8, Some(60_000)), Current::Gone, Current::Unknown] {
+            let evicted = cache.evict("k").expect("still fingerprinted");
+            assert!(!cache.restore(evicted, now), "{now:?}");
+            assert!(cache.peek("k").is_none(), "{now:?}");
+            fill(&cache, "k", "a", 7).await;
+        }
+
+        // A change that lands while the key is read back wins.
+        let evicted = cache.evict("k").expect("fingerprinted");
+        cache.evict("k");
+        assert!(!cache.restore(evicted, current(7, None)));
+        assert!(cache.peek("k").is_none());
+
+        // A TTL shortened below the cache's cap caps the entry.
+        fill(&cache, "k", "a", 7).await;
+        let evicted = cache.evict("k").expect("fingerprinted");
+        assert!(cache.restore(evicted, current(7, Some(50))));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(cache.peek("k").is_none(), "outlived the key's new TTL");
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_a_change_gets_no_fingerprint() {
+        let cache = SessionCache::new(settings());
+        cache.set_live(true);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let _ = cache.fills.set(tx);
+        cache
+            .get_or_load("k", || async { Ok(found(&cache, "a")) })
+            .await
+            .unwrap();
+        let fill = rx.try_recv().expect("the fill was announced");
+        // The key changed between the lookup and the read back: whatever
+        // was read is not what the entry came from.
+        cache.evict("k");
+        cache
+            .get_or_load("k", || async { Ok(found(&cache, "b")) })
+            .await
+            .unwrap();
+        cache.fingerprinted(&fill, 7);
+        assert_eq!(fill.principal.fingerprint.load(Ordering::Acquire), 0);
+        // So an invalidation evicts for good.
+        let later = rx.try_recv().expect("the second fill");
+        assert!(
+            cache.evict("k").is_none(),
+            "the new entry has no fingerprint yet"
+        );
+        drop(later);
+    }
+
+    #[tokio::test]
+    async fn a_flush_empties_the_cache_and_the_last_known_good() {
+        let cache = SessionCache::new(settings());
+        cache.set_live(true);
+        let before = cache.lookup_version("k");
+        let (l, _) = cache
+            .get_or_load("k", || async { Ok(found(&cache, "a")) })
+            .await
+            .unwrap();
+        cache.remember_good("k", &l, before);
+        cache.flush();
+        assert!(cache.peek("k").is_none());
+        assert!(cache.stale("k").is_none());
+    }
+
+    #[tokio::test]
+    async fn keys_outside_the_watched_prefixes_are_never_cached() {
+        let cache = SessionCache::new(CacheSettings {
+            tracked_prefixes: vec!["sess:".into()],
+            ..settings()
+        });
+        cache.set_live(true);
+        for _ in 0..2 {
+            let (_, src) = cache
+                .get_or_load("other:k", || async { Ok(found(&cache, "a")) })
+                .await
+                .unwrap();
+            assert_eq!(src, LookupSource::Redis);
+        }
+        cache
+            .get_or_load("sess:k", || async { Ok(found(&cache, "a")) })
+            .await
+            .unwrap();
+        let (_, src) = cache
+            .get_or_load("sess:k", || async { Ok(found(&cache, "b")) })
+            .await
+            .unwrap();
+        assert_eq!(src, LookupSource::Cache);
+    }
+
     #[tokio::test]
     async fn entries_do_not_outlive_their_redis_ttl() {
         let cache = SessionCache::new(settings());
