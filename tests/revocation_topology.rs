@@ -177,9 +177,21 @@ fn cluster_every_master_reports_its_keys_and_a_flush_empties_the_cache() {
         assert_eq!(seen(&gateway, set), Ok("viewer".into()));
         eprintln!("cluster node {owner}: SET (downgrade) seen after {took:?}");
 
-        // A TTL change on this master puts the unchanged entry back.
+        // A TTL change on this master puts the unchanged entry back (once the
+        // channel has fingerprinted it, a round trip after it was cached).
+        assert_eq!(cached(&gateway, set), "viewer");
+        std::thread::sleep(Duration::from_millis(100));
+        let restored = sample(&gateway, "sessiongate_cache_restored_total", &[]);
         let _: () = conn.expire(format!("sess:{set}"), 1200).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sample(&gateway, "sessiongate_cache_restored_total", &[]) <= restored {
+            assert!(
+                Instant::now() < deadline,
+                "cluster node {owner}: the entry was not put back after EXPIRE:\n{}",
+                gateway.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(cached(&gateway, set), "viewer");
     }
 

@@ -566,6 +566,8 @@ async fn work(
                 for (entry, current) in batch.into_iter().zip(current) {
                     if cache.restore(entry, current) {
                         metrics::cache_restored();
+                    } else {
+                        tracing::debug!(?current, "an invalidated cache entry stays evicted");
                     }
                 }
             }
@@ -581,8 +583,9 @@ async fn work(
                 let keys: Vec<String> = batch.iter().map(|f| f.key.clone()).collect();
                 let current = read_all(&cache, &mut nodes, &keys).await;
                 for (fill, current) in batch.iter().zip(current) {
-                    if let Current::Value { fingerprint, .. } = current {
-                        cache.fingerprinted(fill, fingerprint);
+                    match current {
+                        Current::Value { fingerprint, .. } => cache.fingerprinted(fill, fingerprint),
+                        _ => tracing::debug!(?current, "a cache fill could not be fingerprinted"),
                     }
                 }
             }
