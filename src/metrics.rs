@@ -83,16 +83,19 @@ pub enum CacheBypass {
     CanarySilent,
     /// The masters changed (failover, resharding).
     Topology,
+    /// Redis answered a command of the channel with an error (ACL, OOM, read-only).
+    Refused,
 }
 
 impl CacheBypass {
-    const ALL: [CacheBypass; 6] = [
+    const ALL: [CacheBypass; 7] = [
         CacheBypass::Disconnected,
         CacheBypass::TrackingOff,
         CacheBypass::NotMaster,
         CacheBypass::Unanswered,
         CacheBypass::CanarySilent,
         CacheBypass::Topology,
+        CacheBypass::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +106,7 @@ impl CacheBypass {
             CacheBypass::Unanswered => "unanswered",
             CacheBypass::CanarySilent => "canary_silent",
             CacheBypass::Topology => "topology_changed",
+            CacheBypass::Refused => "refused",
         }
     }
 }
@@ -194,7 +198,7 @@ struct Metrics {
     auth_failures: IntCounterVec,
     would_deny: IntCounterVec,
     /// By `CacheBypass as usize`.
-    cache_bypassed: [IntCounter; 6],
+    cache_bypassed: [IntCounter; 7],
     /// `[flush, database_changed]`
     cache_flushes: [IntCounter; 2],
     cache_restored: IntCounter,
@@ -334,7 +338,7 @@ fn build() -> Metrics {
 
     let bypassed = counter_vec(
         "sessiongate_cache_bypassed_total",
-        "Times the session cache stopped serving because its invalidation channel could not be trusted, by reason (disconnected, tracking_off, not_master, unanswered, canary_silent, topology_changed).",
+        "Times the session cache stopped serving because its invalidation channel could not be trusted, by reason (disconnected, tracking_off, not_master, unanswered, canary_silent, topology_changed, refused).",
         &["reason"],
     );
     let flushes = counter_vec(

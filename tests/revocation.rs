@@ -317,18 +317,32 @@ fn eviction_revokes() {
     );
 }
 
+fn flushes(gateway: &TestGateway, reason: &str) -> f64 {
+    sample(
+        gateway,
+        "sessiongate_cache_flushes_total",
+        &[("reason", reason)],
+    )
+}
+
 #[test]
 fn flushdb_revokes() {
-    revoked_by("FLUSHDB", "a", |c| {
+    let s = revoked_by("FLUSHDB", "a", |c| {
         run(c, &["FLUSHDB"]);
     });
+    // Redis's flush message did it (the canary's absence is put down to it).
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(flushes(&s.gateway, "flush"), 1.0);
+    assert_eq!(flushes(&s.gateway, "database_changed"), 0.0);
 }
 
 #[test]
 fn flushall_revokes() {
-    revoked_by("FLUSHALL", "a", |c| {
+    let s = revoked_by("FLUSHALL", "a", |c| {
         run(c, &["FLUSHALL"]);
     });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(flushes(&s.gateway, "flush"), 1.0);
 }
 
 #[test]
@@ -337,6 +351,9 @@ fn swapdb_revokes() {
         run(c, &["SWAPDB", "0", "1"]);
     });
     assert_eq!(seen(&s.gateway, "a"), Err(401));
+    // No flush message: the canary found missing did it.
+    assert_eq!(flushes(&s.gateway, "flush"), 0.0);
+    assert_eq!(flushes(&s.gateway, "database_changed"), 1.0);
 }
 
 #[test]
@@ -425,4 +442,49 @@ fn killing_the_tracking_connection_bypasses_the_cache_until_it_is_back() {
         before + 1.0,
         "counted once per outage"
     );
+}
+
+#[test]
+fn a_redis_that_refuses_the_canary_write_bypasses_the_cache_until_it_accepts_it() {
+    let s = setup();
+    s.seed("a", ADMIN);
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    let refused = |g: &TestGateway| {
+        sample(
+            g,
+            "sessiongate_cache_bypassed_total",
+            &[("reason", "refused")],
+        )
+    };
+    let before = refused(&s.gateway);
+    let mut conn = s.redis.conn();
+    // Out of memory with no eviction: reads work, the canary's SET is refused,
+    // so the channel can no longer show that writes are reported.
+    run(
+        &mut conn,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", "1"]);
+    let started = Instant::now();
+    while refused(&s.gateway) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the refused canary write went unnoticed:\n{}",
+            s.gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("refused canary write noticed after {:?}", started.elapsed());
+    let hits = cache_hits(&s.gateway);
+    for _ in 0..5 {
+        assert_eq!(seen(&s.gateway, "a"), Ok("admin".into()));
+    }
+    assert_eq!(
+        cache_hits(&s.gateway),
+        hits,
+        "served from an untrusted cache"
+    );
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    assert_eq!(refused(&s.gateway), before + 1.0, "counted once per outage");
 }

@@ -160,6 +160,10 @@ struct Canary {
     key: String,
     /// Invalidations of the key seen.
     seen: AtomicU64,
+    /// Flush messages seen (they explain a missing canary).
+    flushes: AtomicU64,
+    /// `flushes` when the canary was last written.
+    flushes_at_write: AtomicU64,
 }
 
 /// What the push handler of one channel run shares with it.
@@ -167,6 +171,8 @@ struct Run {
     /// False once the run is over: a late message from its connections
     /// (their drivers end after it) must not touch the next run's cache state.
     active: AtomicBool,
+    /// A connection of this run closed.
+    closed: AtomicBool,
     lost: Notify,
 }
 
@@ -208,11 +214,15 @@ fn on_push(
             _ => {
                 cache.flush();
                 metrics::cache_flushed(CacheFlush::Flushed);
+                if let Some(canary) = canary {
+                    canary.flushes.fetch_add(1, Ordering::AcqRel);
+                }
             }
         },
         PushKind::Disconnection => {
             // Changes from now on would go unheard: stop serving at once.
             cache.set_live(false);
+            run.closed.store(true, Ordering::Release);
             run.lost.notify_one();
         }
         _ => {}
@@ -238,6 +248,7 @@ async fn listen(
 ) -> Down {
     let run = Arc::new(Run {
         active: AtomicBool::new(true),
+        closed: AtomicBool::new(false),
         lost: Notify::new(),
     });
     let down = watch(cache, redis, fills, &run, live).await;
@@ -269,11 +280,13 @@ async fn watch(
             Arc::new(Canary {
                 key: format!("sessiongate:canary:{run_id:016x}:{i}"),
                 seen: AtomicU64::new(0),
+                flushes: AtomicU64::new(0),
+                flushes_at_write: AtomicU64::new(0),
             })
         });
         match connect(cache, client, run, canary.clone(), &evicted_tx, redis).await {
             Ok(conn) => nodes.push(Node { name, conn, canary }),
-            Err(e) => return Down::new(CacheBypass::Disconnected, format!("{name}: {e}")),
+            Err(e) => return failed(&name, &e),
         }
     }
     for node in &mut nodes {
@@ -287,6 +300,11 @@ async fn watch(
         fills.clone(),
         evicted_rx,
     )));
+    // A connection that closed while the others were set up must not see
+    // the cache go live, even for an instant.
+    if run.closed.load(Ordering::Acquire) {
+        return Down::new(CacheBypass::Disconnected, "a tracking connection closed");
+    }
     cache.set_live(true);
     *live = true;
     tracing::info!(nodes = ?watched, "session cache live: redis reports every change of its keys");
@@ -399,14 +417,7 @@ fn tracked(cache: &SessionCache, canary: Option<&Canary>) -> Vec<String> {
 /// the canary comes back as an invalidation.
 async fn probe(node: &mut Node, write: bool) -> Result<(), Down> {
     let name = node.name.clone();
-    let answer = |e: redis::RedisError| {
-        let reason = if e.is_timeout() {
-            CacheBypass::Unanswered
-        } else {
-            CacheBypass::Disconnected
-        };
-        Down::new(reason, format!("{name}: {e}"))
-    };
+    let answer = |e: redis::RedisError| failed(&name, &e);
     let mut pipe = redis::pipe();
     pipe.cmd("CLIENT").arg("TRACKINGINFO").cmd("ROLE");
     let (info, role): (Value, Value) = within(pipe.query_async(&mut node.conn))
@@ -431,6 +442,9 @@ async fn probe(node: &mut Node, write: bool) -> Result<(), Down> {
         return Ok(());
     }
     let seen = canary.seen.load(Ordering::Acquire);
+    canary
+        .flushes_at_write
+        .store(canary.flushes.load(Ordering::Acquire), Ordering::Release);
     let token = rand::random::<u64>().max(1);
     let set = redis::cmd("SET")
         .arg(&canary.key)
@@ -465,26 +479,33 @@ async fn check_canary(cache: &SessionCache, node: &mut Node) -> Result<(), Down>
             .query_async(&mut node.conn),
     )
     .await
-    .map_err(|e| {
-        Down::new(
-            if e.is_timeout() {
-                CacheBypass::Unanswered
-            } else {
-                CacheBypass::Disconnected
-            },
-            format!("{}: {e}", node.name),
-        )
-    })?;
+    .map_err(|e| failed(&node.name, &e))?;
     if present {
         return Ok(());
     }
+    // Whatever took it, the database may not be the one the entries came from.
     cache.flush();
-    metrics::cache_flushed(CacheFlush::DatabaseChanged);
-    tracing::warn!(
-        node = %node.name,
-        "the database under the session cache changed without a flush message (SWAPDB?); cache emptied"
-    );
+    if canary.flushes.load(Ordering::Acquire) == canary.flushes_at_write.load(Ordering::Acquire) {
+        metrics::cache_flushed(CacheFlush::DatabaseChanged);
+        tracing::warn!(
+            node = %node.name,
+            "the database under the session cache changed without a flush message (SWAPDB?); cache emptied"
+        );
+    }
     probe(node, true).await
+}
+
+/// Why a command of the channel failed: no answer, a refusal (ACL, OOM,
+/// read-only: the server answered with an error), or the connection.
+fn failed(node: &str, e: &redis::RedisError) -> Down {
+    let reason = if e.is_timeout() {
+        CacheBypass::Unanswered
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        CacheBypass::Disconnected
+    } else {
+        CacheBypass::Refused
+    };
+    Down::new(reason, format!("{node}: {e}"))
 }
 
 /// A round trip after a reply: Redis sends broadcast invalidations at the
