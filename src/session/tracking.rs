@@ -36,6 +36,11 @@ use crate::session::topology;
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// How often the Sentinels (or the cluster) are asked whether the masters moved.
 const TOPOLOGY_EVERY: Duration = Duration::from_millis(500);
+/// After a failover, how long the cache stays bypassed at least: the
+/// request path's own connection moves to the new master on its own check
+/// (every 0.5 s), and until it has, a lookup could read the old master's
+/// data, which the new master's channel would never invalidate.
+const SETTLE_AFTER_FAILOVER: Duration = Duration::from_secs(1);
 /// How often the canary is written (and its invalidation expected back).
 const CANARY_WRITE_EVERY: Duration = Duration::from_secs(1);
 /// How often the canary is looked for: the delay before a SWAPDB empties the cache.
@@ -141,7 +146,11 @@ async fn run_forever(
             );
             outage = true;
         }
-        tokio::time::sleep(delay).await;
+        let wait = match down.reason {
+            CacheBypass::Topology | CacheBypass::NotMaster => delay.max(SETTLE_AFTER_FAILOVER),
+            _ => delay,
+        };
+        tokio::time::sleep(wait).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
