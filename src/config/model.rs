@@ -118,8 +118,8 @@ pub struct CacheSettings {
     pub max_age: std::time::Duration,
     /// `negative_ttl`: how long an unknown id is remembered (default 1s; 0 turns it off).
     pub negative_ttl: std::time::Duration,
-    /// `configure_notifications`: turn on the keyspace events the cache needs
-    /// with CONFIG SET at start (default true).
+    /// `configure_notifications`: accepted and ignored (default true); the
+    /// cache's invalidation no longer depends on keyspace events.
     pub configure_notifications: bool,
     /// `stale_for`: with a route's `on_store_error = "stale"`, how long after its
     /// last successful resolution a session is still let in while Redis is
