@@ -195,7 +195,7 @@ impl Logout {
         // Delete first: if removing the ids from the sets fails afterwards, the
         // sessions are already over and the sets only hold stale ids.
         let ended = store.delete(&keys).await?;
-        // The keyspace notification evicts them too; this makes the very next
+        // Redis's invalidation of the keys evicts them too; this makes the very next
         // request through this gateway see the logout, whatever the latency.
         for key in &keys {
             cache.invalidate(key).await;

@@ -70,6 +70,67 @@ impl StoreOp {
     }
 }
 
+/// Why the session cache was bypassed, for `sessiongate_cache_bypassed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheBypass {
+    /// The tracking connection could not be made or closed (killed, Redis down).
+    Disconnected,
+    /// `CLIENT TRACKINGINFO` no longer shows broadcast tracking on.
+    TrackingOff,
+    /// The server the channel listens to is no longer a master.
+    NotMaster,
+    /// A probe went unanswered for a second.
+    Unanswered,
+    /// A write of the canary key came back without an invalidation.
+    CanarySilent,
+    /// The masters changed (failover, resharding).
+    Topology,
+    /// Redis answered a command of the channel with an error (ACL, OOM, read-only).
+    Refused,
+}
+
+impl CacheBypass {
+    const ALL: [CacheBypass; 7] = [
+        CacheBypass::Disconnected,
+        CacheBypass::TrackingOff,
+        CacheBypass::NotMaster,
+        CacheBypass::Unanswered,
+        CacheBypass::CanarySilent,
+        CacheBypass::Topology,
+        CacheBypass::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheBypass::Disconnected => "disconnected",
+            CacheBypass::TrackingOff => "tracking_off",
+            CacheBypass::NotMaster => "not_master",
+            CacheBypass::Unanswered => "unanswered",
+            CacheBypass::CanarySilent => "canary_silent",
+            CacheBypass::Topology => "topology_changed",
+            CacheBypass::Refused => "refused",
+        }
+    }
+}
+
+/// Why every cache entry was dropped at once, for `sessiongate_cache_flushes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheFlush {
+    /// Redis sent a flush message (FLUSHDB, FLUSHALL).
+    Flushed,
+    /// The canary read back wrong: the database was swapped (SWAPDB) or emptied.
+    DatabaseChanged,
+}
+
+impl CacheFlush {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheFlush::Flushed => "flush",
+            CacheFlush::DatabaseChanged => "database_changed",
+        }
+    }
+}
+
 /// How an upstream answered, for `sessiongate_upstream_responses_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamClass {
@@ -140,6 +201,11 @@ struct Metrics {
     bad_requests: [IntCounter; 2],
     auth_failures: IntCounterVec,
     would_deny: IntCounterVec,
+    /// By `CacheBypass as usize`.
+    cache_bypassed: [IntCounter; 7],
+    /// `[flush, database_changed]`
+    cache_flushes: [IntCounter; 2],
+    cache_restored: IntCounter,
 }
 
 /// A built-in metric definition. Names, help texts and labels are constants
@@ -284,7 +350,27 @@ fn build() -> Metrics {
         &["reason"],
     );
 
+    let bypassed = counter_vec(
+        "sessiongate_cache_bypassed_total",
+        "Times the session cache stopped serving because its invalidation channel could not be trusted, by reason (disconnected, tracking_off, not_master, unanswered, canary_silent, topology_changed, refused).",
+        &["reason"],
+    );
+    let flushes = counter_vec(
+        "sessiongate_cache_flushes_total",
+        "Times every cache entry was dropped at once, by reason (flush: FLUSHDB/FLUSHALL; database_changed: the canary key read back wrong, e.g. SWAPDB).",
+        &["reason"],
+    );
+    let cache_restored = defined(IntCounter::new(
+        "sessiongate_cache_restored_total",
+        "Cache entries put back after an invalidation that left their key's value unchanged (a TTL change such as express-session's touch).",
+    ));
+    reg(Box::new(cache_restored.clone()));
+
     Metrics {
+        cache_bypassed: CacheBypass::ALL.map(|r| bypassed.with_label_values(&[r.as_str()])),
+        cache_flushes: [CacheFlush::Flushed, CacheFlush::DatabaseChanged]
+            .map(|r| flushes.with_label_values(&[r.as_str()])),
+        cache_restored,
         connections_refused: ["per_ip", "total"].map(|r| refused.with_label_values(&[r])),
         open_connections,
         head_timeouts,
@@ -372,6 +458,21 @@ pub fn set_cache_entries(entries: u64) {
 /// Adds `n` to `sessiongate_cache_invalidations_total`.
 pub fn cache_invalidations(n: u64) {
     METRICS.cache_invalidations.inc_by(n);
+}
+
+/// Counts one time the session cache was bypassed (once per outage of its channel).
+pub fn cache_bypassed(reason: CacheBypass) {
+    METRICS.cache_bypassed[reason as usize].inc();
+}
+
+/// Counts one time every cache entry was dropped at once.
+pub fn cache_flushed(reason: CacheFlush) {
+    METRICS.cache_flushes[reason as usize].inc();
+}
+
+/// Counts one cache entry put back after an invalidation left its value unchanged.
+pub fn cache_restored() {
+    METRICS.cache_restored.inc();
 }
 
 /// Counts one configuration reload; a good one also sets the last-success time.
@@ -556,6 +657,9 @@ mod tests {
             "sessiongate_request_head_timeouts_total",
             "sessiongate_bad_requests_total{reason=\"bad_request\"}",
             "sessiongate_bad_requests_total{reason=\"head_too_large\"}",
+            "sessiongate_cache_bypassed_total{reason=\"tracking_off\"}",
+            "sessiongate_cache_flushes_total{reason=\"database_changed\"}",
+            "sessiongate_cache_restored_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -118,13 +118,18 @@ pub struct CacheSettings {
     pub max_age: std::time::Duration,
     /// `negative_ttl`: how long an unknown id is remembered (default 1s; 0 turns it off).
     pub negative_ttl: std::time::Duration,
-    /// `configure_notifications`: turn on the keyspace events the cache needs
-    /// with CONFIG SET at start (default true).
+    /// `configure_notifications`: accepted and ignored (default true); the
+    /// cache's invalidation no longer depends on keyspace events.
     pub configure_notifications: bool,
     /// `stale_for`: with a route's `on_store_error = "stale"`, how long after its
     /// last successful resolution a session is still let in while Redis is
     /// unreachable (default 30s).
     pub stale_for: std::time::Duration,
+    /// Not a file key: the key prefixes of everything the cache may hold (the
+    /// session and opaque bearer key templates'), derived from `[session]`.
+    /// Redis is asked to report changes under these prefixes; a key outside
+    /// them is never cached. Empty: every key (and every key is watched).
+    pub tracked_prefixes: Vec<String>,
 }
 
 impl Default for CacheSettings {
@@ -136,6 +141,7 @@ impl Default for CacheSettings {
             negative_ttl: std::time::Duration::from_secs(1),
             configure_notifications: true,
             stale_for: std::time::Duration::from_secs(30),
+            tracked_prefixes: Vec::new(),
         }
     }
 }
@@ -344,6 +350,11 @@ impl KeyTemplate {
             self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix);
         let suffixes = self.suffix.ends_with(&other.suffix) || other.suffix.ends_with(&self.suffix);
         prefixes && suffixes
+    }
+
+    /// The fixed text before the id: every key of this template starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Whether `key` could have been rendered from this template.

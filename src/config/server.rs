@@ -317,6 +317,7 @@ impl<'r, 't> Checker<'r, 't> {
             configure_notifications: f
                 .configure_notifications
                 .unwrap_or(defaults.configure_notifications),
+            ..defaults
         })
     }
 }

@@ -135,7 +135,10 @@ impl Checker<'_, '_> {
         let (upstreams, names) = self.upstreams();
         let default_mode = self.rollout();
         let routes = self.routes(names.as_deref(), default_mode);
-        let cache = self.cache();
+        let mut cache = self.cache();
+        if let (Some(cache), Some(session)) = (&mut cache, &session) {
+            cache.tracked_prefixes = crate::session::tracking::prefixes(session);
+        }
         let jwt = self.jwt();
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         let rate_limit = self.rate_limit();

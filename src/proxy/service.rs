@@ -19,7 +19,7 @@ use crate::proxy::full::Gateway;
 use crate::proxy::h1::LeanHttp;
 use crate::proxy::listen::prepare_listen;
 use crate::proxy::reload::{self, Build, Reloader};
-use crate::session::cache::{spawn_invalidator, KeyFilter, SessionCache};
+use crate::session::cache::SessionCache;
 use crate::session::{RedisStore, SessionStore};
 
 /// Per-connection read buffer of the public listener: none. Request heads are
@@ -82,9 +82,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
     server.bootstrap();
 
     let cache = SessionCache::new(config.cache.clone());
-    let session_keys = config.session.key.clone();
-    let filter: KeyFilter = Box::new(move |key| session_keys.matches(key));
-    spawn_invalidator(cache.clone(), config.redis.clone(), filter)?;
+    crate::session::tracking::spawn(cache.clone(), config.redis.clone())?;
     let build: Build = {
         let (store, cache) = (store.clone() as Arc<dyn SessionStore>, cache.clone());
         Box::new(move |config| Pipeline::new(config, store.clone(), cache.clone()))

@@ -1,7 +1,7 @@
 //! The session cache: resolved sessions kept in process until the earlier of
 //! their Redis TTL and `max_age`, evicted within milliseconds when any client
-//! deletes, overwrites or expires their key (Redis keyspace notifications).
-//! While the notification channel is down the cache is bypassed, never trusted.
+//! changes their key in any way (Redis client-side tracking, see `tracking`).
+//! While the invalidation channel is down the cache is bypassed, never trusted.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::identity::IdentityValues;
-use futures_util::StreamExt;
 use quick_cache::sync::Cache;
 
-use crate::config::{CacheSettings, RedisSettings, RedisTopology};
+use crate::config::CacheSettings;
 use crate::labels::{LookupResult, LookupSource};
 use crate::metrics;
 use crate::reject::AuthFailure;
-use crate::session::topology;
 use crate::session::StoreError;
 
 /// What the request path needs from a valid session, extracted once: the
@@ -29,6 +27,11 @@ pub struct Principal {
     pub user: Option<String>,
     /// When the key expires in Redis, in ms since the cache's clock base; `u64::MAX`: never.
     expires_at_ms: AtomicU64,
+    /// A hash of the key's value (its `DUMP`) as it was when this principal
+    /// was read; 0 until the invalidation channel has taken it. An
+    /// invalidation that leaves the value as it was (a TTL change) may then
+    /// put the entry back instead of leaving it evicted.
+    fingerprint: AtomicU64,
 }
 
 /// A lookup's result as cached: a principal, or a known-invalid id.
@@ -58,6 +61,52 @@ pub struct SessionCache {
     /// dropped on an invalidation of the key or an answer that it is invalid.
     /// Made on first use, so it costs nothing without a `stale` route.
     last_good: std::sync::OnceLock<Cache<String, Arc<LastGood>>>,
+    /// Key prefixes the invalidation channel watches; a key outside them is
+    /// never cached (empty: every key is watched).
+    prefixes: Vec<String>,
+    /// Where cache fills are announced, so that the channel can fingerprint
+    /// them; set once the channel runs.
+    fills: std::sync::OnceLock<tokio::sync::mpsc::Sender<Fill>>,
+}
+
+/// A principal just cached, for the invalidation channel to fingerprint.
+pub(crate) struct Fill {
+    pub key: String,
+    /// The key's version when its value was read.
+    pub version: (u64, u64),
+    pub principal: Arc<Principal>,
+}
+
+/// An entry evicted by an invalidation that may only have changed the key's
+/// TTL: put back if the key's value is still what the entry was read from.
+pub(crate) struct Evicted {
+    pub key: String,
+    entry: Entry,
+    good: Option<Arc<LastGood>>,
+    principal: Arc<Principal>,
+    /// The key's version right after the eviction.
+    version: (u64, u64),
+}
+
+impl Evicted {
+    /// The fingerprint of the value the entry was read from.
+    pub fn fingerprint(&self) -> u64 {
+        self.principal.fingerprint.load(Ordering::Acquire)
+    }
+}
+
+/// What the invalidation channel learned about a key after an invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Current {
+    /// The key is gone.
+    Gone,
+    /// The key holds a value with this fingerprint; `pttl_ms`: its TTL (`None`: no expiry).
+    Value {
+        fingerprint: u64,
+        pttl_ms: Option<u64>,
+    },
+    /// It could not be read: no restore.
+    Unknown,
 }
 
 /// A session's last successful resolution.
@@ -81,8 +130,11 @@ impl SessionCache {
         // per-entry timers); expiry is checked on read instead.
         let capacity = usize::try_from(settings.max_entries).unwrap_or(usize::MAX);
         let entries = Cache::new(capacity);
+        let prefixes = settings.tracked_prefixes.clone();
         Arc::new(SessionCache {
             last_good: std::sync::OnceLock::new(),
+            prefixes,
+            fills: std::sync::OnceLock::new(),
             settings,
             entries,
             live: AtomicBool::new(false),
@@ -123,6 +175,7 @@ impl SessionCache {
             roles,
             user,
             expires_at_ms: AtomicU64::new(expires_at_ms),
+            fingerprint: AtomicU64::new(0),
         }
     }
 
@@ -166,7 +219,7 @@ impl SessionCache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Lookup, StoreError>>,
     {
-        if !self.is_live() {
+        if !self.is_live() || !self.watched(key) {
             return load().await.map(|l| (l, LookupSource::Redis));
         }
         let now = self.now_ms();
@@ -202,10 +255,55 @@ impl SessionCache {
                 // insert would otherwise leave this entry stale.
                 if self.version(key) != before || !self.is_live() {
                     self.entries.remove(key);
+                } else if let Lookup::Found(principal) = &lookup {
+                    self.announce(key, before, principal);
                 }
             }
         }
         Ok((lookup, LookupSource::Redis))
+    }
+
+    /// The key prefixes the invalidation channel must watch (empty: every key).
+    pub(crate) fn watched_prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+
+    /// Whether the invalidation channel watches `key` (so it may be cached).
+    fn watched(&self, key: &str) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Tells the invalidation channel that `principal` was cached for `key`.
+    /// When it is busy the entry simply goes without a fingerprint (any
+    /// invalidation then evicts it for good).
+    fn announce(&self, key: &str, version: (u64, u64), principal: &Arc<Principal>) {
+        if let Some(fills) = self.fills.get() {
+            let _ = fills.try_send(Fill {
+                key: key.to_owned(),
+                version,
+                principal: principal.clone(),
+            });
+        }
+    }
+
+    /// Where fills are announced from now on (the invalidation channel's queue).
+    pub(crate) fn announce_to(&self, fills: tokio::sync::mpsc::Sender<Fill>) {
+        let _ = self.fills.set(fills);
+    }
+
+    /// Records the fingerprint of the value a fill was read from, unless the
+    /// key changed since (its version moved).
+    pub(crate) fn fingerprinted(&self, fill: &Fill, fingerprint: u64) {
+        if self.version(&fill.key) == fill.version {
+            fill.principal
+                .fingerprint
+                .store(fingerprint.max(1), Ordering::Release);
+        }
+    }
+
+    /// The fingerprint a value's `DUMP` gives (never 0).
+    pub(crate) fn fingerprint_of(&self, dump: &[u8]) -> u64 {
+        self.hasher.hash_one(dump).max(1)
     }
 
     /// What the cache would answer for `key` right now, without loading,
@@ -299,12 +397,105 @@ impl SessionCache {
 
     /// Forgets `key`: its next lookup goes to Redis.
     pub async fn invalidate(&self, key: &str) {
-        self.stripe(key).fetch_add(1, Ordering::AcqRel);
-        if let Some(last_good) = self.last_good.get() {
-            last_good.remove(key);
-        }
-        self.entries.remove(key);
+        self.evict(key);
+    }
+
+    /// Forgets `key` at once (Redis said it changed). When its entry held a
+    /// fingerprinted principal, returns it, for `restore` to put back if the
+    /// change left the value as it was.
+    pub(crate) fn evict(&self, key: &str) -> Option<Evicted> {
+        let stripe = self.stripe(key).fetch_add(1, Ordering::AcqRel) + 1;
+        let good = self
+            .last_good
+            .get()
+            .and_then(|lg| lg.remove(key))
+            .map(|(_, g)| g);
+        let (_, entry) = self.entries.remove(key)?;
         metrics::cache_invalidations(1);
+        let Lookup::Found(principal) = &entry.lookup else {
+            return None;
+        };
+        if principal.fingerprint.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        Some(Evicted {
+            key: key.to_owned(),
+            principal: principal.clone(),
+            entry,
+            good,
+            version: (self.generation.load(Ordering::Acquire), stripe),
+        })
+    }
+
+    /// Puts an evicted entry back when the key still holds the value it was
+    /// read from (`current`) and nothing changed the key since (its version
+    /// is the eviction's). Its expiry is capped by the key's new TTL. Returns
+    /// whether it was put back.
+    pub(crate) fn restore(&self, evicted: Evicted, current: Current) -> bool {
+        let Current::Value {
+            fingerprint,
+            pttl_ms,
+        } = current
+        else {
+            return false;
+        };
+        if fingerprint != evicted.fingerprint()
+            || !self.is_live()
+            || self.version(&evicted.key) != evicted.version
+        {
+            return false;
+        }
+        let now = self.now_ms();
+        let mut until_ms = evicted.entry.until_ms;
+        if let Some(pttl) = pttl_ms {
+            let at = now.saturating_add(pttl);
+            until_ms = until_ms.min(at);
+            if evicted.principal.expires_at_ms.load(Ordering::Relaxed) != u64::MAX {
+                evicted.principal.expires_at_ms.store(at, Ordering::Relaxed);
+            }
+        }
+        if until_ms <= now {
+            return false;
+        }
+        let entry = Entry {
+            lookup: evicted.entry.lookup,
+            until_ms,
+        };
+        // A request that loaded the key meanwhile cached the same value; keep it.
+        match self
+            .entries
+            .get_value_or_guard(&evicted.key, Some(Duration::ZERO))
+        {
+            quick_cache::sync::GuardResult::Guard(guard) => {
+                let _ = guard.insert(entry);
+            }
+            _ => return false,
+        }
+        if let (Some(good), Some(last_good)) = (evicted.good, self.last_good.get()) {
+            last_good.insert(evicted.key.clone(), good);
+        }
+        // An invalidation that landed meanwhile wins.
+        if self.version(&evicted.key) != evicted.version || !self.is_live() {
+            self.entries.remove(&evicted.key);
+            if let Some(last_good) = self.last_good.get() {
+                last_good.remove(&evicted.key);
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Forgets every entry: Redis emptied a database (FLUSHDB, FLUSHALL) or
+    /// the one the channel reads was swapped (SWAPDB).
+    pub(crate) fn flush(&self) {
+        let n = self.entries.len() as u64;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.clear();
+        if let Some(last_good) = self.last_good.get() {
+            last_good.clear();
+        }
+        metrics::cache_invalidations(n);
+        metrics::set_cache_entries(0);
     }
 
     /// Marks the invalidation channel up or down; either way nothing cached before survives.
@@ -328,200 +519,6 @@ impl SessionCache {
         self.entries.clear();
         if let Some(last_good) = self.last_good.get() {
             last_good.clear();
-        }
-    }
-}
-
-/// The keyspace events that change or end a key's value. `expire` (a TTL
-/// change, sent by express-session's `touch` on every request) is not one of them.
-const EVENTS: &[&str] = &[
-    "del",
-    "set",
-    "expired",
-    "evicted",
-    "rename_from",
-    "rename_to",
-    "move_from",
-    "move_to",
-    "restore",
-    "hset",
-    "hdel",
-    "hincrby",
-    "hincrbyfloat",
-    "setrange",
-    "append",
-    "incrby",
-    "incrbyfloat",
-    "hexpired",
-];
-
-/// Classes of notifications the cache needs: keyevent (E), generic (g),
-/// string ($), hash (h), expired (x), evicted (e).
-const NEEDED_FLAGS: &str = "Eg$hxe";
-
-/// Which keys the cache holds (session and token key templates).
-pub type KeyFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
-
-/// Runs the invalidation listener on its own thread for the life of the process.
-pub fn spawn_invalidator(
-    cache: Arc<SessionCache>,
-    redis: RedisSettings,
-    filter: KeyFilter,
-) -> std::io::Result<()> {
-    if !cache.enabled() {
-        return Ok(());
-    }
-    std::thread::Builder::new()
-        .name("sessiongate-invalidator".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cache invalidator could not start; the cache stays bypassed");
-                    return;
-                }
-            };
-            runtime.block_on(invalidate_forever(cache, redis, filter));
-        })
-        .map(|_| ())
-}
-
-async fn invalidate_forever(cache: Arc<SessionCache>, redis: RedisSettings, filter: KeyFilter) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let started = Instant::now();
-        match listen(&cache, &redis, &filter).await {
-            Ok(()) => tracing::warn!(
-                "cache invalidation channel closed; bypassing the cache until it is back"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "cache invalidation channel unavailable; bypassing the cache")
-            }
-        }
-        cache.set_live(false);
-        if started.elapsed() > Duration::from_secs(10) {
-            delay = Duration::from_millis(100);
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// Makes sure Redis publishes the events we need, merging with what is set.
-async fn ensure_notifications(client: &redis::Client, configure: bool) -> Result<(), String> {
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())?;
-    let current: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    let flags = current.get(1).cloned().unwrap_or_default();
-    let has = |f: char| flags.contains(f) || ("g$lshzxetd".contains(f) && flags.contains('A'));
-    if NEEDED_FLAGS.chars().all(has) {
-        return Ok(());
-    }
-    if !configure {
-        return Err(format!(
-            "redis notify-keyspace-events is {flags:?}; the cache needs {NEEDED_FLAGS:?} (or set [cache] configure_notifications = true)"
-        ));
-    }
-    let mut merged = flags.clone();
-    merged.extend(NEEDED_FLAGS.chars().filter(|f| !has(*f)));
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("notify-keyspace-events")
-        .arg(&merged)
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(|e| format!("CONFIG SET notify-keyspace-events {merged}: {e}"))
-}
-
-/// Subscribes to the keyspace events of every server that holds session keys
-/// (the standalone server, the sentinel-managed master, every cluster master:
-/// notifications are per node) and goes live only once all subscriptions are
-/// up. Returns (and the cache is bypassed) as soon as any of them drops, or
-/// when the master moved (failover, resharding).
-async fn listen(
-    cache: &SessionCache,
-    redis: &RedisSettings,
-    filter: &KeyFilter,
-) -> Result<(), String> {
-    let clients = topology::notification_nodes(redis).await?;
-    let watched = topology::node_names(&clients);
-    let mut sinks = Vec::with_capacity(clients.len());
-    let mut streams = Vec::with_capacity(clients.len());
-    for client in &clients {
-        let node = client.get_connection_info().addr().to_string();
-        ensure_notifications(client, cache.settings.configure_notifications)
-            .await
-            .map_err(|e| format!("{node}: {e}"))?;
-        let db = client.get_connection_info().redis_settings().db();
-        let mut pubsub = client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| format!("{node}: {e}"))?;
-        let channels: Vec<String> = EVENTS
-            .iter()
-            .map(|event| format!("__keyevent@{db}__:{event}"))
-            .collect();
-        pubsub
-            .subscribe(&channels)
-            .await
-            .map_err(|e| format!("{node}: {e}"))?;
-        let (sink, stream) = pubsub.split();
-        sinks.push(sink);
-        // `None` marks the end of one node's stream: any drop ends the listener.
-        streams.push(Box::pin(
-            stream
-                .map(Some)
-                .chain(futures_util::stream::once(async { None })),
-        ));
-    }
-    let mut stream = futures_util::stream::select_all(streams);
-    cache.set_live(true);
-    tracing::info!(nodes = ?watched, "session cache live: invalidations subscribed");
-    let standalone = redis.topology == RedisTopology::Standalone;
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
-    let mut beats = 0u64;
-    loop {
-        tokio::select! {
-            message = stream.next() => {
-                let Some(Some(message)) = message else { return Ok(()) };
-                if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
-                    if filter(key) {
-                        cache.invalidate(key).await;
-                    }
-                }
-            }
-            _ = heartbeat.tick() => {
-                metrics::set_cache_entries(cache.entry_count());
-                // A frozen or partitioned Redis keeps the socket open; a ping proves it answers.
-                for sink in &mut sinks {
-                    match tokio::time::timeout(Duration::from_secs(1), sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(e.to_string()),
-                        Err(_) => return Err("ping timed out".into()),
-                    }
-                }
-                // A failover or resharding moves keys to servers we do not hear:
-                // look again every second (an unreachable Sentinel changes nothing).
-                beats += 1;
-                if !standalone && beats.is_multiple_of(2) {
-                    if let Ok(now) = topology::notification_nodes(redis).await {
-                        let now = topology::node_names(&now);
-                        if now != watched {
-                            return Err(format!("the masters moved from {watched:?} to {now:?}"));
-                        }
-                    }
-                }
-            }
         }
     }
 }
@@ -710,6 +707,131 @@ mod tests {
         cache.remember_good("k", &found(&cache, "d"), cache.lookup_version("k"));
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(cache.stale("k").is_none());
+    }
+
+    /// Caches `key` as `user` and fingerprints it as `fingerprint`, as the
+    /// invalidation channel does after a fill.
+    async fn fill(cache: &SessionCache, key: &str, user: &str, fingerprint: u64) {
+        cache
+            .get_or_load(key, || async { Ok(found(cache, user)) })
+            .await
+            .unwrap();
+        if let Some(Lookup::Found(principal)) = cache.peek(key) {
+            principal.fingerprint.store(fingerprint, Ordering::Release);
+        }
+    }
+
+    fn current(fingerprint: u64, pttl_ms: Option<u64>) -> Current {
+        Current::Value {
+            fingerprint,
+            pttl_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_put_back_only_when_its_value_is_unchanged() {
+        let cache = SessionCache::new(settings());
+        cache.set_live(true);
+        fill(&cache, "k", "a", 7).await;
+        // A TTL change: evicted at once, put back once read back unchanged.
+        let evicted = cache.evict("k").expect("a fingerprinted entry");
+        assert!(cache.peek("k").is_none(), "evicted before it is read back");
+        assert!(cache.restore(evicted, current(7, Some(60_000))));
+        let (l, src) = cache
+            .get_or_load("k", || async { Ok(found(&cache, "x")) })
+            .await
+            .unwrap();
+        assert_eq!((user(&l), src), (Some("a"), LookupSource::Cache));
+
+        // Another value, a gone key or an unreadable one: it stays out.
+        for now in [current(8, Some(60_000)), Current::Gone, Current::Unknown] {
+            let evicted = cache.evict("k").expect("still fingerprinted");
+            assert!(!cache.restore(evicted, now), "{now:?}");
+            assert!(cache.peek("k").is_none(), "{now:?}");
+            fill(&cache, "k", "a", 7).await;
+        }
+
+        // A change that lands while the key is read back wins.
+        let evicted = cache.evict("k").expect("fingerprinted");
+        cache.evict("k");
+        assert!(!cache.restore(evicted, current(7, None)));
+        assert!(cache.peek("k").is_none());
+
+        // A TTL shortened below the cache's cap caps the entry.
+        fill(&cache, "k", "a", 7).await;
+        let evicted = cache.evict("k").expect("fingerprinted");
+        assert!(cache.restore(evicted, current(7, Some(50))));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(cache.peek("k").is_none(), "outlived the key's new TTL");
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_a_change_gets_no_fingerprint() {
+        let cache = SessionCache::new(settings());
+        cache.set_live(true);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let _ = cache.fills.set(tx);
+        cache
+            .get_or_load("k", || async { Ok(found(&cache, "a")) })
+            .await
+            .unwrap();
+        let fill = rx.try_recv().expect("the fill was announced");
+        // The key changed between the lookup and the read back: whatever
+        // was read is not what the entry came from.
+        cache.evict("k");
+        cache
+            .get_or_load("k", || async { Ok(found(&cache, "b")) })
+            .await
+            .unwrap();
+        cache.fingerprinted(&fill, 7);
+        assert_eq!(fill.principal.fingerprint.load(Ordering::Acquire), 0);
+        // So an invalidation evicts for good.
+        let later = rx.try_recv().expect("the second fill");
+        assert!(
+            cache.evict("k").is_none(),
+            "the new entry has no fingerprint yet"
+        );
+        drop(later);
+    }
+
+    #[tokio::test]
+    async fn a_flush_empties_the_cache_and_the_last_known_good() {
+        let cache = SessionCache::new(settings());
+        cache.set_live(true);
+        let before = cache.lookup_version("k");
+        let (l, _) = cache
+            .get_or_load("k", || async { Ok(found(&cache, "a")) })
+            .await
+            .unwrap();
+        cache.remember_good("k", &l, before);
+        cache.flush();
+        assert!(cache.peek("k").is_none());
+        assert!(cache.stale("k").is_none());
+    }
+
+    #[tokio::test]
+    async fn keys_outside_the_watched_prefixes_are_never_cached() {
+        let cache = SessionCache::new(CacheSettings {
+            tracked_prefixes: vec!["sess:".into()],
+            ..settings()
+        });
+        cache.set_live(true);
+        for _ in 0..2 {
+            let (_, src) = cache
+                .get_or_load("other:k", || async { Ok(found(&cache, "a")) })
+                .await
+                .unwrap();
+            assert_eq!(src, LookupSource::Redis);
+        }
+        cache
+            .get_or_load("sess:k", || async { Ok(found(&cache, "a")) })
+            .await
+            .unwrap();
+        let (_, src) = cache
+            .get_or_load("sess:k", || async { Ok(found(&cache, "b")) })
+            .await
+            .unwrap();
+        assert_eq!(src, LookupSource::Cache);
     }
 
     #[tokio::test]

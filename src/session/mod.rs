@@ -6,6 +6,7 @@ pub(crate) mod codec;
 pub(crate) mod pipe;
 pub mod store;
 pub(crate) mod topology;
+pub(crate) mod tracking;
 
 /// How long after a failed connection attempt the next one is made; calls
 /// in between fail at once instead of queueing behind a dead server. Here,

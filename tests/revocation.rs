@@ -1,0 +1,500 @@
+//! Revocation that no Redis command gets around: a session served from the
+//! cache (its hit counted in /metrics) stops being served within the
+//! revocation latency of any other client's command that changes or ends its
+//! key, whatever the command, against a real redis-server. Each test prints
+//! the latency it measured.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::{get, EchoUpstream, RedisServer, TestGateway};
+
+/// The revocation latency the gateway promises (p99, measured by the
+/// benchmark's revocation mode on a release build), times ten: these tests
+/// run a debug build next to other tests on a loaded machine, and one
+/// request alone may take a few milliseconds there. The cache's cap
+/// (`max_age`, 30 s) is what a missed change would have cost.
+const LATENCY: Duration = Duration::from_millis(100);
+
+const ADMIN: &str = r#"{"user":{"id":"1","role":"admin"}}"#;
+const VIEWER: &str = r#"{"user":{"id":"2","role":"viewer"}}"#;
+
+fn config(redis: &str, upstream: &EchoUpstream) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{redis}"
+command_timeout = "200ms"
+
+[session]
+cookie = "sid"
+cookie_format = "plain"
+key = "sess:{{id}}"
+
+[identity.headers]
+"X-User-Id" = "user.id"
+"X-User-Role" = "user.role"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#,
+        upstream = upstream.addr,
+    )
+}
+
+struct Setup {
+    redis: RedisServer,
+    _upstream: EchoUpstream,
+    gateway: TestGateway,
+}
+
+fn setup() -> Setup {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gateway = TestGateway::start(&config(&redis.url(), &upstream));
+    let s = Setup {
+        redis,
+        _upstream: upstream,
+        gateway,
+    };
+    s.seed("probe", VIEWER);
+    cached(&s.gateway, "probe");
+    s
+}
+
+impl Setup {
+    fn seed(&self, id: &str, value: &str) {
+        let _: () = self
+            .redis
+            .conn()
+            .set_ex(format!("sess:{id}"), value, 600)
+            .unwrap();
+    }
+}
+
+/// The value of one sample of `/metrics`: `name` with exactly `labels`.
+fn sample(gateway: &TestGateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = get(gateway.admin_addr(), "/metrics", &[]).body;
+    let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, got) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, labels_of(rest.strip_suffix('}')?)),
+                None => (series, BTreeMap::new()),
+            };
+            (metric == name && got == want).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+fn labels_of(text: &str) -> BTreeMap<&str, &str> {
+    text.split("\",")
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once("=\"")?;
+            Some((k, v.trim_end_matches('"')))
+        })
+        .collect()
+}
+
+fn cache_hits(gateway: &TestGateway) -> f64 {
+    sample(
+        gateway,
+        "sessiongate_session_lookups_total",
+        &[("source", "cache"), ("result", "hit")],
+    )
+}
+
+/// The role the gateway passes upstream for `id`, or the status when it refuses.
+fn seen(gateway: &TestGateway, id: &str) -> Result<String, u16> {
+    let resp = get(gateway.addr, "/", &[("Cookie", &format!("sid={id}"))]);
+    if resp.status != 200 {
+        return Err(resp.status);
+    }
+    Ok(resp.echoed("X-User-Role").join(","))
+}
+
+/// Requests `id` until one is served from the cache (the hit counter moves):
+/// the cache is live and holds the session.
+fn cached(gateway: &TestGateway, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = cache_hits(gateway);
+        let role = seen(gateway, id);
+        if cache_hits(gateway) > before {
+            return role.unwrap_or_else(|status| panic!("a cached {id} answered {status}"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} was never served from the cache:\n{}",
+            gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Requests `id` until the gateway no longer passes it as `role`; returns
+/// how long after `since` that was, failing past `limit`.
+fn gone(gateway: &TestGateway, id: &str, role: &str, since: Instant, limit: Duration) -> Duration {
+    loop {
+        let now = seen(gateway, id);
+        if now.as_deref() != Ok(role) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < limit,
+            "{id} was still served as {role} {:?} after the command",
+            since.elapsed()
+        );
+    }
+}
+
+/// Caches `sess:<id>` holding the admin session, runs `command` from another
+/// client, and checks the admin session is not passed any more within the
+/// revocation latency; prints how long it took.
+fn revoked_by(what: &str, id: &str, command: impl FnOnce(&mut redis::Connection)) -> Setup {
+    let s = setup();
+    s.seed(id, ADMIN);
+    assert_eq!(cached(&s.gateway, id), "admin");
+    let mut other = s.redis.conn();
+    let started = Instant::now();
+    command(&mut other);
+    let took = gone(&s.gateway, id, "admin", started, LATENCY);
+    eprintln!("{what}: the cached session stopped passing after {took:?}");
+    s
+}
+
+fn run(conn: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(conn).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+#[test]
+fn del_revokes() {
+    revoked_by("DEL", "a", |c| {
+        run(c, &["DEL", "sess:a"]);
+    });
+}
+
+#[test]
+fn unlink_revokes() {
+    revoked_by("UNLINK", "a", |c| {
+        run(c, &["UNLINK", "sess:a"]);
+    });
+}
+
+#[test]
+fn an_overwrite_is_served_as_overwritten() {
+    let s = revoked_by("SET (role downgrade)", "a", |c| {
+        let _: () = c.set_ex("sess:a", VIEWER, 600).unwrap();
+    });
+    assert_eq!(seen(&s.gateway, "a"), Ok("viewer".into()));
+}
+
+#[test]
+fn copy_replace_onto_a_session_revokes_it() {
+    let s = revoked_by("COPY src dst REPLACE", "a", |c| {
+        let _: () = c.set_ex("sess:v", VIEWER, 600).unwrap();
+        run(c, &["COPY", "sess:v", "sess:a", "REPLACE"]);
+    });
+    assert_eq!(seen(&s.gateway, "a"), Ok("viewer".into()));
+}
+
+#[test]
+fn rename_away_and_onto_revoke() {
+    revoked_by("RENAME away", "a", |c| {
+        run(c, &["RENAME", "sess:a", "parked"]);
+    });
+    let s = revoked_by("RENAME onto", "a", |c| {
+        let _: () = c.set_ex("incoming", VIEWER, 600).unwrap();
+        run(c, &["RENAME", "incoming", "sess:a"]);
+    });
+    assert_eq!(seen(&s.gateway, "a"), Ok("viewer".into()));
+}
+
+#[test]
+fn restore_replace_revokes() {
+    let s = revoked_by("RESTORE REPLACE", "a", |c| {
+        let _: () = c.set_ex("template", VIEWER, 600).unwrap();
+        let dump: Vec<u8> = redis::cmd("DUMP").arg("template").query(c).unwrap();
+        let _: () = redis::cmd("RESTORE")
+            .arg("sess:a")
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .query(c)
+            .unwrap();
+    });
+    assert_eq!(seen(&s.gateway, "a"), Ok("viewer".into()));
+}
+
+#[test]
+fn move_to_another_database_revokes() {
+    let s = revoked_by("MOVE", "a", |c| {
+        run(c, &["MOVE", "sess:a", "1"]);
+    });
+    assert_eq!(seen(&s.gateway, "a"), Err(401));
+}
+
+#[test]
+fn expire_to_the_past_revokes() {
+    revoked_by("EXPIRE -1", "a", |c| {
+        run(c, &["EXPIRE", "sess:a", "-1"]);
+    });
+    revoked_by("PEXPIREAT 1", "b", |c| {
+        run(c, &["PEXPIREAT", "sess:b", "1"]);
+    });
+}
+
+#[test]
+fn eviction_revokes() {
+    let s = setup();
+    let mut conn = s.redis.conn();
+    // A big session whose TTL is shorter than the gateway's canary's (60 s):
+    // the first key a volatile-ttl eviction takes, the canary staying.
+    let big = format!(
+        r#"{{"user":{{"id":"1","role":"admin"}},"pad":"{}"}}"#,
+        "x".repeat(65536)
+    );
+    let _: () = conn.set_ex("sess:a", &big, 30).unwrap();
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    let flushes = sample(
+        &s.gateway,
+        "sessiongate_cache_flushes_total",
+        &[("reason", "database_changed")],
+    );
+    run(
+        &mut conn,
+        &["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"],
+    );
+    run(&mut conn, &["CONFIG", "SET", "maxmemory-samples", "64"]);
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
+    let used = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .expect("used_memory")
+        .trim()
+        .parse::<u64>()
+        .expect("a number");
+    let started = Instant::now();
+    // A quarter of the session's size below what is used: its eviction makes room.
+    let limit = (used - 16384).to_string();
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", &limit]);
+    let _: redis::RedisResult<()> = conn.set("pad", "y");
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]);
+    let took = gone(&s.gateway, "a", "admin", started, LATENCY);
+    eprintln!("eviction (volatile-ttl): the cached session stopped passing after {took:?}");
+    let evicted: bool = conn.exists("sess:a").unwrap();
+    assert!(!evicted, "redis did not evict the session");
+    assert_eq!(
+        sample(
+            &s.gateway,
+            "sessiongate_cache_flushes_total",
+            &[("reason", "database_changed")]
+        ),
+        flushes,
+        "the canary went too: this test is about the eviction's own invalidation"
+    );
+}
+
+fn flushes(gateway: &TestGateway, reason: &str) -> f64 {
+    sample(
+        gateway,
+        "sessiongate_cache_flushes_total",
+        &[("reason", reason)],
+    )
+}
+
+#[test]
+fn flushdb_revokes() {
+    let s = revoked_by("FLUSHDB", "a", |c| {
+        run(c, &["FLUSHDB"]);
+    });
+    // Redis's flush message did it (the canary's absence is put down to it).
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(flushes(&s.gateway, "flush"), 1.0);
+    assert_eq!(flushes(&s.gateway, "database_changed"), 0.0);
+}
+
+#[test]
+fn flushall_revokes() {
+    let s = revoked_by("FLUSHALL", "a", |c| {
+        run(c, &["FLUSHALL"]);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(flushes(&s.gateway, "flush"), 1.0);
+}
+
+#[test]
+fn swapdb_revokes() {
+    let s = revoked_by("SWAPDB", "a", |c| {
+        run(c, &["SWAPDB", "0", "1"]);
+    });
+    assert_eq!(seen(&s.gateway, "a"), Err(401));
+    // No flush message: the canary found missing did it.
+    assert_eq!(flushes(&s.gateway, "flush"), 0.0);
+    assert_eq!(flushes(&s.gateway, "database_changed"), 1.0);
+}
+
+#[test]
+fn a_ttl_extension_keeps_the_session_cached() {
+    let s = setup();
+    s.seed("t", ADMIN);
+    assert_eq!(cached(&s.gateway, "t"), "admin");
+    let restored = sample(&s.gateway, "sessiongate_cache_restored_total", &[]);
+    let mut conn = s.redis.conn();
+    // express-session's touch: EXPIRE to the cookie's max age on every request.
+    for _ in 0..5 {
+        let _: () = conn.expire("sess:t", 1200).unwrap();
+        assert_eq!(cached(&s.gateway, "t"), "admin");
+    }
+    assert!(
+        sample(&s.gateway, "sessiongate_cache_restored_total", &[]) >= restored + 1.0,
+        "no entry was put back after a TTL change"
+    );
+    // A TTL shortened below the cache's cap ends the entry with the key.
+    let _: () = conn.pexpire("sess:t", 300).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(seen(&s.gateway, "t"), Err(401));
+}
+
+#[test]
+fn emptied_keyspace_event_flags_change_nothing() {
+    let s = setup();
+    run(
+        &mut s.redis.conn(),
+        &["CONFIG", "SET", "notify-keyspace-events", ""],
+    );
+    s.seed("a", ADMIN);
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    let started = Instant::now();
+    run(&mut s.redis.conn(), &["DEL", "sess:a"]);
+    let took = gone(&s.gateway, "a", "admin", started, LATENCY);
+    eprintln!("DEL with notify-keyspace-events \"\": refused after {took:?}");
+}
+
+/// The id of the gateway's tracking connection (`CLIENT LIST` flag `t`).
+fn tracking_client(redis: &RedisServer) -> Option<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut redis.conn())
+        .unwrap();
+    list.lines().find_map(|line| {
+        let fields: BTreeMap<&str, &str> =
+            line.split(' ').filter_map(|f| f.split_once('=')).collect();
+        (fields.get("flags")?.contains('t')).then(|| fields.get("id").map(|s| s.to_string()))?
+    })
+}
+
+#[test]
+fn killing_the_tracking_connection_bypasses_the_cache_until_it_is_back() {
+    let s = setup();
+    s.seed("a", ADMIN);
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    let bypassed = |g: &TestGateway| {
+        sample(
+            g,
+            "sessiongate_cache_bypassed_total",
+            &[("reason", "disconnected")],
+        )
+    };
+    let before = bypassed(&s.gateway);
+    let id = tracking_client(&s.redis).expect("a tracking connection");
+    let started = Instant::now();
+    run(&mut s.redis.conn(), &["CLIENT", "KILL", "ID", &id]);
+    while bypassed(&s.gateway) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the killed connection went unnoticed"
+        );
+    }
+    eprintln!(
+        "tracking connection killed: bypass counted after {:?}",
+        started.elapsed()
+    );
+    // Until the channel is back, nothing is served from the cache...
+    let hits = cache_hits(&s.gateway);
+    assert_eq!(seen(&s.gateway, "a"), Ok("admin".into()));
+    assert_eq!(
+        cache_hits(&s.gateway),
+        hits,
+        "served from an untrusted cache"
+    );
+    // ...and a DEL meanwhile is seen at once.
+    run(&mut s.redis.conn(), &["DEL", "sess:a"]);
+    assert_eq!(seen(&s.gateway, "a"), Err(401));
+    // Then the channel is set up again and the cache trusted.
+    s.seed("a", ADMIN);
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    assert!(tracking_client(&s.redis).is_some_and(|new| new != id));
+    assert_eq!(
+        bypassed(&s.gateway),
+        before + 1.0,
+        "counted once per outage"
+    );
+}
+
+#[test]
+fn a_redis_that_refuses_the_canary_write_bypasses_the_cache_until_it_accepts_it() {
+    let s = setup();
+    s.seed("a", ADMIN);
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    let refused = |g: &TestGateway| {
+        sample(
+            g,
+            "sessiongate_cache_bypassed_total",
+            &[("reason", "refused")],
+        )
+    };
+    let before = refused(&s.gateway);
+    let mut conn = s.redis.conn();
+    // Out of memory with no eviction: reads work, the canary's SET is refused,
+    // so the channel can no longer show that writes are reported.
+    run(
+        &mut conn,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", "1"]);
+    let started = Instant::now();
+    while refused(&s.gateway) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the refused canary write went unnoticed:\n{}",
+            s.gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("refused canary write noticed after {:?}", started.elapsed());
+    let hits = cache_hits(&s.gateway);
+    for _ in 0..5 {
+        assert_eq!(seen(&s.gateway, "a"), Ok("admin".into()));
+    }
+    assert_eq!(
+        cache_hits(&s.gateway),
+        hits,
+        "served from an untrusted cache"
+    );
+    run(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(cached(&s.gateway, "a"), "admin");
+    assert_eq!(refused(&s.gateway), before + 1.0, "counted once per outage");
+}
