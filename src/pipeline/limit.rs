@@ -33,6 +33,7 @@ impl Limits {
 
     /// The key `req`'s failed authentications count under (its client IP,
     /// IPv6 by /64), when failed authentications are limited.
+    #[inline]
     pub fn client(&self, req: &Parts, peer: Option<IpAddr>) -> Option<IpAddr> {
         self.limiters.failed_auth.as_ref()?;
         crate::client_ip::client_ip(req, peer, &self.settings.trusted_proxies)
@@ -71,6 +72,7 @@ impl Limits {
     /// Whether `outcome` counts against the failed-authentication budget: a
     /// credential was presented and failed (also when report mode forwards
     /// it: report mode relaxes the refusal, not the budget).
+    #[inline]
     pub fn failed(&self, outcome: &Outcome) -> bool {
         self.limiters.failed_auth.is_some()
             && matches!(
@@ -88,6 +90,7 @@ impl Limits {
     /// A forwarded session's user takes one request from its budget;
     /// `Some((route, retry_after))` when it had none left. Borrows the
     /// outcome rather than taking it, so the serving path moves nothing.
+    #[inline]
     pub fn over_per_user(&self, outcome: &Outcome) -> Option<(usize, u64)> {
         let Outcome::Forward {
             route,
