@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::request::Parts;
 
 use crate::config::RateLimitSettings;
-use crate::ratelimit::{self, Limiter, RateLimits};
+use crate::ratelimit::{self, RateLimits};
 use crate::reject::{AuthFailure, Rejection};
 use crate::session::SessionStore;
 
@@ -33,6 +33,7 @@ impl Limits {
 
     /// The key `req`'s failed authentications count under (its client IP,
     /// IPv6 by /64), when failed authentications are limited.
+    #[inline]
     pub fn client(&self, req: &Parts, peer: Option<IpAddr>) -> Option<IpAddr> {
         self.limiters.failed_auth.as_ref()?;
         crate::client_ip::client_ip(req, peer, &self.settings.trusted_proxies)
@@ -68,48 +69,49 @@ impl Limits {
         }
     }
 
-    /// Applies the limits to a decided request from `client`: a failed
-    /// credential is counted (also when report mode forwards it: report mode
-    /// relaxes the refusal, not the budget), and a forwarded session's user
-    /// takes one request from its budget.
-    pub async fn settle(&self, outcome: Outcome, client: Option<IpAddr>) -> Outcome {
-        match &outcome {
-            Outcome::Reject {
-                route: Some(_),
-                rejection: Rejection::Unauthenticated { reason, .. },
-            }
-            | Outcome::Forward {
-                would_deny: Some(Rejection::Unauthenticated { reason, .. }),
-                ..
-            } if counts_as_failed_auth(*reason) => {
-                if let (Some(limiter), Some(ip)) = (&self.limiters.failed_auth, client) {
-                    self.count_failed_auth(limiter, ip).await;
-                }
-                outcome
-            }
-            Outcome::Forward {
-                route,
-                principal: Some(principal),
-                ..
-            } => {
-                let over = match (&self.limiters.per_user, &principal.user) {
-                    (Some(limiter), Some(user)) => limiter.take(user),
-                    _ => None,
-                };
-                match over {
-                    Some(retry_after) => Outcome::Reject {
-                        route: Some(*route),
-                        rejection: Rejection::RateLimited { retry_after },
-                    },
-                    None => outcome,
-                }
-            }
-            _ => outcome,
+    /// Whether `outcome` counts against the failed-authentication budget: a
+    /// credential was presented and failed (also when report mode forwards
+    /// it: report mode relaxes the refusal, not the budget).
+    #[inline]
+    pub fn failed(&self, outcome: &Outcome) -> bool {
+        self.limiters.failed_auth.is_some()
+            && matches!(
+                outcome,
+                Outcome::Reject {
+                    route: Some(_),
+                    rejection: Rejection::Unauthenticated { reason, .. },
+                } | Outcome::Forward {
+                    would_deny: Some(Rejection::Unauthenticated { reason, .. }),
+                    ..
+                } if counts_as_failed_auth(*reason)
+            )
+    }
+
+    /// A forwarded session's user takes one request from its budget;
+    /// `Some((route, retry_after))` when it had none left. Borrows the
+    /// outcome rather than taking it, so the serving path moves nothing.
+    #[inline]
+    pub fn over_per_user(&self, outcome: &Outcome) -> Option<(usize, u64)> {
+        let Outcome::Forward {
+            route,
+            principal: Some(principal),
+            ..
+        } = outcome
+        else {
+            return None;
+        };
+        match (&self.limiters.per_user, &principal.user) {
+            (Some(limiter), Some(user)) => limiter.take(user).map(|retry| (*route, retry)),
+            _ => None,
         }
     }
 
-    /// Counts a failed authentication from `ip`, here and (with `shared`) in Redis.
-    async fn count_failed_auth(&self, limiter: &Limiter<IpAddr>, ip: IpAddr) {
+    /// Counts a failed authentication from `client`, here and (with
+    /// `shared`) in Redis.
+    pub async fn count_failed_auth(&self, client: Option<IpAddr>) {
+        let (Some(limiter), Some(ip)) = (&self.limiters.failed_auth, client) else {
+            return;
+        };
         let _ = limiter.take(&ip);
         if let (true, Some(limit)) = (self.settings.shared, self.settings.failed_auth_per_ip) {
             let key = ratelimit::shared_key(ip);

@@ -123,7 +123,16 @@ impl Pipeline {
         let outcome = self
             .decide(req, target, arrival, client, &mut NoTrace)
             .await;
-        self.limits.settle(outcome, client).await
+        if self.limits.failed(&outcome) {
+            self.limits.count_failed_auth(client).await;
+        }
+        match self.limits.over_per_user(&outcome) {
+            Some((route, retry_after)) => Outcome::Reject {
+                route: Some(route),
+                rejection: Rejection::RateLimited { retry_after },
+            },
+            None => outcome,
+        }
     }
 
     /// Runs the pipeline on one request head without serving it and says
@@ -263,7 +272,7 @@ impl Pipeline {
         let session = &self.config.session;
         let resolved = match extract::extract(req, session, self.verifier.as_ref(), trace) {
             Extracted::Found(credential) => {
-                let stale_allowed = matched.stale_allowed();
+                let stale_allowed = || matched.stale_allowed();
                 self.resolver
                     .credential(&credential, stale_allowed, &route.name, trace)
                     .await

@@ -94,13 +94,13 @@ impl Resolver {
     }
 
     /// The session behind a cookie or opaque bearer id. When Redis is
-    /// unreachable and `stale_allowed` (every matched route says
-    /// `on_store_error = "stale"`), the session's last known good state.
-    /// `route` names the route in logs.
+    /// unreachable and `stale_allowed()` (every matched route says
+    /// `on_store_error = "stale"`; asked only then), the session's last
+    /// known good state. `route` names the route in logs.
     pub async fn credential<T: Trace>(
         &self,
         credential: &Credential,
-        stale_allowed: bool,
+        stale_allowed: impl FnOnce() -> bool + Send,
         route: &str,
         trace: &mut T,
     ) -> Resolved {
@@ -129,7 +129,7 @@ impl Resolver {
             Ok((Lookup::Invalid(reason), _)) => Resolved::Invalid { reason, bearer },
             Err(e) => {
                 tracing::warn!(route, error = %e, "session store error");
-                if !(stale_allowed && e.is_unreachable()) {
+                if !(e.is_unreachable() && stale_allowed()) {
                     return Resolved::Unavailable;
                 }
                 // Only a session resolved within `stale_for` (and not

@@ -19,6 +19,7 @@ pub(super) struct Matched<'a> {
 impl<'a> Matched<'a> {
     /// Matches `path` (normalised) on `host` (normalised) under every reading;
     /// `None` when some reading has no route.
+    #[inline]
     pub fn select(
         table: &RouteTable,
         routes: &'a [Route],
@@ -30,6 +31,7 @@ impl<'a> Matched<'a> {
     }
 
     /// The route of the exact reading: it serves the request.
+    #[inline]
     pub fn index(&self) -> usize {
         self.selection.route
     }
@@ -43,6 +45,7 @@ impl<'a> Matched<'a> {
     /// The route whose authentication settings apply: the first
     /// authenticated one (the exact reading's, unless it is public and a
     /// stricter reading is not); `None` when every reading is public.
+    #[inline]
     pub fn strict(&self) -> Option<usize> {
         self.all()
             .find(|(_, r)| r.access == Access::Authenticated)
