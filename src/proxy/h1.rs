@@ -363,7 +363,13 @@ where
                 ),
             };
             // What follows the head: a body, or the next pipelined request.
-            let after = head.split_off(end);
+            // Split only when something follows: splitting turns the buffer
+            // into shared storage, which costs an allocation per request.
+            let after = if head.len() > end {
+                head.split_off(end)
+            } else {
+                BytesMut::new()
+            };
             // The common request takes the lean path; the rest, and any head
             // Pingora's parser refuses, the full proxy.
             let lane = lean::serve(
