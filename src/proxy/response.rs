@@ -56,11 +56,14 @@ pub(crate) fn prepare(resp: &mut ResponseHeader) -> Result<(), Unrelayable> {
             more = true;
         }
     }
-    if !more && lengths <= 1 {
-        return match resp.headers.get(header::CONTENT_LENGTH) {
-            Some(value) if !is_length(value.as_bytes()) => Err(Unrelayable::Length),
-            _ => Ok(()),
-        };
+    if !more
+        && lengths <= 1
+        && resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|value| is_length(value.as_bytes()))
+    {
+        return Ok(());
     }
     check_framing(&resp.headers)?;
     let lengths = resp.headers.get_all(header::CONTENT_LENGTH).iter().count();
