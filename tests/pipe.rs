@@ -149,7 +149,10 @@ async fn an_abandoned_lookup_never_hands_its_reply_to_another() {
     let store = store(&redis.url(), "5s");
     // Connect first, then hold every reply back for a while.
     store.ping().await.expect("ping");
-    hold_replies(&redis, 400);
+    // Long enough that the 20 lookups given up on below (20 ms each, one
+    // after another) all end while Redis still holds its replies, even on
+    // a loaded machine.
+    hold_replies(&redis, 2000);
     let mut kept = Vec::new();
     for i in 0..40 {
         let key = format!("sess:{i}");
