@@ -490,3 +490,27 @@ fn https_redirect_sends_every_plain_request_to_https_on_both_engines() {
         "a redirected request reached the app"
     );
 }
+
+#[test]
+fn https_redirect_trusts_a_trusted_proxys_https() {
+    let s = Stack::start(|url, upstream| {
+        config(url, upstream, r#""127.0.0.1/32""#)
+            .replace("threads = 1", "threads = 1\nhttps_redirect = true")
+    });
+    let over_tls = support::get(
+        s.gateway.addr,
+        "/public/x",
+        &[("Host", "site.test"), ("X-Forwarded-Proto", "https")],
+    );
+    assert_eq!(
+        over_tls.status, 200,
+        "a request the balancer took over TLS was sent round again"
+    );
+    let plain = support::get(
+        s.gateway.addr,
+        "/public/x",
+        &[("Host", "site.test"), ("X-Forwarded-Proto", "http")],
+    );
+    assert_eq!(plain.status, 308);
+    assert_eq!(plain.header("location"), Some("https://site.test/public/x"));
+}

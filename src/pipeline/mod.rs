@@ -189,7 +189,10 @@ impl Pipeline {
             Err(e) => return reject(None, Rejection::BadTarget(e)),
         };
         trace.request(&target);
-        if self.config.server.https_redirect && arrival.tls.is_none() {
+        // A request a trusted proxy took over TLS is not sent round again.
+        if self.config.server.https_redirect
+            && !self.scheme(req, arrival).eq_ignore_ascii_case("https")
+        {
             return Outcome::Respond {
                 decision: Decision::Redirected,
                 rendered: https_redirect(&target, self.config.server.https_port),
@@ -332,23 +335,28 @@ impl Pipeline {
         target: &'r Target<'r>,
         arrival: &Arrival,
     ) -> RequestOrigin<'r> {
-        let trusted = &self.config.rate_limit.trusted_proxies;
-        let forwarded_proto = arrival
-            .peer
-            .filter(|ip| trusted.iter().any(|c| c.contains(*ip)))
-            .and_then(|_| req.headers.get("x-forwarded-proto"))
-            .and_then(|v| v.to_str().ok())
-            // The first proxy's, the one the browser spoke to.
-            .and_then(|v| v.split(',').next())
-            .map(str::trim);
         RequestOrigin::new(
-            forwarded_proto.unwrap_or(arrival.scheme()),
+            self.scheme(req, arrival),
             &target.host,
             match req.version {
                 http::Version::HTTP_2 => req.uri.port_u16(),
                 _ => crate::logout::authority_port(raw_target, req.headers.get(HOST)),
             },
         )
+    }
+
+    /// The scheme the client used: the listener's, or the `X-Forwarded-Proto`
+    /// of a trusted proxy (the first one's, which the browser spoke to).
+    fn scheme<'r>(&self, req: &'r Parts, arrival: &Arrival) -> &'r str {
+        let trusted = &self.config.rate_limit.trusted_proxies;
+        arrival
+            .peer
+            .filter(|ip| trusted.iter().any(|c| c.contains(*ip)))
+            .and_then(|_| req.headers.get("x-forwarded-proto"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .unwrap_or(arrival.scheme())
     }
 
     /// `POST logout_path` / `logout_all_path`: ends the caller's session (or
