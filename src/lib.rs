@@ -21,4 +21,5 @@ mod reject;
 pub mod route;
 mod runtime_paths;
 pub mod session;
+pub mod tls;
 mod upstream;

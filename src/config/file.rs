@@ -27,6 +27,22 @@ pub struct File {
     pub rate_limit: Option<RateLimit>,
     /// `[rollout]`: the default `mode` of routes (enforce or report).
     pub rollout: Option<Rollout>,
+    /// `[tls]`: the certificates of the TLS listeners.
+    pub tls: Option<Tls>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Tls {
+    pub certificates: Option<Vec<TlsCertificate>>,
+}
+
+/// `[[tls.certificates]]`
+#[derive(Debug, Default, Deserialize)]
+pub struct TlsCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub default: Option<bool>,
 }
 
 /// `[rollout]`
@@ -62,6 +78,7 @@ pub struct HealthCheck {
 #[derive(Debug, Default, Deserialize)]
 pub struct Server {
     pub listen: Option<Vec<String>>,
+    pub listen_tls: Option<Vec<String>>,
     pub threads: Option<i64>,
     pub grace_period: Option<String>,
     pub graceful_shutdown_timeout: Option<String>,

@@ -21,6 +21,7 @@ mod schema;
 mod server;
 mod session;
 mod suggest;
+mod tls;
 mod validate;
 mod values;
 

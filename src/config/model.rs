@@ -27,6 +27,8 @@ pub struct Config {
     pub jwt: Option<JwtSettings>,
     /// `[rate_limit]`: per client IP and per user token buckets (off by default).
     pub rate_limit: RateLimitSettings,
+    /// `[[tls.certificates]]`: the TLS listeners' certificates, checked.
+    pub tls: Vec<crate::tls::CertificateFiles>,
 }
 
 /// `[rate_limit]`
@@ -150,6 +152,8 @@ impl Default for CacheSettings {
 pub struct ServerSettings {
     /// `listen`: addresses of the public listener (`host:port`, port may be 0).
     pub listen: Vec<String>,
+    /// `listen_tls`: the TLS listeners (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen_tls: Vec<String>,
     /// `threads`: worker threads (default: number of cores).
     pub threads: usize,
     /// `grace_period`: how long the old process keeps accepting during shutdown/upgrade.

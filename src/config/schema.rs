@@ -61,6 +61,8 @@ pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("upstream.health_check", fields_of::<file::HealthCheck>()),
         ("rate_limit", fields_of::<file::RateLimit>()),
         ("rollout", fields_of::<file::Rollout>()),
+        ("tls", fields_of::<file::Tls>()),
+        ("tls.certificates", fields_of::<file::TlsCertificate>()),
         ("rate_limit.failed_auth_per_ip", fields_of::<file::Bucket>()),
         ("route", fields_of::<file::Route>()),
         (

@@ -34,6 +34,24 @@ impl<'r, 't> Checker<'r, 't> {
             }
         }
 
+        let tls_path = sub(&path, "listen_tls");
+        self.string_list(&tls_path, f.listen_tls.as_deref(), "address");
+        let listen_tls = f.listen_tls.unwrap_or_default();
+        for (i, addr) in listen_tls.iter().enumerate() {
+            if !is_listen_addr(addr) {
+                self.error(
+                    &idx(&tls_path, i),
+                    format!("{addr:?} is not a host:port address"),
+                );
+            }
+        }
+        let https_port = listen_tls
+            .first()
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse().ok())
+            .filter(|port| *port != 0)
+            .unwrap_or(443);
+
         let threads = match f.threads {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(n) => match usize::try_from(n) {
@@ -163,6 +181,7 @@ impl<'r, 't> Checker<'r, 't> {
                 path_parameters: path_parameters?,
             },
             listen,
+            listen_tls,
             threads,
             grace_period,
             graceful_shutdown_timeout,
@@ -179,7 +198,7 @@ impl<'r, 't> Checker<'r, 't> {
             max_streams_per_ip,
             h2_request_timeout,
             https_redirect: f.https_redirect.unwrap_or(false),
-            https_port: 443,
+            https_port,
             hsts,
         })
     }

@@ -142,6 +142,7 @@ impl Checker<'_, '_> {
         let jwt = self.jwt();
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         let rate_limit = self.rate_limit();
+        let tls = self.tls(server.as_ref().is_some_and(|s| !s.listen_tls.is_empty()));
         Some(Config {
             server: server?,
             redis: redis?,
@@ -153,6 +154,7 @@ impl Checker<'_, '_> {
             jwt: jwt?,
             admin: admin?,
             rate_limit: rate_limit?,
+            tls: tls?,
         })
     }
 

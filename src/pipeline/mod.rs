@@ -189,6 +189,9 @@ impl Pipeline {
             Err(e) => return reject(None, Rejection::BadTarget(e)),
         };
         trace.request(&target);
+        if !arrival.may_carry(&target.host) {
+            return reject(None, Rejection::Misdirected);
+        }
         // A request a trusted proxy took over TLS is not sent round again.
         if self.config.server.https_redirect
             && !self.scheme(req, arrival).eq_ignore_ascii_case("https")
@@ -463,6 +466,24 @@ pub struct Arrival {
 }
 
 impl Arrival {
+    /// Whether this connection may carry a request for `host` (canonical):
+    /// on TLS, only a host its certificate is authoritative for (a browser
+    /// reuses one HTTP/2 connection for every name of a certificate), or an
+    /// address when the client sent no SNI. Anything else is another
+    /// name's request fronted through this connection.
+    pub fn may_carry(&self, host: &str) -> bool {
+        let Some(tls) = self
+            .tls
+            .as_ref()
+            .and_then(|digest| digest.extension.get::<crate::tls::ConnectionTls>())
+        else {
+            return true;
+        };
+        crate::tls::covers(&tls.names, host)
+            || (tls.sni.is_none()
+                && (host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok()))
+    }
+
     /// `https` on a TLS listener, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
@@ -65,6 +66,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         .with_context(|| format!("redis at {redis_url} did not answer PING; refusing to start"))?;
 
     let server_settings = config.server.clone();
+    let tls_files = config.tls.clone();
     let conf = ServerConf {
         threads: server_settings.threads,
         grace_period_seconds: Some(seconds(server_settings.grace_period)),
@@ -115,6 +117,34 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         );
         println!("sessiongate listening on http://{}", listen.addr);
         reserved.push(listen);
+    }
+    if !server_settings.listen_tls.is_empty() {
+        let index = crate::tls::CertIndex::load(&tls_files)
+            .map_err(|why| anyhow::anyhow!("[[tls.certificates]]: {why}"))?;
+        let resolver = crate::tls::SniResolver::new(index);
+        for addr in &server_settings.listen_tls {
+            let listen = prepare_listen(addr)?;
+            let mut options = TcpSocketOptions::default();
+            options.so_reuseport = Some(listen.reuse_port);
+            let callbacks = Box::new(crate::tls::Handshakes {
+                resolver: resolver.clone(),
+            });
+            let mut tls = TlsSettings::with_callbacks(callbacks)?;
+            tls.set_cert_resolver(resolver.clone());
+            tls.enable_h2();
+            let buffers = L4BufferSettings {
+                read: Some(READ_BUFFER_BYTES),
+                write: None,
+            };
+            service.add_listener(
+                ListenerConfig::tcp(listen.addr.to_string())
+                    .tcp_socket_options(options)
+                    .l4_buffer(buffers)
+                    .tls(tls),
+            );
+            println!("sessiongate listening on https://{}", listen.addr);
+            reserved.push(listen);
+        }
     }
     if let Some(addr) = &admin_settings.listen {
         let listen = prepare_listen(addr)?;

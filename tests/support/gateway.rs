@@ -136,6 +136,22 @@ impl TestGateway {
             .collect()
     }
 
+    /// The first TLS listener's address (`sessiongate listening on https://ADDR`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.stdout().iter().find_map(|line| {
+                line.strip_prefix("sessiongate listening on https://")
+                    .and_then(|a| a.parse().ok())
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(Instant::now() < deadline, "no TLS listener line");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The admin listener's address (`sessiongate admin listening on http://ADDR`),
     /// once it is accepting connections.
     pub fn admin_addr(&self) -> SocketAddr {

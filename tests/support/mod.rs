@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod http;
 pub mod redis;
 pub mod scripted;
+pub mod tls;
 pub mod topology;
 
 pub use self::echo::EchoUpstream;

@@ -1,0 +1,320 @@
+//! TLS and HTTP/2 on the real gateway, with certificates made in the test
+//! and curl as the client: the certificate is chosen by SNI (exact, wildcard,
+//! default), sessions are enforced over HTTP/1.1 and HTTP/2 alike, a request
+//! for a host the connection's certificate does not cover gets 421, and
+//! `check` refuses certificates that would not serve.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::tls::{certificate, curl, echoed, CertFiles};
+use support::{EchoUpstream, RedisServer, TestGateway, ALICE, ALICE_KEY};
+
+struct Tls {
+    _redis: RedisServer,
+    _upstream: EchoUpstream,
+    gateway: TestGateway,
+    _dir: tempfile::TempDir,
+    a: CertFiles,
+    b: CertFiles,
+    d: CertFiles,
+}
+
+fn config(redis: &str, upstream: std::net::SocketAddr, certs: &[(&CertFiles, bool)]) -> String {
+    let mut text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+listen_tls = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{redis}"
+
+[session]
+secrets = ["fixture-secret-current"]
+
+[identity.headers]
+"X-User-Id" = "user.id"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/public/"
+upstream = "app"
+access = "public"
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#
+    );
+    for (files, default) in certs {
+        text.push_str(&format!(
+            "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\ndefault = {default}\n",
+            files.cert.display(),
+            files.key.display()
+        ));
+    }
+    text
+}
+
+fn start(with_default: bool) -> Tls {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = certificate(dir.path(), "a", &["a.test"], false);
+    let b = certificate(dir.path(), "b", &["*.b.test"], false);
+    let d = certificate(dir.path(), "d", &["d.test"], false);
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").expect("echo upstream");
+    let gateway = TestGateway::start(&config(
+        &redis.url(),
+        upstream.addr,
+        &[(&a, false), (&b, false), (&d, with_default)],
+    ));
+    use redis::Commands;
+    let _: () = redis
+        .conn()
+        .set_ex(ALICE_KEY, r#"{"user":{"id":"1001"}}"#, 600)
+        .expect("SET alice");
+    Tls {
+        _redis: redis,
+        _upstream: upstream,
+        gateway,
+        _dir: dir,
+        a,
+        b,
+        d,
+    }
+}
+
+#[test]
+fn sni_picks_the_certificate_and_sessions_are_enforced_over_http_1_and_2() {
+    let s = start(true);
+    let addr = s.gateway.tls_addr();
+    for (name, ca) in [("a.test", &s.a), ("x.b.test", &s.b), ("d.test", &s.d)] {
+        for h2 in [false, true] {
+            let want_version = if h2 { "2" } else { "1.1" };
+            let open = curl(
+                addr,
+                name,
+                "/app",
+                Some(&ca.cert),
+                h2,
+                &["-H", &format!("Cookie: {ALICE}")],
+            );
+            assert_eq!(
+                (open.status, open.version.as_str()),
+                (200, want_version),
+                "{name} h2={h2}: {open:?}"
+            );
+            assert_eq!(echoed(&open.body, "x-user-id"), ["1001"], "{name} h2={h2}");
+            assert_eq!(
+                echoed(&open.body, "x-forwarded-proto"),
+                ["https"],
+                "{name} h2={h2}"
+            );
+            assert_eq!(
+                echoed(&open.body, "host"),
+                [format!("{name}:{}", addr.port())],
+                "{name} h2={h2}: the app is sent the host the client named"
+            );
+            let shut = curl(addr, name, "/app", Some(&ca.cert), h2, &[]);
+            assert_eq!(shut.status, 401, "{name} h2={h2}: {shut:?}");
+            // The certificate served is the one for the name: trusting
+            // another one fails the handshake.
+            let other = if name == "a.test" { &s.d } else { &s.a };
+            let wrong = curl(addr, name, "/public/x", Some(&other.cert), h2, &[]);
+            assert_eq!(
+                wrong.status, 0,
+                "{name} h2={h2}: served by the wrong certificate"
+            );
+        }
+    }
+    // An SNI no certificate covers, and no SNI at all (an address), get the
+    // default certificate.
+    // (curl cannot verify d.test's certificate for the name other.test.)
+    let unknown = curl(
+        addr,
+        "other.test",
+        "/public/x",
+        None,
+        false,
+        &["-H", "Host: d.test"],
+    );
+    assert_eq!(unknown.status, 200, "{unknown:?}");
+    let by_address = curl(addr, "127.0.0.1", "/public/x", None, true, &[]);
+    assert_eq!(
+        (by_address.status, by_address.version.as_str()),
+        (200, "2"),
+        "{by_address:?}"
+    );
+}
+
+#[test]
+fn without_a_default_certificate_an_unknown_or_missing_sni_is_refused() {
+    let s = start(false);
+    let addr = s.gateway.tls_addr();
+    assert_eq!(
+        curl(addr, "other.test", "/public/x", None, false, &[]).status,
+        0
+    );
+    assert_eq!(
+        curl(addr, "127.0.0.1", "/public/x", None, false, &[]).status,
+        0
+    );
+    assert_eq!(
+        curl(addr, "a.test", "/public/x", Some(&s.a.cert), false, &[]).status,
+        200
+    );
+}
+
+#[test]
+fn a_request_for_a_host_the_certificate_does_not_cover_gets_421_on_http_1_and_2() {
+    let s = start(true);
+    let addr = s.gateway.tls_addr();
+    for h2 in [false, true] {
+        // Fronting: a.test's connection, d.test's request.
+        let fronted = curl(
+            addr,
+            "a.test",
+            "/public/x",
+            Some(&s.a.cert),
+            h2,
+            &["-H", "Host: d.test"],
+        );
+        assert_eq!(fronted.status, 421, "h2={h2}: {fronted:?}");
+        // One wildcard certificate covers both names: the connection may
+        // carry either (a browser reuses its HTTP/2 connection for them).
+        let coalesced = curl(
+            addr,
+            "x.b.test",
+            "/public/x",
+            Some(&s.b.cert),
+            h2,
+            &["-H", "Host: y.b.test"],
+        );
+        assert_eq!(coalesced.status, 200, "h2={h2}: {coalesced:?}");
+        // And the gateway serves on.
+        let fine = curl(addr, "a.test", "/public/x", Some(&s.a.cert), h2, &[]);
+        assert_eq!(fine.status, 200, "h2={h2}");
+    }
+    let log = s.gateway.access_log_until(|l| l["reason"] == "misdirected");
+    assert!(log
+        .iter()
+        .any(|l| l["status"] == 421 && l["reason"] == "misdirected"));
+}
+
+#[test]
+fn http_2_splits_of_the_cookie_reach_the_app_as_one_field() {
+    let s = start(true);
+    let addr = s.gateway.tls_addr();
+    let split = curl(
+        addr,
+        "a.test",
+        "/app",
+        Some(&s.a.cert),
+        true,
+        &[
+            "-H",
+            "Cookie: theme=dark",
+            "-H",
+            &format!("Cookie: {ALICE}"),
+        ],
+    );
+    assert_eq!(split.status, 200, "{split:?}");
+    assert_eq!(
+        echoed(&split.body, "cookie"),
+        [format!("theme=dark; {ALICE}")],
+        "the app is sent one Cookie field"
+    );
+    // Identity headers a client sends over HTTP/2 are stripped like any other.
+    let spoofed = curl(
+        addr,
+        "a.test",
+        "/public/x",
+        Some(&s.a.cert),
+        true,
+        &[
+            "-H",
+            "x-user-id: 1",
+            "-H",
+            "x_user_id: 1",
+            "-H",
+            "x-original-url: /admin",
+        ],
+    );
+    assert_eq!(spoofed.status, 200, "{spoofed:?}");
+    for name in ["x-user-id", "x_user_id", "x-original-url"] {
+        assert!(
+            echoed(&spoofed.body, name).is_empty(),
+            "{name} reached the app"
+        );
+    }
+}
+
+fn check(config: &str, dir: &Path) -> (bool, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, config).expect("write config");
+    let out = Command::new(support::gateway::binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_refuses_certificates_that_would_not_serve() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = certificate(dir.path(), "good", &["a.test"], false);
+    let other = certificate(dir.path(), "other", &["b.test"], false);
+    let expired = certificate(dir.path(), "expired", &["c.test"], true);
+    let garbage = CertFiles {
+        cert: dir.path().join("garbage.pem"),
+        key: good.key.clone(),
+    };
+    std::fs::write(&garbage.cert, "not a certificate").expect("write");
+    let mismatched = CertFiles {
+        cert: good.cert.clone(),
+        key: other.key.clone(),
+    };
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (ok, text) = check(
+        &config("redis://127.0.0.1:1", upstream, &[(&good, true)]),
+        dir.path(),
+    );
+    assert!(ok, "a good certificate was refused: {text}");
+    for (files, why) in [
+        (&expired, "expired"),
+        (&garbage, "no certificate"),
+        (&mismatched, "does not match"),
+    ] {
+        let (ok, text) = check(
+            &config("redis://127.0.0.1:1", upstream, &[(files, false)]),
+            dir.path(),
+        );
+        assert!(!ok, "{why}: accepted");
+        assert!(text.contains("tls.certificates[0].cert"), "{why}: {text}");
+        assert!(text.contains(why), "{why}: {text}");
+    }
+    let (ok, text) = check(
+        &config(
+            "redis://127.0.0.1:1",
+            upstream,
+            &[(&good, false), (&good, false)],
+        ),
+        dir.path(),
+    );
+    assert!(!ok && text.contains("a.test is named by"), "{text}");
+    let (ok, text) = check(&config("redis://127.0.0.1:1", upstream, &[]), dir.path());
+    assert!(!ok && text.contains("listen_tls needs"), "{text}");
+}
