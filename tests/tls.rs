@@ -318,3 +318,144 @@ fn check_refuses_certificates_that_would_not_serve() {
     let (ok, text) = check(&config("redis://127.0.0.1:1", upstream, &[]), dir.path());
     assert!(!ok && text.contains("listen_tls needs"), "{text}");
 }
+
+/// An HTTP/2 client over TLS (the `h2` crate) that trusts `ca` for `name`.
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+    name: &str,
+    ca: &Path,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).expect("read ca");
+    let der = pem_to_der(&pem);
+    roots.add(der.into()).expect("add root");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
+    let tls = connector
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, driver)
+}
+
+/// The DER of the first certificate in a PEM file.
+fn pem_to_der(pem: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("base64 certificate")
+}
+
+/// How many GETs Redis has run.
+fn redis_gets(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_after_acceptance_cannot_pile_up_requests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = certificate(dir.path(), "a", &["a.test"], false);
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").expect("echo upstream");
+    let text = config(&redis.url(), upstream.addr, &[(&a, true)])
+        .replace("threads = 1", "threads = 1\nh2_max_concurrent_streams = 4")
+        .replace("[redis]\n", "[redis]\ncommand_timeout = \"10s\"\n")
+        + "\n[cache]\nenabled = false\n";
+    let gateway = TestGateway::start(&text);
+    let addr = gateway.tls_addr();
+    let before = redis_gets(&redis);
+    // Redis holds every reply: each request the gateway starts waits in its
+    // session lookup, where nothing watches for the client's reset.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query(&mut redis.conn())
+        .expect("pause");
+    let (mut send, driver) = h2_connect(addr, "a.test", &a.cert).await;
+    let (mut sent, mut refused, mut n) = (0, 0, 0);
+    // Rounds of 4 streams, each reset by the client once the gateway has
+    // accepted it: without a bound on requests in flight every round would
+    // start 4 more session lookups.
+    'rounds: for _ in 0..10 {
+        let mut streams = Vec::new();
+        for _ in 0..4 {
+            let Ok(ready) = send.clone().ready().await else {
+                break 'rounds;
+            };
+            send = ready;
+            n += 1;
+            let cookie = format!(
+                "connect.sid={}",
+                sessiongate::credential::cookie::express_sign(
+                    &format!("s{n}"),
+                    "fixture-secret-current"
+                )
+            );
+            let request = http::Request::builder()
+                .uri("https://a.test/app")
+                .header("cookie", cookie)
+                .body(())
+                .expect("request");
+            match send.send_request(request, true) {
+                Ok((response, stream)) => {
+                    sent += 1;
+                    streams.push((response, stream));
+                }
+                Err(_) => break 'rounds,
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for (response, mut stream) in streams {
+            // A refused stream has its answer already; the others are reset.
+            match tokio::time::timeout(std::time::Duration::from_millis(10), response).await {
+                Ok(Err(e)) if e.reason() == Some(h2::Reason::REFUSED_STREAM) => refused += 1,
+                _ => stream.send_reset(h2::Reason::CANCEL),
+            }
+        }
+    }
+    // Redis runs what was queued once the pause ends.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let lookups = redis_gets(&redis) - before;
+    assert!(
+        lookups <= 4,
+        "{lookups} session lookups from one connection allowed 4 in flight ({sent} streams sent)"
+    );
+    assert!(refused > 0, "no stream was refused ({sent} sent)");
+    drop(send);
+    driver.abort();
+    // A new connection is served.
+    let fine = curl(addr, "a.test", "/public/x", Some(&a.cert), true, &[]);
+    assert_eq!(fine.status, 200, "a request on a new connection: {fine:?}");
+}
