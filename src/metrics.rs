@@ -190,6 +190,7 @@ struct Metrics {
     reloads_ok: IntCounter,
     reloads_error: IntCounter,
     last_reload_success: Gauge,
+    tls_expiry: IntGaugeVec,
     access_log_dropped: IntCounter,
     /// `[per_ip, total]`
     connections_refused: [IntCounter; 2],
@@ -302,6 +303,14 @@ fn build() -> Metrics {
         "Unix time the running configuration was loaded (at start or by the last good reload).",
     ));
     reg(Box::new(last_reload_success.clone()));
+    let tls_expiry = defined(IntGaugeVec::new(
+        Opts::new(
+            "sessiongate_tls_certificate_expiry_seconds",
+            "Unix time a served TLS certificate stops being valid (its notAfter), by its DNS names; alert on this minus time().",
+        ),
+        &["name"],
+    ));
+    reg(Box::new(tls_expiry.clone()));
     let build_info = defined(IntGaugeVec::new(
         Opts::new(
             "sessiongate_build_info",
@@ -389,6 +398,7 @@ fn build() -> Metrics {
         upstream_responses,
         upstream_duration,
         last_reload_success,
+        tls_expiry,
         access_log_dropped,
         auth_failures,
         would_deny,
@@ -482,6 +492,20 @@ pub fn config_reload(ok: bool) {
         config_loaded();
     } else {
         METRICS.reloads_error.inc();
+    }
+}
+
+/// Records the certificates now served: one series per DNS name (a name no
+/// longer served is dropped).
+pub fn tls_certificates(certs: &[(Vec<String>, SystemTime)]) {
+    METRICS.tls_expiry.reset();
+    for (names, not_after) in certs {
+        let at = not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        for name in names {
+            METRICS.tls_expiry.with_label_values(&[name]).set(at);
+        }
     }
 }
 

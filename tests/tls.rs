@@ -459,3 +459,65 @@ async fn streams_reset_after_acceptance_cannot_pile_up_requests() {
     let fine = curl(addr, "a.test", "/public/x", Some(&a.cert), true, &[]);
     assert_eq!(fine.status, 200, "a request on a new connection: {fine:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_new_certificate_files_and_keeps_the_old_ones_when_the_new_are_bad() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = certificate(dir.path(), "a", &["a.test"], false);
+    // Kept apart: the served files are rewritten in place below.
+    let first_ca = dir.path().join("first-ca.pem");
+    std::fs::copy(&first.cert, &first_ca).expect("copy");
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").expect("echo upstream");
+    let gateway = TestGateway::start(&config(&redis.url(), upstream.addr, &[(&first, true)]));
+    let addr = gateway.tls_addr();
+    assert_eq!(
+        curl(addr, "a.test", "/public/x", Some(&first_ca), false, &[]).status,
+        200
+    );
+    // An HTTP/2 connection opened before the reload.
+    let (send, driver) = h2_connect(addr, "a.test", &first_ca).await;
+
+    // certbot/cert-manager style: new files in place, then SIGHUP.
+    let renewed = certificate(dir.path(), "renewed", &["a.test"], false);
+    std::fs::copy(&renewed.cert, &first.cert).expect("copy cert");
+    std::fs::copy(&renewed.key, &first.key).expect("copy key");
+    gateway.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while curl(addr, "a.test", "/public/x", Some(&renewed.cert), false, &[]).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        curl(addr, "a.test", "/public/x", Some(&first_ca), false, &[]).status,
+        0,
+        "new handshakes still get the old certificate"
+    );
+    // The connection opened before keeps its session and is served.
+    let mut send = send.ready().await.expect("the old connection is open");
+    let request = http::Request::builder()
+        .uri("https://a.test/public/old")
+        .body(())
+        .expect("request");
+    let (response, _) = send.send_request(request, true).expect("send");
+    assert_eq!(response.await.expect("response").status(), 200);
+    drop(send);
+    driver.abort();
+
+    // A bad file: the reload is refused and the renewed certificate stays.
+    std::fs::write(&first.cert, "garbage").expect("write");
+    gateway.signal(libc::SIGHUP);
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(
+        curl(addr, "a.test", "/public/x", Some(&renewed.cert), false, &[]).status,
+        200,
+        "a bad certificate file replaced the one served"
+    );
+    assert!(
+        gateway.log().contains("tls.certificates[0].cert"),
+        "the refused reload does not say why"
+    );
+}

@@ -173,9 +173,14 @@ impl CertIndex {
             .or(self.default)
     }
 
-    /// The certificates with their names and expiry, for metrics and logs.
-    pub fn certificates(&self) -> &[Loaded] {
-        &self.certs
+    /// Publishes the certificates' expiry (`sessiongate_tls_certificate_expiry_seconds`).
+    pub fn publish(&self) {
+        let certs: Vec<_> = self
+            .certs
+            .iter()
+            .map(|c| (c.names.clone(), c.not_after))
+            .collect();
+        crate::metrics::tls_certificates(&certs);
     }
 }
 
