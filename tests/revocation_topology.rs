@@ -6,12 +6,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
+use support::revocation::{cached, gone, sample, seen};
 use support::topology::{ClusterSetup, SentinelSetup};
-use support::{get, EchoUpstream, TestGateway};
+use support::{EchoUpstream, TestGateway};
 
 /// See tests/revocation.rs: the promised 10 ms, with room for a debug build
 /// on a loaded machine.
@@ -53,79 +53,6 @@ upstream = "app"
 "#,
         upstream = upstream.addr,
     )
-}
-
-fn sample(gateway: &TestGateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = get(gateway.admin_addr(), "/metrics", &[]).body;
-    let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, got) = match series.split_once('{') {
-                Some((metric, rest)) => (
-                    metric,
-                    rest.strip_suffix('}')?
-                        .split("\",")
-                        .filter_map(|pair| {
-                            let (k, v) = pair.split_once("=\"")?;
-                            Some((k, v.trim_end_matches('"')))
-                        })
-                        .collect::<BTreeMap<_, _>>(),
-                ),
-                None => (series, BTreeMap::new()),
-            };
-            (metric == name && got == want).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
-fn cache_hits(gateway: &TestGateway) -> f64 {
-    sample(
-        gateway,
-        "sessiongate_session_lookups_total",
-        &[("source", "cache"), ("result", "hit")],
-    )
-}
-
-fn seen(gateway: &TestGateway, id: &str) -> Result<String, u16> {
-    let resp = get(gateway.addr, "/", &[("Cookie", &format!("sid={id}"))]);
-    if resp.status != 200 {
-        return Err(resp.status);
-    }
-    Ok(resp.echoed("X-User-Role").join(","))
-}
-
-/// Requests `id` until one is served from the cache.
-fn cached(gateway: &TestGateway, id: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let before = cache_hits(gateway);
-        let role = seen(gateway, id);
-        if cache_hits(gateway) > before {
-            return role.unwrap_or_else(|status| panic!("a cached {id} answered {status}"));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} was never served from the cache:\n{}",
-            gateway.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn gone(gateway: &TestGateway, id: &str, role: &str, since: Instant, limit: Duration) -> Duration {
-    loop {
-        if seen(gateway, id).as_deref() != Ok(role) {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < limit,
-            "{id} was still served as {role} {:?} after the change:\n{}",
-            since.elapsed(),
-            gateway.log()
-        );
-    }
 }
 
 #[test]

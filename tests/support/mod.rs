@@ -6,6 +6,7 @@ pub mod echo;
 pub mod gateway;
 pub mod http;
 pub mod redis;
+pub mod revocation;
 pub mod scripted;
 pub mod tls;
 pub mod topology;
