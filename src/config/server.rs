@@ -35,7 +35,7 @@ impl<'r, 't> Checker<'r, 't> {
         }
 
         let tls_path = sub(&path, "listen_tls");
-        self.string_list(&tls_path, f.listen_tls.as_deref(), "address");
+        // Optional; an empty list is the same as none.
         let listen_tls = f.listen_tls.unwrap_or_default();
         for (i, addr) in listen_tls.iter().enumerate() {
             if !is_listen_addr(addr) {
