@@ -85,9 +85,26 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
 
     let cache = SessionCache::new(config.cache.clone());
     crate::session::tracking::spawn(cache.clone(), config.redis.clone())?;
+    let index = crate::tls::CertIndex::load(&tls_files)
+        .map_err(|why| anyhow::anyhow!("[[tls.certificates]]: {why}"))?;
+    index.publish();
+    let resolver = crate::tls::SniResolver::new(index);
     let build: Build = {
         let (store, cache) = (store.clone() as Arc<dyn SessionStore>, cache.clone());
-        Box::new(move |config| Pipeline::new(config, store.clone(), cache.clone()))
+        let resolver = resolver.clone();
+        Box::new(move |config| {
+            // A reload serves the certificate files anew to every new
+            // handshake; the files were checked with the rest of the
+            // configuration, and open connections keep theirs.
+            match crate::tls::CertIndex::load(&config.tls) {
+                Ok(index) => {
+                    index.publish();
+                    resolver.swap(index);
+                }
+                Err(why) => tracing::error!(%why, "TLS certificates not reloaded"),
+            }
+            Pipeline::new(config, store.clone(), cache.clone())
+        })
     };
     let (admin_settings, redis_settings) = (config.admin.clone(), config.redis.clone());
     let pipeline = Arc::new(ArcSwap::from_pointee(build(config)));
@@ -119,9 +136,6 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         reserved.push(listen);
     }
     if !server_settings.listen_tls.is_empty() {
-        let index = crate::tls::CertIndex::load(&tls_files)
-            .map_err(|why| anyhow::anyhow!("[[tls.certificates]]: {why}"))?;
-        let resolver = crate::tls::SniResolver::new(index);
         for addr in &server_settings.listen_tls {
             let listen = prepare_listen(addr)?;
             let mut options = TcpSocketOptions::default();
