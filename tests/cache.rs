@@ -47,12 +47,18 @@ upstream = "app"
 
 /// How many GETs Redis has served (its own command statistics).
 fn gets(redis: &RedisServer) -> u64 {
+    calls(redis, "get")
+}
+
+/// How many times Redis has run `command` (its own command statistics).
+fn calls(redis: &RedisServer, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut redis.conn())
         .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().unwrap())
 }
@@ -197,10 +203,19 @@ fn express_touch_does_not_evict_but_expiry_does() {
     assert_eq!(status(&s, "t"), 200);
     let before = gets(&s.redis);
     for _ in 0..5 {
+        let dumped = calls(&s.redis, "dump");
         let _: () = conn.expire("sess:t", 120).unwrap();
         // Redis reports the TTL change; the entry is evicted and, its value
-        // read back unchanged, put back within a round trip.
-        std::thread::sleep(Duration::from_millis(20));
+        // read back unchanged (a DUMP), put back within a round trip.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while calls(&s.redis, "dump") == dumped {
+            assert!(
+                Instant::now() < deadline,
+                "the touched entry was never read back"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
         assert_eq!(status(&s, "t"), 200);
     }
     assert_eq!(gets(&s.redis), before, "EXPIRE must not empty the cache");
