@@ -521,3 +521,41 @@ async fn a_reload_serves_new_certificate_files_and_keeps_the_old_ones_when_the_n
         "the refused reload does not say why"
     );
 }
+
+#[test]
+fn certificate_files_changed_on_disk_are_served_without_a_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = certificate(dir.path(), "a", &["a.test"], false);
+    let first_ca = dir.path().join("first-ca.pem");
+    std::fs::copy(&first.cert, &first_ca).expect("copy");
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").expect("echo upstream");
+    let text = config(&redis.url(), upstream.addr, &[(&first, true)]).replacen(
+        "[[tls.certificates]]",
+        "[tls]\nwatch_interval = \"100ms\"\n\n[[tls.certificates]]",
+        1,
+    );
+    let gateway = TestGateway::start(&text);
+    let addr = gateway.tls_addr();
+    assert_eq!(
+        curl(addr, "a.test", "/public/x", Some(&first_ca), false, &[]).status,
+        200
+    );
+    // cert-manager style: the new files are renamed into place.
+    let renewed = certificate(dir.path(), "renewed", &["a.test"], false);
+    std::fs::rename(&renewed.key, &first.key).expect("rename key");
+    std::fs::copy(&renewed.cert, dir.path().join("next.pem")).expect("copy");
+    std::fs::rename(dir.path().join("next.pem"), &first.cert).expect("rename cert");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while curl(addr, "a.test", "/public/x", Some(&renewed.cert), false, &[]).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        curl(addr, "a.test", "/public/x", Some(&first_ca), false, &[]).status,
+        0
+    );
+}

@@ -35,6 +35,7 @@ pub struct File {
 #[derive(Debug, Default, Deserialize)]
 pub struct Tls {
     pub certificates: Option<Vec<TlsCertificate>>,
+    pub watch_interval: Option<String>,
 }
 
 /// `[[tls.certificates]]`

@@ -29,6 +29,9 @@ pub struct Config {
     pub rate_limit: RateLimitSettings,
     /// `[[tls.certificates]]`: the TLS listeners' certificates, checked.
     pub tls: Vec<crate::tls::CertificateFiles>,
+    /// `[tls] watch_interval`: how often the certificate files are looked at
+    /// for a change on disk (default 10s; 0s: only on reload).
+    pub tls_watch: Duration,
 }
 
 /// `[rate_limit]`

@@ -6,10 +6,15 @@ use super::file;
 use super::keypath::{idx, sub, Seg};
 use crate::tls::CertificateFiles;
 
+use std::time::Duration;
+
+/// How often certificate files are looked at for a change on disk.
+const DEFAULT_WATCH: Duration = Duration::from_secs(10);
+
 impl Checker<'_, '_> {
     /// The certificates, loaded once to check them; `listen_tls` says
     /// whether the server has TLS listeners that need them.
-    pub(super) fn tls(&mut self, listen_tls: bool) -> Option<Vec<CertificateFiles>> {
+    pub(super) fn tls(&mut self, listen_tls: bool) -> Option<(Vec<CertificateFiles>, Duration)> {
         let path = [Seg::Key("tls".to_owned())];
         let cert_path = sub(&path, "certificates");
         if self.lookup(&path).is_none() {
@@ -20,9 +25,15 @@ impl Checker<'_, '_> {
                 );
                 return None;
             }
-            return Some(Vec::new());
+            return Some((Vec::new(), DEFAULT_WATCH));
         }
         let f: file::Tls = self.section(&path)?;
+        let watch = self.duration(
+            &sub(&path, "watch_interval"),
+            f.watch_interval.as_deref(),
+            DEFAULT_WATCH,
+            true,
+        );
         let entries = f.certificates.unwrap_or_default();
         if listen_tls && entries.is_empty() {
             self.error(
@@ -67,6 +78,6 @@ impl Checker<'_, '_> {
                 ok = false;
             }
         }
-        ok.then_some(out)
+        ok.then_some((out, watch))
     }
 }

@@ -154,7 +154,8 @@ impl Checker<'_, '_> {
             jwt: jwt?,
             admin: admin?,
             rate_limit: rate_limit?,
-            tls: tls?,
+            tls: tls.as_ref()?.0.clone(),
+            tls_watch: tls?.1,
         })
     }
 

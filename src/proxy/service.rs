@@ -107,7 +107,14 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         })
     };
     let (admin_settings, redis_settings) = (config.admin.clone(), config.redis.clone());
+    let tls_watch = config.tls_watch;
     let pipeline = Arc::new(ArcSwap::from_pointee(build(config)));
+    if !server_settings.listen_tls.is_empty() {
+        let running = pipeline.clone();
+        crate::tls::watch(resolver.clone(), tls_watch, move || {
+            running.load().config.tls.clone()
+        })?;
+    }
     crate::metrics::config_loaded();
     let reloader = Reloader::new(config_path.to_owned(), pipeline.clone(), build, Some(cache));
     reload::watch_sighup(reloader)?;

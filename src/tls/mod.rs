@@ -228,6 +228,66 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// What the files look like on disk: a renewal (certbot, cert-manager)
+/// changes one of these, whether it rewrites a file or renames a new one
+/// into place.
+fn stamp(files: &[CertificateFiles]) -> Vec<Option<(SystemTime, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt as _;
+    files
+        .iter()
+        .flat_map(|f| [&f.cert, &f.key])
+        .map(|path| {
+            std::fs::metadata(path).ok().map(|m| {
+                (
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.len(),
+                    m.ino(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Looks at the certificate files every `interval` (from a thread of its
+/// own) and serves them anew when they change on disk; files that do not
+/// load keep the certificates served and say why, once per change.
+/// `files` gives the running configuration's list (a reload may change it).
+pub fn watch(
+    resolver: Arc<SniResolver>,
+    interval: Duration,
+    files: impl Fn() -> Vec<CertificateFiles> + Send + 'static,
+) -> std::io::Result<()> {
+    if interval.is_zero() {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("sessiongate-certificates".into())
+        .spawn(move || {
+            let mut seen = stamp(&files());
+            loop {
+                std::thread::sleep(interval);
+                let current = files();
+                let now = stamp(&current);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match CertIndex::load(&current) {
+                    Ok(index) => {
+                        index.publish();
+                        resolver.swap(index);
+                        tracing::info!("TLS certificate files changed on disk: now served");
+                    }
+                    Err(why) => tracing::error!(
+                        %why,
+                        "TLS certificate files changed on disk but do not load; still serving the previous ones"
+                    ),
+                }
+            }
+        })
+        .map(|_| ())
+}
+
 /// What a request learns of its connection's TLS handshake (in the
 /// connection digest's extension).
 #[derive(Debug, Clone)]
