@@ -14,7 +14,9 @@
 //! each request head whole before Pingora sees it, under one deadline from
 //! its first byte to its end (`request_head_timeout`) and one size limit for
 //! the request line and headers together (`max_request_header_bytes`), and
-//! sets the body read and client write timeouts of each request.
+//! sets the body read and client write timeouts of each request. Requests a
+//! client pipelines are served in order, and `keepalive_requests` counts
+//! them whichever engine serves them.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -49,7 +51,9 @@ const FIRST_READ: usize = 4096;
 /// How long a refusal written by this loop (431, 408) may take to send.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
-/// An HTTP/1 server app (cleartext, no h2c, no pipelining) whose idle
+/// The server app of the public listeners: admits each connection, hands
+/// one whose TLS handshake chose HTTP/2 to the HTTP/2 loop, and runs the
+/// HTTP/1 loop (cleartext or over TLS; no h2c) on the rest, whose idle
 /// connections hold only their socket.
 pub struct LeanHttp<A> {
     inner: Arc<A>,
