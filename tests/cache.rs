@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use support::{get, EchoUpstream, RedisServer, TestGateway};
 
+/// How soon a change must reach the gateway: far inside the cache's 30 s cap
+/// (what a missed change would cost), with room for a debug build on a loaded
+/// machine. The latency itself is the benchmark's revocation mode to measure.
+const SOON: Duration = Duration::from_secs(1);
+
 fn config(redis: &RedisServer, upstream: &EchoUpstream, cache: &str) -> String {
     format!(
         r#"
@@ -166,7 +171,7 @@ fn del_and_unlink_by_any_client_revoke_within_milliseconds() {
             .arg(format!("sess:{id}"))
             .query(&mut s.redis.conn())
             .unwrap();
-        let took = eventually(&s, id, 401, Duration::from_millis(100));
+        let took = eventually(&s, id, 401, SOON);
         eprintln!("{command}: refused after {took:?}");
     }
 }
@@ -191,10 +196,7 @@ fn an_overwritten_session_is_served_as_overwritten() {
         if role == vec!["viewer"] {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "still {role:?}"
-        );
+        assert!(started.elapsed() < SOON, "still {role:?}");
     }
 }
 
@@ -212,20 +214,24 @@ fn express_touch_does_not_evict_but_expiry_does() {
     let s = setup("");
     let mut conn = s.redis.conn();
     let _: () = conn.set_ex("sess:t", r#"{"user":{"id":"1"}}"#, 60).unwrap();
-    // The entry is cached and fingerprinted (its fill's DUMP ran) once a
-    // request no longer reaches Redis. The SET's own invalidation may land
+    // The entry is cached and fingerprinted once its fill's DUMP has run and
+    // a request no longer reaches Redis. The SET's own invalidation may land
     // late on a loaded machine and evict a fresh fill; then go round again.
     let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut dumps, mut fills) = (calls(&s.redis, "dump"), gets(&s.redis));
+    assert_eq!(status(&s, "t"), 200);
     loop {
-        let dumps = calls(&s.redis, "dump");
-        assert_eq!(status(&s, "t"), 200);
-        let settled = Instant::now() + Duration::from_secs(2);
-        while calls(&s.redis, "dump") == dumps && Instant::now() < settled {
-            std::thread::sleep(Duration::from_millis(5));
+        if gets(&s.redis) > fills {
+            while calls(&s.redis, "dump") == dumps {
+                assert!(Instant::now() < deadline, "a fill was never read back");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Its reply is handled a moment after Redis counts the DUMP.
+            std::thread::sleep(Duration::from_millis(50));
         }
-        let before = gets(&s.redis);
+        (dumps, fills) = (calls(&s.redis, "dump"), gets(&s.redis));
         assert_eq!(status(&s, "t"), 200);
-        if gets(&s.redis) == before && calls(&s.redis, "dump") > dumps {
+        if gets(&s.redis) == fills {
             break;
         }
         assert!(Instant::now() < deadline, "sess:t was never cached");
@@ -277,7 +283,7 @@ fn unknown_ids_are_kept_off_redis_briefly_but_a_fresh_login_works_at_once() {
         .conn()
         .set_ex("sess:new", r#"{"user":{"id":"9"}}"#, 60)
         .unwrap();
-    eventually(&s, "new", 200, Duration::from_millis(100));
+    eventually(&s, "new", 200, SOON);
 }
 
 #[test]

@@ -13,12 +13,13 @@ use redis::Commands;
 use support::revocation::{cache_hits, cached, gone, sample, seen};
 use support::{EchoUpstream, RedisServer, TestGateway};
 
-/// The revocation latency the gateway promises (p99, measured by the
-/// benchmark's revocation mode on a release build), times ten: these tests
-/// run a debug build next to other tests on a loaded machine, and one
-/// request alone may take a few milliseconds there. The cache's cap
-/// (`max_age`, 30 s) is what a missed change would have cost.
-const LATENCY: Duration = Duration::from_millis(100);
+/// How long a change may take to reach the gateway here. The latency it
+/// promises (p99 about 10 ms) is the benchmark's to measure, on a release
+/// build; these tests run a debug build beside many others on two cores,
+/// where one request alone can take tens of milliseconds. What they prove
+/// is that the change came by invalidation: the cache's cap (`max_age`,
+/// 30 s) is what a missed change would have cost.
+const LATENCY: Duration = Duration::from_secs(1);
 
 const ADMIN: &str = r#"{"user":{"id":"1","role":"admin"}}"#;
 const VIEWER: &str = r#"{"user":{"id":"2","role":"viewer"}}"#;
