@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A working sessiongate in one command: a private redis-server, an upstream
 # that echoes the headers it receives, the gateway with proxy.toml, a session
-# minted with `sessiongate session create`, and curl through it.
+# minted with `sessiongate session create`, and curl through it, over plain
+# HTTP and over TLS (HTTP/1.1 and HTTP/2) with a self-signed certificate.
 # Usage: scripts/demo.sh [--once]   (--once: show the requests, then stop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ trap cleanup EXIT INT TERM
 redis_port=$(free_port 6390)
 upstream_port=$(free_port 3000)
 gateway_port=$(free_port 8080)
+tls_port=$(free_port 8443)
 export REDIS_URL="redis://127.0.0.1:$redis_port/0"
 export UPSTREAM_ADDR="127.0.0.1:$upstream_port"
 export LISTEN_ADDR="127.0.0.1:$gateway_port"
@@ -43,7 +45,17 @@ target/debug/examples/echo_upstream "$UPSTREAM_ADDR" >"$work/upstream.log" 2>&1 
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
-"$bin" run -c proxy.toml >"$work/gateway.out" 2>"$work/gateway.log" &
+# TLS: a self-signed certificate for demo.localhost, and proxy.toml with a
+# TLS listener and that certificate added.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+  -subj /CN=demo.localhost -addext subjectAltName=DNS:demo.localhost \
+  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+sed "0,/^listen = .*/s||&\nlisten_tls = [\"127.0.0.1:$tls_port\"]|" proxy.toml >"$work/proxy.toml"
+printf '\n[[tls.certificates]]\ncert = "%s"\nkey = "%s"\n' "$work/cert.pem" "$work/key.pem" \
+  >>"$work/proxy.toml"
+"$bin" check -c "$work/proxy.toml" >/dev/null
+
+"$bin" run -c "$work/proxy.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
 pids+=($!)
 gw="http://$LISTEN_ADDR"
 for _ in $(seq 100); do curl -s -o /dev/null "$gw/public/" && break; sleep 0.1; done
@@ -72,6 +84,12 @@ run curl -s -o /dev/null -w '%{http_code}\n' "$gw/dashboard" -H "Authorization: 
 echo "== an API token the app stored under bearer_key (api:{id}) is one: forwarded"
 redis-cli -p "$redis_port" set api:demo-token-3003 '{"user":{"id":"3003","role":"viewer"}}' EX 3600 >/dev/null
 run curl -s "$gw/dashboard" -H "Authorization: Bearer demo-token-3003"
+tls=(--cacert "$work/cert.pem" --resolve "demo.localhost:$tls_port:127.0.0.1")
+gws="https://demo.localhost:$tls_port"
+echo "== over TLS (self-signed certificate for demo.localhost), HTTP/2: the same gate"
+run curl -s --http2 "${tls[@]}" -w '\n(HTTP/%{http_version})\n' "$gws/dashboard" -H "Cookie: $cookie"
+echo "== a request for a host the certificate does not cover: 421"
+run curl -s -o /dev/null -w '%{http_code}\n' --http1.1 "${tls[@]}" "$gws/dashboard" -H 'Host: other.example' -H "Cookie: $cookie"
 echo "== after 'sessiongate session revoke': 401 on the very next request"
 "$bin" session revoke -c proxy.toml "$id"
 run curl -s -o /dev/null -w '%{http_code}\n' "$gw/dashboard" -H "Cookie: $cookie"
@@ -80,5 +98,6 @@ if ! $once; then
   echo "== try it yourself (Ctrl-C stops everything):"
   echo "   $bin session create -c proxy.toml --user 42 --field role=admin   (with REDIS_URL=$REDIS_URL SESSION_SECRET=$SESSION_SECRET UPSTREAM_ADDR=$UPSTREAM_ADDR LISTEN_ADDR=$LISTEN_ADDR)"
   echo "   curl -s $gw/ -H 'Cookie: <cookie>'"
+  echo "   curl -s --http2 ${tls[*]} $gws/ -H 'Cookie: <cookie>'"
   wait
 fi

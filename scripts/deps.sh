@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing sessiongate needs on Debian/Ubuntu:
 # cmake (Pingora builds a C library with it), redis-server (tests and demo),
-# curl (demo). Rust itself comes from rustup (https://rustup.rs).
+# curl and openssl (demo). Rust itself comes from rustup (https://rustup.rs).
 set -euo pipefail
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
