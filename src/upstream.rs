@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,25 +51,16 @@ impl UpstreamHealth {
                 continue;
             };
             let weak = Arc::downgrade(self);
-            let addrs = upstream.addrs.clone();
-            let name = upstream.name.clone();
-            let connect_timeout = upstream.connect_timeout;
-            tokio::spawn(run(weak, index, name, addrs, check, connect_timeout));
+            tokio::spawn(run(weak, index, upstream.clone(), check));
         }
     }
 }
 
-async fn run(
-    health: Weak<UpstreamHealth>,
-    index: usize,
-    name: String,
-    addrs: Vec<SocketAddr>,
-    check: HealthCheck,
-    connect_timeout: Duration,
-) {
+async fn run(health: Weak<UpstreamHealth>, index: usize, upstream: Upstream, check: HealthCheck) {
+    let name = &upstream.name;
     loop {
-        for (i, addr) in addrs.iter().enumerate() {
-            let healthy = probe(*addr, &check, connect_timeout).await;
+        for (i, addr) in upstream.addrs.iter().enumerate() {
+            let healthy = probe(*addr, &check, &upstream).await;
             let Some(health) = health.upgrade() else {
                 return;
             };
@@ -93,26 +83,73 @@ async fn run(
     }
 }
 
-/// One check: a TCP connect, or with `path` an HTTP GET answered with 2xx.
-async fn probe(addr: SocketAddr, check: &HealthCheck, connect_timeout: Duration) -> bool {
-    let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await;
-    let Ok(Ok(mut stream)) = connect else {
-        return false;
+/// One check: a TCP connect (a verified TLS handshake for a TLS upstream),
+/// or with `path` an HTTP GET answered with 2xx (over HTTP/2 for an `h2`
+/// upstream).
+async fn probe(addr: SocketAddr, check: &HealthCheck, upstream: &Upstream) -> bool {
+    let connect_timeout = upstream.connect_timeout;
+    let stream: pingora::protocols::Stream = match &upstream.tls {
+        Some(tls) => match crate::tls::upstream::connect(tls, addr, connect_timeout).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(upstream = %upstream.name, %addr, error = %e, "health check: TLS connection failed");
+                return false;
+            }
+        },
+        None => {
+            let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await;
+            let Ok(Ok(tcp)) = connect else {
+                return false;
+            };
+            Box::new(pingora::protocols::l4::stream::Stream::from(tcp))
+        }
     };
     let Some(path) = &check.path else {
         return true;
     };
+    let host = upstream
+        .tls
+        .as_ref()
+        .map_or_else(|| addr.to_string(), |t| t.files.sni.clone());
+    let h2 = upstream.tls.as_ref().is_some_and(|t| t.files.h2);
     let exchange = async {
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sessiongate-health\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.") && head[8] == b' ' && head[9] == b'2')
+        if h2 {
+            get_h2(stream, &host, path).await
+        } else {
+            get_h1(stream, &host, path).await
+        }
     };
     tokio::time::timeout(check.interval.max(connect_timeout), exchange)
         .await
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+async fn get_h1(mut stream: pingora::protocols::Stream, host: &str, path: &str) -> Option<bool> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sessiongate-health\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    Some(head.starts_with(b"HTTP/1.") && head[8] == b' ' && head[9] == b'2')
+}
+
+async fn get_h2(stream: pingora::protocols::Stream, host: &str, path: &str) -> Option<bool> {
+    let (mut send, connection) = h2::client::handshake(stream).await.ok()?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(format!("https://{host}{path}"))
+        .header(http::header::USER_AGENT, "sessiongate-health")
+        .body(())
+        .ok()?;
+    let answer = async {
+        let (response, _) = send.send_request(request, true).ok()?;
+        Some(response.await.ok()?.status().is_success())
+    }
+    .await;
+    driver.abort();
+    answer
 }

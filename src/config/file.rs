@@ -176,6 +176,13 @@ pub struct Upstream {
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub health_check: Option<HealthCheck>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub ca: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub h2: Option<bool>,
 }
 
 /// One `[[route]]`.

@@ -438,6 +438,9 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// `health_check`: active checks of every address (off by default).
     pub health_check: Option<HealthCheck>,
+    /// `tls = true` and its settings (`sni`, `ca`, `insecure_skip_verify`,
+    /// `client_cert`/`client_key`, `h2`); `None`: plain TCP.
+    pub tls: Option<crate::tls::upstream::UpstreamTls>,
 }
 
 /// `health_check = { path = "/healthz", interval = "5s" }`: an HTTP `GET path`

@@ -46,6 +46,7 @@ impl<'r, 't> Checker<'r, 't> {
                 out.push(None);
                 continue;
             };
+            let tls = self.upstream_tls(&entry, &f);
             let name_path = sub(&entry, "name");
             let name = match f.name {
                 None => {
@@ -115,13 +116,14 @@ impl<'r, 't> Checker<'r, 't> {
                 );
                 super::model::HealthCheck { path, interval }
             });
-            out.push(match name {
-                Some(name) if ok => Some(Upstream {
+            out.push(match (name, tls) {
+                (Some(name), Some(tls)) if ok => Some(Upstream {
                     name,
                     addrs,
                     connect_timeout,
                     read_timeout,
                     health_check,
+                    tls,
                 }),
                 _ => None,
             });
@@ -450,6 +452,19 @@ impl<'r, 't> Checker<'r, 't> {
 /// routes in report mode, which forward what they would refuse.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    for upstream in &config.upstreams {
+        if upstream
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.files.insecure_skip_verify)
+        {
+            out.push(format!(
+                "upstream {:?} has insecure_skip_verify = true: any certificate is accepted, \
+                 so anyone on the path to it can read and change its traffic",
+                upstream.name
+            ));
+        }
+    }
     for route in &config.routes {
         if route.mode != RouteMode::Report {
             continue;

@@ -4,6 +4,7 @@
 use super::checker::Checker;
 use super::file;
 use super::keypath::{idx, sub, Seg};
+use crate::tls::upstream::{UpstreamTls, UpstreamTlsFiles};
 use crate::tls::CertificateFiles;
 
 use std::time::Duration;
@@ -80,4 +81,96 @@ impl Checker<'_, '_> {
         }
         ok.then_some((out, watch))
     }
+}
+
+impl Checker<'_, '_> {
+    /// An `[[upstream]]`'s TLS keys (`entry` is its path): `Some(None)` for
+    /// plain TCP, `None` when they are invalid (and reported).
+    pub(super) fn upstream_tls(
+        &mut self,
+        entry: &[Seg],
+        f: &file::Upstream,
+    ) -> Option<Option<UpstreamTls>> {
+        let tls = f.tls.unwrap_or(false);
+        if !tls {
+            let mut ok = true;
+            for (key, set) in [
+                ("sni", f.sni.is_some()),
+                ("ca", f.ca.is_some()),
+                ("insecure_skip_verify", f.insecure_skip_verify.is_some()),
+                ("client_cert", f.client_cert.is_some()),
+                ("client_key", f.client_key.is_some()),
+                ("h2", f.h2 == Some(true)),
+            ] {
+                if set {
+                    self.error(&sub(entry, key), "only applies with tls = true");
+                    ok = false;
+                }
+            }
+            return ok.then_some(None);
+        }
+        // Pingora verifies no certificate for a peer without SNI: a name is
+        // required, from `sni` or from the host of the addresses.
+        let sni = match &f.sni {
+            Some(sni) => Some(sni.trim_end_matches('.').to_ascii_lowercase()),
+            None => dns_host(f.addrs.as_deref().unwrap_or_default()),
+        };
+        let Some(sni) = sni.filter(|s| !s.is_empty()) else {
+            self.error(
+                &sub(entry, "tls"),
+                "tls = true needs `sni`, the name the upstream's certificate is verified \
+                 for (its addrs name no single DNS host); without one no certificate \
+                 would be verified",
+            );
+            return None;
+        };
+        if pingora::tls::ServerName::try_from(sni.clone()).is_err() {
+            self.error(&sub(entry, "sni"), format!("{sni:?} is not a DNS name"));
+            return None;
+        }
+        let client = match (&f.client_cert, &f.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.error(&sub(entry, "client_key"), "client_cert needs client_key");
+                return None;
+            }
+            (None, Some(_)) => {
+                self.error(&sub(entry, "client_cert"), "client_key needs client_cert");
+                return None;
+            }
+        };
+        let files = UpstreamTlsFiles {
+            sni,
+            ca: f.ca.clone(),
+            insecure_skip_verify: f.insecure_skip_verify.unwrap_or(false),
+            client,
+            h2: f.h2.unwrap_or(false),
+        };
+        match UpstreamTls::load(files) {
+            Ok(tls) => Some(Some(tls)),
+            Err((key, why)) => {
+                self.error(&sub(entry, key), why);
+                None
+            }
+        }
+    }
+}
+
+/// The one DNS host every address names (`app.internal:443`), if they do;
+/// `None` for IP addresses or hosts that differ.
+fn dns_host(addrs: &[String]) -> Option<String> {
+    let mut host: Option<String> = None;
+    for addr in addrs {
+        let name = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() || name.starts_with('[') || name.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        match &host {
+            Some(h) if *h != name => return None,
+            _ => host = Some(name),
+        }
+    }
+    host
 }

@@ -98,7 +98,10 @@ impl ProxyHttp for Gateway {
         let upstream = ctx.pipeline.route(route).upstream;
         ctx.verdict.observed.upstream_chosen(upstream);
         let settings = &ctx.pipeline.config.upstreams[upstream];
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &settings.tls {
+            Some(tls) => tls.peer(addr),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(settings.connect_timeout);
         peer.options.read_timeout = Some(settings.read_timeout);
         Ok(Box::new(peer))

@@ -30,7 +30,9 @@ use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::config::Upstream;
 use crate::pipeline::{Arrival, Pipeline};
+use crate::tls::upstream::UpstreamTlsFiles;
 use crate::proxy::access::{self, Finished};
 use crate::proxy::answer::{self, rendered_head, upstream_error};
 use crate::proxy::request::{self, is_idempotent};
@@ -70,6 +72,11 @@ pub async fn serve(
     started: Instant,
     reuses_remaining: Option<u32>,
 ) -> Lane {
+    // HTTP/2 to an upstream is the full proxy's: with such an upstream
+    // configured, it serves every request (the route is not known yet).
+    if pipeline.config.upstreams.iter().any(|u| u.tls.as_ref().is_some_and(|t| t.files.h2)) {
+        return Lane::Full(stream, head, None);
+    }
     let prefix = head.clone();
     let mut down = DownstreamSession::new(stream);
     down.set_pipelined_prefix(head);
@@ -282,9 +289,10 @@ impl Exchange<'_> {
         let mut reuse_retry = true;
         let (mut client, addr) = loop {
             let addr = self.pipeline.upstream_addr(route);
-            let (stream, reused) = match checkout(addr) {
+            let kept = Kept::of(addr, settings);
+            let (stream, reused) = match checkout(&kept) {
                 Some(stream) if reuse_retry => (stream, true),
-                _ => match connect(addr, settings.connect_timeout).await {
+                _ => match connect(addr, settings).await {
                     Ok(stream) => (stream, false),
                     Err(e) => {
                         connect_tries -= 1;
@@ -374,7 +382,7 @@ impl Exchange<'_> {
         down.finish_body().await.map_err(downstream)?;
         client.respect_keepalive();
         if let Some(stream) = client.reuse().await {
-            checkin(addr, stream);
+            checkin(Kept::of(addr, settings), stream);
         }
         Ok(())
     }
@@ -428,7 +436,14 @@ fn downstream(e: Box<Error>) -> Box<Error> {
     e.into_down()
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream> {
+/// A new connection to `addr` of `upstream`: over TLS when it says so.
+async fn connect(addr: SocketAddr, upstream: &Upstream) -> Result<Stream> {
+    let timeout = upstream.connect_timeout;
+    if let Some(tls) = &upstream.tls {
+        return crate::tls::upstream::connect(tls, addr, timeout)
+            .await
+            .map_err(Error::into_up);
+    }
     let connecting = tokio::net::TcpStream::connect(addr);
     let tcp = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(tcp)) => tcp,
@@ -447,9 +462,27 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream> {
     Ok(Box::new(L4Stream::from(tcp)))
 }
 
+/// What a kept connection may serve: its address, and how it was made
+/// (plain, or TLS with these settings), so a connection is never handed to
+/// an upstream that would have made it otherwise.
+#[derive(PartialEq)]
+struct Kept {
+    addr: SocketAddr,
+    tls: Option<UpstreamTlsFiles>,
+}
+
+impl Kept {
+    fn of(addr: SocketAddr, upstream: &Upstream) -> Kept {
+        Kept {
+            addr,
+            tls: upstream.tls.as_ref().map(|t| t.files.clone()),
+        }
+    }
+}
+
 /// An idle upstream connection of this worker thread.
 struct Idle {
-    addr: SocketAddr,
+    addr: Kept,
     stream: Stream,
     since: Instant,
 }
@@ -462,12 +495,12 @@ thread_local! {
 }
 
 /// Takes a kept connection to `addr` that is still open, if there is one.
-fn checkout(addr: SocketAddr) -> Option<Stream> {
+fn checkout(addr: &Kept) -> Option<Stream> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let now = Instant::now();
         pool.retain(|idle| now.duration_since(idle.since) < POOL_IDLE);
-        while let Some(i) = pool.iter().rposition(|idle| idle.addr == addr) {
+        while let Some(i) = pool.iter().rposition(|idle| idle.addr == *addr) {
             let mut idle = pool.remove(i);
             if still_open(&mut idle.stream) {
                 return Some(idle.stream);
@@ -478,7 +511,7 @@ fn checkout(addr: SocketAddr) -> Option<Stream> {
 }
 
 /// Keeps a connection for the next request to `addr`.
-fn checkin(addr: SocketAddr, stream: Stream) {
+fn checkin(addr: Kept, stream: Stream) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() >= POOL_SIZE {

@@ -9,6 +9,8 @@
 //! TLS 1.2 and 1.3 only, rustls's modern cipher suites, ALPN `h2` and
 //! `http/1.1`, no 0-RTT (rustls's defaults, with the `ring` provider).
 
+pub mod upstream;
+
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
