@@ -179,7 +179,18 @@ impl ProxyHttp for Gateway {
             &ctx.verdict.rewrite,
             &ctx.arrival,
             ctx.verdict.principal.as_deref(),
-        )
+        )?;
+        let h2 = ctx.verdict.route.is_some_and(|route| {
+            let upstream = ctx.pipeline.route(route).upstream;
+            ctx.pipeline.config.upstreams[upstream]
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.files.h2)
+        });
+        if h2 {
+            request::drop_connection_fields(upstream_request);
+        }
+        Ok(())
     }
 
     /// What Pingora's own error lines (e.g. on 502/504) say about a request:

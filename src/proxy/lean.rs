@@ -32,13 +32,13 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::config::Upstream;
 use crate::pipeline::{Arrival, Pipeline};
-use crate::tls::upstream::UpstreamTlsFiles;
 use crate::proxy::access::{self, Finished};
 use crate::proxy::answer::{self, rendered_head, upstream_error};
 use crate::proxy::request::{self, is_idempotent};
 use crate::proxy::response;
 use crate::proxy::verdict::{Next, Verdict};
 use crate::reject::Rendered;
+use crate::tls::upstream::UpstreamTlsFiles;
 
 /// Idle upstream connections kept per worker thread, over all upstreams.
 const POOL_SIZE: usize = 128;
@@ -74,7 +74,12 @@ pub async fn serve(
 ) -> Lane {
     // HTTP/2 to an upstream is the full proxy's: with such an upstream
     // configured, it serves every request (the route is not known yet).
-    if pipeline.config.upstreams.iter().any(|u| u.tls.as_ref().is_some_and(|t| t.files.h2)) {
+    if pipeline
+        .config
+        .upstreams
+        .iter()
+        .any(|u| u.tls.as_ref().is_some_and(|t| t.files.h2))
+    {
         return Lane::Full(stream, head, None);
     }
     let prefix = head.clone();

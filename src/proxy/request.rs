@@ -69,6 +69,38 @@ pub(crate) fn prepare(
     Ok(())
 }
 
+/// Removes what HTTP/2 forbids in a request (RFC 9113 8.2.2): `Connection`
+/// and every field it nominates, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding`, `Upgrade`, and `TE` other than `trailers`. For an
+/// upstream spoken to over HTTP/2 (the h2 crate refuses such a request).
+pub(crate) fn drop_connection_fields(req: &mut impl HeadEdit) {
+    let headers = req.headers();
+    let mut names: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    if headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        names.push(http::header::TE);
+    }
+    names.extend([
+        http::header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+    ]);
+    for name in &names {
+        req.remove(name);
+    }
+}
+
 /// Several `Cookie` fields become one, joined with `; ` (RFC 9113 8.2.3,
 /// and what HTTP/1.1 allows, RFC 6265 5.4): an HTTP/2 client may split its
 /// cookies over several fields, and apps differ on which of several

@@ -9,6 +9,7 @@ pub mod redis;
 pub mod revocation;
 pub mod scripted;
 pub mod tls;
+pub mod tls_upstream;
 pub mod topology;
 
 pub use self::echo::EchoUpstream;
