@@ -356,9 +356,23 @@ async fn run() {
         assert!(Instant::now() < deadline, "the pipe never recovered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut calm = [0usize; 4];
-    wave(&store, &outage, &mut rng, false, &mut calm).await;
-    assert_eq!(calm[Outcome::Answered as usize], WAVE, "{calm:?}");
+    // The store's 100 ms timeout can still bite on a loaded machine (the
+    // other test's chaos runs beside this one): a pipe in step answers a
+    // whole wave within a few tries, one out of step never does (and a
+    // wrong value panics in `wave`).
+    let mut calms = Vec::new();
+    for _ in 0..5 {
+        let mut calm = [0usize; 4];
+        wave(&store, &outage, &mut rng, false, &mut calm).await;
+        calms.push(calm);
+        if calm[Outcome::Answered as usize] == WAVE {
+            break;
+        }
+    }
+    assert!(
+        calms.iter().any(|c| c[Outcome::Answered as usize] == WAVE),
+        "no calm wave was answered in full: {calms:?}"
+    );
     let n: usize = redis::cmd("DBSIZE")
         .query(&mut redis.conn())
         .expect("dbsize");

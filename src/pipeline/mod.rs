@@ -165,11 +165,15 @@ impl Pipeline {
             return reject(None, Rejection::HeadersTooLarge);
         }
         // HTTP/2 names the host in `:authority` (Pingora has refused a
-        // `Host` that disagrees with it), and only over TLS.
+        // `Host` that disagrees with it), and only over TLS. A request
+        // without `:authority` (one translated from HTTP/1 by a client's
+        // proxy, RFC 9113 8.3.1) is routed on its `Host`; the h2 library
+        // drops its `:scheme` then, having checked it, and the connection's
+        // TLS is what the app is told (`X-Forwarded-Proto`).
         let authority = (req.version == http::Version::HTTP_2)
             .then(|| req.uri.authority())
             .flatten();
-        if req.version == http::Version::HTTP_2 && req.uri.scheme_str() != Some("https") {
+        if authority.is_some() && req.uri.scheme_str() != Some("https") {
             return reject(None, Rejection::BadTarget(TargetRejected::Form));
         }
         let hosts = authority.map(|a| a.as_str().as_bytes()).into_iter().chain(

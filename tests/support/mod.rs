@@ -4,6 +4,7 @@
 
 pub mod echo;
 pub mod gateway;
+pub mod h2raw;
 pub mod http;
 pub mod redis;
 pub mod revocation;
