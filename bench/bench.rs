@@ -166,6 +166,11 @@ fn gateway_config(
         r#"[server]
 listen = ["127.0.0.1:0"]
 threads = 1
+# Every benchmark client comes from 127.0.0.1: the per-IP and total limits
+# (256, 4096 and 512 by default) would close most of 10k connections at accept.
+max_connections = 0
+max_connections_per_ip = 0
+max_streams_per_ip = 0
 pid_file = "{dir}/{tag}.pid"
 upgrade_sock = "{dir}/{tag}.sock"
 
@@ -212,6 +217,8 @@ upstream = "app"
 struct Gateway {
     proc: Proc,
     addr: SocketAddr,
+    /// The first `listen_tls` address, when the config has one.
+    tls: Option<SocketAddr>,
 }
 
 fn start_gateway(bin: &str, config: &str, dir: &std::path::Path, tag: &str) -> Gateway {
@@ -235,14 +242,18 @@ fn launch(mut program: Command, config: &str, dir: &std::path::Path, tag: &str) 
         .expect("start sessiongate");
     let stdout = child.stdout.take().unwrap();
     let mut addr = None;
+    let mut tls = None;
+    let wants_tls = config.contains("listen_tls");
     let mut lines = BufReader::new(stdout);
     let mut line = String::new();
     while lines.read_line(&mut line).unwrap_or(0) > 0 {
-        if let Some(a) = line
-            .trim_end()
-            .strip_prefix("sessiongate listening on http://")
-        {
+        let text = line.trim_end();
+        if let Some(a) = text.strip_prefix("sessiongate listening on http://") {
             addr = Some(a.parse().unwrap());
+        } else if let Some(a) = text.strip_prefix("sessiongate listening on https://") {
+            tls = tls.or(Some(a.parse().unwrap()));
+        }
+        if addr.is_some() && (tls.is_some() || !wants_tls) {
             break;
         }
         line.clear();
@@ -260,6 +271,7 @@ fn launch(mut program: Command, config: &str, dir: &std::path::Path, tag: &str) 
     Gateway {
         proc: Proc(child),
         addr,
+        tls,
     }
 }
 
@@ -274,9 +286,14 @@ fn start_nginx(
     upstream: SocketAddr,
     redis_url: &str,
     lua_redis: bool,
+    tls: Option<&TlsFiles>,
 ) -> Option<(Proc, SocketAddr)> {
     Command::new("nginx").arg("-v").output().ok()?;
-    let tag = if lua_redis { "nginx-lua" } else { "nginx" };
+    let tag = match (lua_redis, tls.is_some()) {
+        (true, _) => "nginx-lua",
+        (false, true) => "nginx-tls",
+        (false, false) => "nginx",
+    };
     let prefix = dir.join(tag);
     std::fs::create_dir_all(prefix.join("logs")).ok()?;
     let port = free_port();
@@ -328,7 +345,8 @@ http {{
     scgi_temp_path {prefix}/scgi;
     upstream app {{ server {upstream}; keepalive 64; }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_tls};
+        {tls_files}
         location / {{
             {access}
             proxy_pass http://app;
@@ -340,7 +358,13 @@ http {{
     }}
 }}
 "#,
-        prefix = prefix.display()
+        prefix = prefix.display(),
+        listen_tls = if tls.is_some() { " ssl http2" } else { "" },
+        tls_files = tls.map_or(String::new(), |t| format!(
+            "ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;",
+            t.cert.display(),
+            t.key.display()
+        )),
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).ok()?;
@@ -489,8 +513,8 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
         dir,
         "uncached",
     );
-    let nginx = start_nginx(dir, upstream, redis_url, false);
-    let nginx_lua = start_nginx(dir, upstream, redis_url, true);
+    let nginx = start_nginx(dir, upstream, redis_url, false, None);
+    let nginx_lua = start_nginx(dir, upstream, redis_url, true, None);
     if nginx.is_none() {
         eprintln!(
             "nginx is not installed: no proxy-hop floor in this run (bench/run.sh installs it)"
@@ -1176,4 +1200,486 @@ fn main() {
     if o.mode == "all" || o.mode == "memory" {
         memory(&o, &bin, dir.path(), &redis_url, upstream);
     }
+    if o.mode == "all" || o.mode == "tls" {
+        tls(&o, &bin, dir.path(), &redis_url, upstream);
+    }
+}
+
+/// A self-signed ECDSA P-256 certificate for `bench.test`, as PEM files, and
+/// its DER for clients to trust.
+struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    der: Vec<u8>,
+}
+
+fn tls_files(dir: &std::path::Path) -> TlsFiles {
+    let params = rcgen::CertificateParams::new(vec!["bench.test".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("bench.test.pem"),
+        key: dir.join("bench.test.key"),
+        der: cert.der().to_vec(),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    files
+}
+
+/// h2load (HTTP/2 over TLS) against `url` for `--duration`, on
+/// `--connections` connections with 10 streams each; its figures as a
+/// `Sample` (h2load reports no percentiles: `p50_ms` is its mean, `p99_ms`
+/// its max).
+fn h2load(url: &str, headers: &[&str], o: &Opts, pid: Option<u32>) -> Sample {
+    let cpu_before = pid.map(cpu_split);
+    let mut cmd = pinned("1", "h2load");
+    cmd.args([
+        "-t1",
+        "-m10",
+        "-c",
+        &o.connections.to_string(),
+        "-D",
+        &o.duration.to_string(),
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("h2load (apt-get install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cpu = pid.map(|p| {
+        let (user, system) = cpu_split(p);
+        let (user0, system0) = cpu_before.unwrap_or((0.0, 0.0));
+        (user - user0, system - system0)
+    });
+    let mut s = Sample::default();
+    let mut done = 0.0;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("finished in") {
+            // "finished in 5.00s, 12345.67 req/s, 1.23MB/s"
+            s.rps = rest
+                .split(',')
+                .nth(1)
+                .and_then(|v| v.trim().strip_suffix(" req/s"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = t.strip_prefix("requests:") {
+            // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+            let n = |label: &str| -> f64 {
+                rest.split(',')
+                    .find(|p| p.trim().ends_with(label))
+                    .and_then(|p| p.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            done = n("done");
+            s.errors += (n("failed") + n("errored") + n("timeout")) as u64;
+        } else if let Some(rest) = t.strip_prefix("status codes:") {
+            // "status codes: N 2xx, N 3xx, N 4xx, N 5xx"
+            for part in rest.split(',') {
+                let mut words = part.split_whitespace();
+                let n: u64 = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                if matches!(words.next(), Some("4xx" | "5xx")) {
+                    s.errors += n;
+                }
+            }
+        } else if let Some(rest) = t.strip_prefix("time for request:") {
+            // "time for request: min max mean sd +/- sd"
+            let cols: Vec<f64> = rest.split_whitespace().take(3).map(parse_ms).collect();
+            if cols.len() == 3 {
+                s.p50_ms = cols[2];
+                s.p99_ms = cols[1];
+            }
+        }
+    }
+    if done == 0.0 {
+        eprintln!("h2load served nothing: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if let (Some((user, system)), true) = (cpu, done > 0.0) {
+        s.cpu_us = (user + system) * 1e6 / done;
+        s.user_us = user * 1e6 / done;
+    }
+    if let Some(p) = pid {
+        s.rss_mb = rss_mb(p);
+    }
+    s
+}
+
+#[derive(Clone, Copy)]
+enum Load {
+    Wrk,
+    H2load,
+}
+
+/// TLS and HTTP/2 against nginx terminating TLS in the same run: HTTP/1.1
+/// keep-alive over TLS, h2, a new TLS handshake per request, and what an
+/// idle TLS connection costs.
+fn tls(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let files = tls_files(dir);
+    let config = gateway_config(redis_url, upstream, true, 100_000, dir, "tls").replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]",
+        1,
+    ) + &format!(
+        "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\ndefault = true\n",
+        files.cert.display(),
+        files.key.display()
+    );
+    let gw = start_gateway(bin, &config, dir, "tls");
+    let gw_tls = gw.tls.expect("the gateway's TLS listener");
+    let gw_pid = gw.proc.0.id();
+    let Some((nginx, nginx_addr)) = start_nginx(dir, upstream, redis_url, false, Some(&files))
+    else {
+        eprintln!("nginx is not installed: no TLS comparison (bench/run.sh installs it)");
+        return;
+    };
+    let nginx_pid = nginx.0.id();
+    let cookie = format!("Cookie: {COOKIE}");
+    // The certificate names bench.test; the clients connect to the address
+    // (wrk and h2load send no SNI for an IP, so both servers present their
+    // default certificate) and name the host in the request.
+    let host = "Host: bench.test";
+    let authority = ":authority: bench.test";
+    let close = "Connection: close";
+    type Case<'a> = (&'a str, Load, String, Vec<&'a str>, u32);
+    let cases: Vec<Case> = vec![
+        (
+            "nginx TLS pass-through, HTTP/1.1",
+            Load::Wrk,
+            format!("https://{nginx_addr}/public/x"),
+            vec![cookie.as_str(), host],
+            nginx_pid,
+        ),
+        (
+            "gateway TLS, public, HTTP/1.1",
+            Load::Wrk,
+            format!("https://{gw_tls}/public/x"),
+            vec![cookie.as_str(), host],
+            gw_pid,
+        ),
+        (
+            "gateway TLS, auth + cache, HTTP/1.1",
+            Load::Wrk,
+            format!("https://{gw_tls}/app"),
+            vec![cookie.as_str(), host],
+            gw_pid,
+        ),
+        (
+            "nginx TLS pass-through, h2",
+            Load::H2load,
+            format!("https://{nginx_addr}/public/x"),
+            vec![cookie.as_str(), authority],
+            nginx_pid,
+        ),
+        (
+            "gateway TLS, public, h2",
+            Load::H2load,
+            format!("https://{gw_tls}/public/x"),
+            vec![cookie.as_str(), authority],
+            gw_pid,
+        ),
+        (
+            "gateway TLS, auth + cache, h2",
+            Load::H2load,
+            format!("https://{gw_tls}/app"),
+            vec![cookie.as_str(), authority],
+            gw_pid,
+        ),
+        (
+            "nginx, a TLS handshake per request",
+            Load::Wrk,
+            format!("https://{nginx_addr}/public/x"),
+            vec![cookie.as_str(), host, close],
+            nginx_pid,
+        ),
+        (
+            "gateway, a TLS handshake per request",
+            Load::Wrk,
+            format!("https://{gw_tls}/public/x"),
+            vec![cookie.as_str(), host, close],
+            gw_pid,
+        ),
+    ];
+    let run = |case: &Case, o: &Opts| match case.1 {
+        Load::Wrk => wrk(&case.2, &case.3, o, Some(case.4)),
+        Load::H2load => h2load(&case.2, &case.3, o, Some(case.4)),
+    };
+    let warm = Opts {
+        duration: 1,
+        mode: String::new(),
+        target: String::new(),
+        ..*o
+    };
+    for case in &cases {
+        run(case, &warm);
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    for round in 0..o.rounds {
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let s = run(&cases[i], o);
+            eprintln!(
+                "round {}: {:<40} {:>9.0} req/s  cpu {:.1} us/req  errors {}",
+                round + 1,
+                cases[i].0,
+                s.rps,
+                s.cpu_us,
+                s.errors
+            );
+            samples[i].push(s);
+        }
+    }
+    println!(
+        "\n## TLS and HTTP/2 ({} rounds x {} s, {} connections; ECDSA P-256, TLS 1.3; each server on 1 thread pinned to CPU 0, the load on CPU 1)",
+        o.rounds, o.duration, o.connections
+    );
+    println!("| target | req/s | p50 ms (h2: mean) | p99 ms (h2: max) | server CPU us/req | RSS MB | non-2xx/errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for (i, case) in cases.iter().enumerate() {
+        let col = |f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+        let errors: u64 = samples[i].iter().map(|s| s.errors).sum();
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {:.1} | {:.1} | {errors} |",
+            case.0,
+            col(|s| s.rps),
+            col(|s| s.p50_ms),
+            col(|s| s.p99_ms),
+            col(|s| s.cpu_us),
+            col(|s| s.rss_mb),
+        );
+    }
+    let ratio = |num: usize, base: usize, target: &str| {
+        let ratios: Vec<f64> = samples[num]
+            .iter()
+            .zip(&samples[base])
+            .map(|(a, b)| a.rps / b.rps)
+            .collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let cpu: Vec<f64> = samples[num]
+            .iter()
+            .zip(&samples[base])
+            .map(|(a, b)| a.cpu_us / b.cpu_us)
+            .collect();
+        println!(
+            "- {:<44} {:.3}x req/s [{lo:.3}..{hi:.3}], {:.3}x CPU per request  ({target})",
+            format!("{} / {}:", cases[num].0, cases[base].0),
+            median(ratios),
+            median(cpu)
+        );
+    };
+    println!(
+        "\nper-round ratios to nginx (median [min..max] over {} rounds):",
+        o.rounds
+    );
+    ratio(1, 0, "-");
+    ratio(2, 0, "target >= 0.6x req/s");
+    ratio(4, 3, "-");
+    ratio(5, 3, "target >= 0.6x req/s");
+    ratio(7, 6, "target >= 0.8x handshakes/s");
+    drop(gw);
+    drop(nginx);
+
+    // Idle TLS connections, each server alone on the machine.
+    println!(
+        "\n### Memory per idle TLS connection ({} connections; RSS growth / connections)",
+        o.idle
+    );
+    println!("| server | h1, handshake done | h1, after one request | h2, preface and SETTINGS exchanged | h2, after one request |");
+    println!("|---|---|---|---|---|");
+    let gw = start_gateway(bin, &config, dir, "tls-memory");
+    let gw_tls = gw.tls.expect("the gateway's TLS listener");
+    let row = idle_tls(gw.proc.0.id(), gw_tls, &files.der, o.idle);
+    println!(
+        "| gateway | {:.1} KB | {:.1} KB | {:.1} KB | {:.1} KB |  (target <= 45 KB)",
+        row[0], row[1], row[2], row[3]
+    );
+    drop(gw);
+    if let Some((nginx, nginx_addr)) = start_nginx(dir, upstream, redis_url, false, Some(&files)) {
+        let row = idle_tls(nginx.0.id(), nginx_addr, &files.der, o.idle);
+        println!(
+            "| nginx | {:.1} KB | {:.1} KB | {:.1} KB | {:.1} KB |",
+            row[0], row[1], row[2], row[3]
+        );
+    }
+}
+
+/// Opens `n` TLS connections to `addr` (trusting `der` for bench.test) and
+/// measures the RSS growth of `pid` per connection in KB: HTTP/1.1 with the
+/// handshake done, then after one request each; then, after those are
+/// closed, HTTP/2 with the preface and SETTINGS exchanged, then after one
+/// request each.
+fn idle_tls(pid: u32, addr: SocketAddr, der: &[u8], n: usize) -> [f64; 4] {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.to_vec().into()).unwrap();
+    let config = |alpn: &[u8]| {
+        let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(c))
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+    let open = |connector: tokio_rustls::TlsConnector| async move {
+        let mut conns: Vec<Tls> = Vec::with_capacity(n);
+        while conns.len() < n {
+            let mut batch = tokio::task::JoinSet::new();
+            for _ in 0..(n - conns.len()).min(200) {
+                let connector = connector.clone();
+                batch.spawn(async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+                    let name = rustls::pki_types::ServerName::try_from("bench.test").unwrap();
+                    connector.connect(name, tcp).await.ok()
+                });
+            }
+            let mut failed = 0;
+            while let Some(done) = batch.join_next().await {
+                match done.ok().flatten() {
+                    Some(c) => conns.push(c),
+                    None => failed += 1,
+                }
+            }
+            if failed > 0 {
+                eprintln!("{failed} TLS connections failed; stopping at {}", conns.len());
+                break;
+            }
+        }
+        conns
+    };
+    let per_conn = |before: f64, count: usize| (rss_mb(pid) - before) * 1024.0 / count.max(1) as f64;
+    let settle = || std::thread::sleep(Duration::from_secs(3));
+    let mut row = [f64::NAN; 4];
+
+    settle();
+    let base = rss_mb(pid);
+    let mut conns = rt.block_on(open(config(b"http/1.1")));
+    settle();
+    row[0] = per_conn(base, conns.len());
+    let request = format!("GET /app HTTP/1.1\r\nHost: bench.test\r\nCookie: {COOKIE}\r\n\r\n");
+    rt.block_on(async {
+        let mut batch = tokio::task::JoinSet::new();
+        for mut c in conns.drain(..) {
+            let request = request.clone();
+            batch.spawn(async move {
+                c.write_all(request.as_bytes()).await.ok()?;
+                let mut buf = [0u8; 4096];
+                tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(c)
+            });
+        }
+        while let Some(done) = batch.join_next().await {
+            if let Some(c) = done.ok().flatten() {
+                conns.push(c);
+            }
+        }
+    });
+    settle();
+    row[1] = per_conn(base, conns.len());
+    drop(conns);
+    settle();
+
+    let base = rss_mb(pid);
+    let mut conns = rt.block_on(async {
+        let mut conns = open(config(b"h2")).await;
+        let mut batch = tokio::task::JoinSet::new();
+        for mut c in conns.drain(..) {
+            batch.spawn(async move {
+                c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                    .await
+                    .ok()?;
+                let mut buf = [0u8; 4096];
+                tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
+                // Acknowledge the server's SETTINGS.
+                c.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.ok()?;
+                Some(c)
+            });
+        }
+        while let Some(done) = batch.join_next().await {
+            if let Some(c) = done.ok().flatten() {
+                conns.push(c);
+            }
+        }
+        conns
+    });
+    settle();
+    row[2] = per_conn(base, conns.len());
+    // One GET on stream 1 of each: a header block of literals.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "bench.test"),
+        (":path", "/app"),
+        ("cookie", COOKIE),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[0x1, 0x5, 0, 0, 0, 1]);
+    frame.extend_from_slice(&block);
+    rt.block_on(async {
+        let mut batch = tokio::task::JoinSet::new();
+        for mut c in conns.drain(..) {
+            let frame = frame.clone();
+            batch.spawn(async move {
+                c.write_all(&frame).await.ok()?;
+                // Until the response's HEADERS or DATA frame for stream 1.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let mut at = 0;
+                    while got.len() >= at + 9 {
+                        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+                        let (kind, stream) = (got[at + 3], got[at + 8]);
+                        if stream == 1 && (kind == 0 || kind == 1) {
+                            return Some(c);
+                        }
+                        at += 9 + len;
+                    }
+                }
+            });
+        }
+        while let Some(done) = batch.join_next().await {
+            if let Some(c) = done.ok().flatten() {
+                conns.push(c);
+            }
+        }
+    });
+    settle();
+    row[3] = per_conn(base, conns.len());
+    drop(conns);
+    row
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark in one command: installs wrk (and the build deps) when
 # missing, builds the release gateway, and runs bench/bench.rs.
-# Usage: bench/run.sh [--mode all|throughput|revocation|memory] [--duration S]
+# Usage: bench/run.sh [--mode all|throughput|revocation|memory|tls] [--duration S]
 #        [--rounds N] [--connections N] [--trials N] [--sessions N] [--idle N]
 #        [--mode profile --target public|cache|nocache]  (needs linux-perf)
 #        [--mode instructions --target public|cache|nocache --trials N]  (callgrind)
@@ -14,6 +14,8 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 [ -e /usr/share/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
+# h2load drives the HTTP/2 load of --mode tls.
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
