@@ -1296,7 +1296,10 @@ fn h2load(url: &str, headers: &[&str], o: &Opts, pid: Option<u32>) -> Sample {
         }
     }
     if done == 0.0 {
-        eprintln!("h2load served nothing: {text}{}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "h2load served nothing: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if let (Some((user, system)), true) = (cpu, done > 0.0) {
         s.cpu_us = (user + system) * 1e6 / done;
@@ -1555,13 +1558,17 @@ fn idle_tls(pid: u32, addr: SocketAddr, der: &[u8], n: usize) -> [f64; 4] {
                 }
             }
             if failed > 0 {
-                eprintln!("{failed} TLS connections failed; stopping at {}", conns.len());
+                eprintln!(
+                    "{failed} TLS connections failed; stopping at {}",
+                    conns.len()
+                );
                 break;
             }
         }
         conns
     };
-    let per_conn = |before: f64, count: usize| (rss_mb(pid) - before) * 1024.0 / count.max(1) as f64;
+    let per_conn =
+        |before: f64, count: usize| (rss_mb(pid) - before) * 1024.0 / count.max(1) as f64;
     let settle = || std::thread::sleep(Duration::from_secs(3));
     let mut row = [f64::NAN; 4];
 
@@ -1662,7 +1669,8 @@ fn idle_tls(pid: u32, addr: SocketAddr, der: &[u8], n: usize) -> [f64; 4] {
                     got.extend_from_slice(&buf[..n]);
                     let mut at = 0;
                     while got.len() >= at + 9 {
-                        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+                        let len =
+                            u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
                         let (kind, stream) = (got[at + 3], got[at + 8]);
                         if stream == 1 && (kind == 0 || kind == 1) {
                             return Some(c);

@@ -301,14 +301,14 @@ where
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let pipeline = self.pipeline.load_full();
             let server = &pipeline.config.server;
-            h2::serve(
+            Box::pin(h2::serve(
                 self.inner.clone(),
                 stream,
                 shutdown,
                 server,
                 &self.in_flight,
                 ip,
-            )
+            ))
             .await;
             return None;
         }
@@ -330,7 +330,7 @@ where
             let deadline = tokio::time::Instant::now() + server.request_head_timeout;
             let head = tokio::select! {
                 biased;
-                head = read_head(&mut stream, first, deadline, server.max_request_header_bytes) => head,
+                head = Box::pin(read_head(&mut stream, first, deadline, server.max_request_header_bytes)) => head,
                 () = shutting_down(&mut watch) => return None,
             };
             let (mut head, end) = match head {
@@ -376,14 +376,18 @@ where
             };
             // The common request takes the lean path; the rest, and any head
             // Pingora's parser refuses, the full proxy.
-            let lane = lean::serve(
+            // Boxed, as the head reading above: a future holds room for its
+            // largest state, and this loop's waits between requests, which
+            // every idle keep-alive connection sits in, would otherwise
+            // carry the forwarding's room too (about 10 KB).
+            let lane = Box::pin(lean::serve(
                 stream,
                 head,
                 pipeline.clone(),
                 shutdown,
                 started,
                 reuses_remaining,
-            )
+            ))
             .await;
             let (full_stream, head) = match lane {
                 lean::Lane::Served(Some(reused)) => {
