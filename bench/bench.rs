@@ -344,6 +344,7 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     upstream app {{ server {upstream}; keepalive 64; }}
+    {keepalive_requests}
     server {{
         listen 127.0.0.1:{port}{listen_tls};
         {tls_files}
@@ -360,6 +361,14 @@ http {{
 "#,
         prefix = prefix.display(),
         listen_tls = if tls.is_some() { " ssl http2" } else { "" },
+        // Over TLS a new connection costs a handshake: neither server ends
+        // one after its default 1000 requests (h2load counts the streams a
+        // GOAWAY cuts off as errors).
+        keepalive_requests = if tls.is_some() {
+            "keepalive_requests 1000000;"
+        } else {
+            ""
+        },
         tls_files = tls.map_or(String::new(), |t| format!(
             "ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;",
             t.cert.display(),
@@ -1200,7 +1209,7 @@ fn main() {
     if o.mode == "all" || o.mode == "memory" {
         memory(&o, &bin, dir.path(), &redis_url, upstream);
     }
-    if o.mode == "all" || o.mode == "tls" {
+    if o.mode == "all" || o.mode == "tls" || o.mode == "tls-memory" {
         tls(&o, &bin, dir.path(), &redis_url, upstream);
     }
 }
@@ -1324,17 +1333,33 @@ fn tls(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: So
     let files = tls_files(dir);
     let config = gateway_config(redis_url, upstream, true, 100_000, dir, "tls").replacen(
         "listen = [\"127.0.0.1:0\"]",
-        "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]\nkeepalive_requests = 1000000",
         1,
     ) + &format!(
         "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\ndefault = true\n",
         files.cert.display(),
         files.key.display()
     );
-    let gw = start_gateway(bin, &config, dir, "tls");
+    if o.mode != "tls-memory" {
+        tls_load(o, bin, dir, redis_url, upstream, &files, &config);
+    }
+    tls_memory(o, bin, dir, redis_url, upstream, &files, &config);
+}
+
+/// The load half of [`tls`].
+fn tls_load(
+    o: &Opts,
+    bin: &str,
+    dir: &std::path::Path,
+    redis_url: &str,
+    upstream: SocketAddr,
+    files: &TlsFiles,
+    config: &str,
+) {
+    let gw = start_gateway(bin, config, dir, "tls");
     let gw_tls = gw.tls.expect("the gateway's TLS listener");
     let gw_pid = gw.proc.0.id();
-    let Some((nginx, nginx_addr)) = start_nginx(dir, upstream, redis_url, false, Some(&files))
+    let Some((nginx, nginx_addr)) = start_nginx(dir, upstream, redis_url, false, Some(files))
     else {
         eprintln!("nginx is not installed: no TLS comparison (bench/run.sh installs it)");
         return;
@@ -1488,8 +1513,19 @@ fn tls(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: So
     ratio(7, 6, "target >= 0.8x handshakes/s");
     drop(gw);
     drop(nginx);
+}
 
-    // Idle TLS connections, each server alone on the machine.
+/// The memory half of [`tls`]: idle TLS connections, each server alone on
+/// the machine.
+fn tls_memory(
+    o: &Opts,
+    bin: &str,
+    dir: &std::path::Path,
+    redis_url: &str,
+    upstream: SocketAddr,
+    files: &TlsFiles,
+    config: &str,
+) {
     println!(
         "\n### Memory per idle TLS connection ({} connections; RSS growth / connections)",
         o.idle
@@ -1503,12 +1539,11 @@ fn tls(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: So
         let mut row = [f64::NAN; 4];
         for h2 in [false, true] {
             let half = if is_gateway {
-                let gw = start_gateway(bin, &config, dir, "tls-memory");
+                let gw = start_gateway(bin, config, dir, "tls-memory");
                 let addr = gw.tls.expect("the gateway's TLS listener");
                 idle_tls(gw.proc.0.id(), addr, &files.der, o.idle, h2)
             } else {
-                let Some((nginx, addr)) =
-                    start_nginx(dir, upstream, redis_url, false, Some(&files))
+                let Some((nginx, addr)) = start_nginx(dir, upstream, redis_url, false, Some(files))
                 else {
                     continue;
                 };
@@ -1604,22 +1639,28 @@ fn idle_tls(pid: u32, addr: SocketAddr, der: &[u8], n: usize, h2: bool) -> [f64;
     row[0] = per_conn(base, conns.len());
     let request = format!("GET /app HTTP/1.1\r\nHost: bench.test\r\nCookie: {COOKIE}\r\n\r\n");
     rt.block_on(async {
-        let mut batch = tokio::task::JoinSet::new();
-        for mut c in conns.drain(..) {
-            let request = request.clone();
-            batch.spawn(async move {
-                c.write_all(request.as_bytes()).await.ok()?;
-                let mut buf = [0u8; 4096];
-                tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                    .await
-                    .ok()?
-                    .ok()?;
-                Some(c)
-            });
-        }
-        while let Some(done) = batch.join_next().await {
-            if let Some(c) = done.ok().flatten() {
-                conns.push(c);
+        // 200 at a time, as they were opened: a burst of 10k requests at
+        // once would leave the allocator's fragmentation in the figure.
+        let all: Vec<_> = conns.drain(..).collect();
+        let mut rest = all.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch = tokio::task::JoinSet::new();
+            for mut c in rest.by_ref().take(200) {
+                let request = request.clone();
+                batch.spawn(async move {
+                    c.write_all(request.as_bytes()).await.ok()?;
+                    let mut buf = [0u8; 4096];
+                    tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    Some(c)
+                });
+            }
+            while let Some(done) = batch.join_next().await {
+                if let Some(c) = done.ok().flatten() {
+                    conns.push(c);
+                }
             }
         }
     });
@@ -1643,25 +1684,31 @@ fn h2_idle<F>(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conns = rt.block_on(async {
         let mut conns = open.await;
-        let mut batch = tokio::task::JoinSet::new();
-        for mut c in conns.drain(..) {
-            batch.spawn(async move {
-                c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-                    .await
-                    .ok()?;
-                let mut buf = [0u8; 4096];
-                tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                    .await
-                    .ok()?
-                    .ok()?;
-                // Acknowledge the server's SETTINGS.
-                c.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.ok()?;
-                Some(c)
-            });
-        }
-        while let Some(done) = batch.join_next().await {
-            if let Some(c) = done.ok().flatten() {
-                conns.push(c);
+        // 200 at a time, as they were opened: a burst of 10k requests at
+        // once would leave the allocator's fragmentation in the figure.
+        let all: Vec<_> = conns.drain(..).collect();
+        let mut rest = all.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch = tokio::task::JoinSet::new();
+            for mut c in rest.by_ref().take(200) {
+                batch.spawn(async move {
+                    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                        .await
+                        .ok()?;
+                    let mut buf = [0u8; 4096];
+                    tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    // Acknowledge the server's SETTINGS.
+                    c.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.ok()?;
+                    Some(c)
+                });
+            }
+            while let Some(done) = batch.join_next().await {
+                if let Some(c) = done.ok().flatten() {
+                    conns.push(c);
+                }
             }
         }
         conns
@@ -1687,39 +1734,45 @@ fn h2_idle<F>(
     frame.extend_from_slice(&[0x1, 0x5, 0, 0, 0, 1]);
     frame.extend_from_slice(&block);
     rt.block_on(async {
-        let mut batch = tokio::task::JoinSet::new();
-        for mut c in conns.drain(..) {
-            let frame = frame.clone();
-            batch.spawn(async move {
-                c.write_all(&frame).await.ok()?;
-                // Until the response's HEADERS or DATA frame for stream 1.
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                        .await
-                        .ok()?
-                        .ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    let mut at = 0;
-                    while got.len() >= at + 9 {
-                        let len =
-                            u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
-                        let (kind, stream) = (got[at + 3], got[at + 8]);
-                        if stream == 1 && (kind == 0 || kind == 1) {
-                            return Some(c);
+        // 200 at a time, as they were opened: a burst of 10k requests at
+        // once would leave the allocator's fragmentation in the figure.
+        let all: Vec<_> = conns.drain(..).collect();
+        let mut rest = all.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch = tokio::task::JoinSet::new();
+            for mut c in rest.by_ref().take(200) {
+                let frame = frame.clone();
+                batch.spawn(async move {
+                    c.write_all(&frame).await.ok()?;
+                    // Until the response's HEADERS or DATA frame for stream 1.
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                            .await
+                            .ok()?
+                            .ok()?;
+                        if n == 0 {
+                            return None;
                         }
-                        at += 9 + len;
+                        got.extend_from_slice(&buf[..n]);
+                        let mut at = 0;
+                        while got.len() >= at + 9 {
+                            let len =
+                                u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+                            let (kind, stream) = (got[at + 3], got[at + 8]);
+                            if stream == 1 && (kind == 0 || kind == 1) {
+                                return Some(c);
+                            }
+                            at += 9 + len;
+                        }
                     }
+                });
+            }
+            while let Some(done) = batch.join_next().await {
+                if let Some(c) = done.ok().flatten() {
+                    conns.push(c);
                 }
-            });
-        }
-        while let Some(done) = batch.join_next().await {
-            if let Some(c) = done.ok().flatten() {
-                conns.push(c);
             }
         }
     });

@@ -162,7 +162,7 @@ pub(crate) async fn serve<A>(
         proxy_digest: stream.get_proxy_digest(),
         socket_digest: stream.get_socket_digest(),
     });
-    let mut conn = match h2server::handshake(stream, Some(options(server))).await {
+    let mut conn = match Box::pin(h2server::handshake(stream, Some(options(server)))).await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!(error = %e, "HTTP/2 handshake failed");
@@ -181,8 +181,15 @@ pub(crate) async fn serve<A>(
     let mut refused = 0usize;
     let mut malformed = 0usize;
     loop {
+        // Boxed: the wait for the next stream is where an idle connection
+        // sits, and its future would otherwise keep room for the largest
+        // state of accepting one (about 2 KB per connection).
         let accepted = if draining {
-            h2server::HttpSession::from_h2_conn(&mut conn, digest.clone()).await
+            Box::pin(h2server::HttpSession::from_h2_conn(
+                &mut conn,
+                digest.clone(),
+            ))
+            .await
         } else {
             tokio::select! {
                 biased;
@@ -193,7 +200,7 @@ pub(crate) async fn serve<A>(
                     }
                     continue;
                 }
-                accepted = h2server::HttpSession::from_h2_conn(&mut conn, digest.clone()) => accepted,
+                accepted = Box::pin(h2server::HttpSession::from_h2_conn(&mut conn, digest.clone())) => accepted,
                 () = streams.until_idle_for(IDLE) => return,
             }
         };
