@@ -1641,7 +1641,7 @@ fn idle_tls(pid: u32, addr: SocketAddr, der: &[u8], n: usize, h2: bool) -> [f64;
     rt.block_on(async {
         // 200 at a time, as they were opened: a burst of 10k requests at
         // once would leave the allocator's fragmentation in the figure.
-        let all: Vec<_> = conns.drain(..).collect();
+        let all = std::mem::take(&mut conns);
         let mut rest = all.into_iter().peekable();
         while rest.peek().is_some() {
             let mut batch = tokio::task::JoinSet::new();
@@ -1686,7 +1686,7 @@ fn h2_idle<F>(
         let mut conns = open.await;
         // 200 at a time, as they were opened: a burst of 10k requests at
         // once would leave the allocator's fragmentation in the figure.
-        let all: Vec<_> = conns.drain(..).collect();
+        let all = std::mem::take(&mut conns);
         let mut rest = all.into_iter().peekable();
         while rest.peek().is_some() {
             let mut batch = tokio::task::JoinSet::new();
@@ -1736,7 +1736,7 @@ fn h2_idle<F>(
     rt.block_on(async {
         // 200 at a time, as they were opened: a burst of 10k requests at
         // once would leave the allocator's fragmentation in the figure.
-        let all: Vec<_> = conns.drain(..).collect();
+        let all = std::mem::take(&mut conns);
         let mut rest = all.into_iter().peekable();
         while rest.peek().is_some() {
             let mut batch = tokio::task::JoinSet::new();

@@ -16,7 +16,7 @@ use support::tls::{certificate, curl, echoed, CertFiles};
 use support::{EchoUpstream, RedisServer, TestGateway, ALICE, ALICE_KEY};
 
 struct Edge {
-    _redis: RedisServer,
+    redis: RedisServer,
     upstream: EchoUpstream,
     gateway: TestGateway,
     _dir: tempfile::TempDir,
@@ -24,6 +24,11 @@ struct Edge {
 }
 
 fn start() -> Edge {
+    start_with("", "")
+}
+
+/// `redis` is added to `[redis]`, `rest` at the end of the config.
+fn start_with(redis_extra: &str, rest: &str) -> Edge {
     let dir = tempfile::tempdir().expect("temp dir");
     let cert = certificate(dir.path(), "a", &["a.test", "b.test"], false);
     let redis = RedisServer::start();
@@ -39,6 +44,7 @@ max_request_header_bytes = 16384
 
 [redis]
 url = "{redis}"
+{redis_extra}
 
 [session]
 secrets = ["fixture-secret-current"]
@@ -63,6 +69,7 @@ upstream = "app"
 cert = "{cert}"
 key = "{key}"
 default = true
+{rest}
 "#,
         redis = redis.url(),
         upstream = upstream.addr,
@@ -75,7 +82,7 @@ default = true
         .set_ex(ALICE_KEY, r#"{"user":{"id":"1001"}}"#, 600)
         .expect("SET alice");
     Edge {
-        _redis: redis,
+        redis,
         upstream,
         gateway,
         _dir: dir,
@@ -708,4 +715,100 @@ async fn control_frame_floods_do_not_grow_the_gateway() {
         "5000 streams opened and reset on one connection were all taken"
     );
     edge.still_serves("control frame floods");
+}
+
+/// How many GETs Redis has run.
+fn redis_gets(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// MadeYouReset (2025): the client makes the *server* reset streams it has
+/// accepted, with frames that are stream errors (here a WINDOW_UPDATE that
+/// overflows the stream's window),
+/// so that no client RST_STREAM is counted against it while the requests
+/// behind the streams keep running. The requests in flight are bounded per
+/// connection whoever reset the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_server_is_made_to_reset_cannot_pile_up_requests() {
+    let edge = start_with("command_timeout = \"10s\"", "[cache]\nenabled = false\n");
+    let before = redis_gets(&edge.redis);
+    // Redis holds every reply: each request the gateway starts waits in its
+    // session lookup.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query(&mut edge.redis.conn())
+        .expect("pause");
+    let mut raw = edge.connect().await;
+    let mut opened = 0usize;
+    let mut n = 0usize;
+    'rounds: for _ in 0..20 {
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            n += 1;
+            let cookie = format!(
+                "connect.sid={}",
+                sessiongate::credential::cookie::express_sign(
+                    &format!("s{n}"),
+                    "fixture-secret-current"
+                )
+            );
+            let mut fields = h2raw::request_fields("a.test", "/app");
+            fields.push(("cookie", &cookie));
+            let id = raw.stream();
+            if !raw
+                .frame(
+                    HEADERS,
+                    END_HEADERS | END_STREAM,
+                    id,
+                    &h2raw::block(&fields),
+                )
+                .await
+            {
+                break 'rounds;
+            }
+            ids.push(id);
+            opened += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for id in ids {
+            // A window past 2^31-1 is a stream error (RFC 9113 6.9.1): the
+            // server resets the stream. (A zero increment, the other
+            // classic, is taken by the h2 library for a connection error.)
+            if !raw
+                .frame(h2raw::WINDOW_UPDATE, 0, id, &0x7fff_ffffu32.to_be_bytes())
+                .await
+            {
+                break 'rounds;
+            }
+        }
+    }
+    let goaway = raw.drain(Duration::from_secs(1)).await;
+    let server_resets = raw
+        .seen
+        .iter()
+        .filter(|f| f.kind == h2raw::RST_STREAM)
+        .count();
+    // Redis runs what was queued once the pause ends.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let lookups = redis_gets(&edge.redis) - before;
+    println!(
+        "{opened} streams opened, {server_resets} reset by the gateway, GOAWAY {goaway:?}, \
+         {lookups} session lookups"
+    );
+    assert!(server_resets > 0, "the gateway reset no stream");
+    assert!(
+        lookups <= 8,
+        "{lookups} session lookups from one connection allowed 8 streams in flight"
+    );
+    edge.still_serves("streams the server was made to reset");
 }
