@@ -11,6 +11,7 @@ pub mod credential;
 pub mod explain;
 mod identity;
 mod labels;
+pub mod live;
 mod logout;
 pub mod manage;
 mod metrics;

@@ -191,6 +191,8 @@ struct Metrics {
     reloads_error: IntCounter,
     last_reload_success: Gauge,
     tls_expiry: IntGaugeVec,
+    live_exchanges: IntGaugeVec,
+    live_closed: IntCounterVec,
     access_log_dropped: IntCounter,
     /// `[per_ip, total]`
     connections_refused: [IntCounter; 2],
@@ -311,6 +313,19 @@ fn build() -> Metrics {
         &["name"],
     ));
     reg(Box::new(tls_expiry.clone()));
+    let live_exchanges = defined(IntGaugeVec::new(
+        Opts::new(
+            "sessiongate_live_exchanges",
+            "Live exchanges tied to the session that admitted them, by kind (upgrade: WebSocket and other 101s; stream: text/event-stream).",
+        ),
+        &["kind"],
+    ));
+    reg(Box::new(live_exchanges.clone()));
+    let live_closed = counter_vec(
+        "sessiongate_live_closed_total",
+        "Live exchanges the gateway ended because their session no longer admits them (revoked: the key is gone or no longer a session; expired; role_changed: it no longer has what the route demands).",
+        &["reason"],
+    );
     let build_info = defined(IntGaugeVec::new(
         Opts::new(
             "sessiongate_build_info",
@@ -399,6 +414,8 @@ fn build() -> Metrics {
         upstream_duration,
         last_reload_success,
         tls_expiry,
+        live_exchanges,
+        live_closed,
         access_log_dropped,
         auth_failures,
         would_deny,
@@ -555,6 +572,19 @@ pub fn h2_stream_refused(reason: &'static str) {
 }
 
 /// Counts an HTTP/2 connection closed for abuse (`in_flight`, `malformed`).
+/// A live exchange started (`delta` 1) or ended (-1).
+pub fn live_exchange(kind: &'static str, delta: i64) {
+    METRICS
+        .live_exchanges
+        .with_label_values(&[kind])
+        .add(delta);
+}
+
+/// A live exchange was ended by the gateway for `reason`.
+pub fn live_closed(reason: &'static str) {
+    METRICS.live_closed.with_label_values(&[reason]).inc();
+}
+
 pub fn h2_connection_closed(reason: &'static str) {
     METRICS
         .h2_connections_closed

@@ -135,6 +135,25 @@ impl Pipeline {
         }
     }
 
+    /// Whether a request with this head, on a connection like `arrival`, is
+    /// let through now: a live exchange's re-check after its session key
+    /// changed. `Ok` keeps it (forwarded, also in report mode), else the
+    /// refusal's reason code. No rate limit is applied or counted.
+    pub async fn readmits(
+        &self,
+        req: &Parts,
+        raw_target: &[u8],
+        arrival: &Arrival,
+    ) -> Result<(), &'static str> {
+        match self
+            .decide(req, raw_target, arrival, None, &mut NoTrace)
+            .await
+        {
+            Outcome::Forward { .. } | Outcome::Respond { .. } => Ok(()),
+            Outcome::Reject { rejection, .. } => Err(rejection.reason()),
+        }
+    }
+
     /// Runs the pipeline on one request head without serving it and says
     /// what each stage found. Changes nothing: no rate limit is applied or
     /// counted, nothing is cached, touched or logged out, no metric moves

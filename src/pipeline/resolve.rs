@@ -205,7 +205,7 @@ impl Resolver {
             Ok(Some(raw)) => {
                 let session = Session::from_token(verified.claims, raw);
                 Resolved::Found {
-                    principal: Arc::new(self.principal(&session)),
+                    principal: Arc::new(self.principal(&key, &session)),
                     stale: false,
                 }
             }
@@ -295,15 +295,16 @@ impl Resolver {
         };
         Ok(match fields {
             Ok(fields) => Lookup::Found(Arc::new(
-                self.principal_from(fields, raw.ttl_ms.map(Duration::from_millis)),
+                self.principal_from(key, fields, raw.ttl_ms.map(Duration::from_millis)),
             )),
             Err(_) => Lookup::Invalid(AuthFailure::Unreadable),
         })
     }
 
     /// Extracts what requests need from a session document.
-    fn principal(&self, session: &Session) -> Principal {
+    fn principal(&self, key: &str, session: &Session) -> Principal {
         self.principal_from(
+            key,
             self.wanted.read(session),
             session.ttl_ms.map(Duration::from_millis),
         )
@@ -311,7 +312,7 @@ impl Resolver {
 
     /// Builds the principal from a session's wanted fields (see `new` for
     /// their order).
-    fn principal_from(&self, mut fields: Fields, ttl: Option<Duration>) -> Principal {
+    fn principal_from(&self, key: &str, mut fields: Fields, ttl: Option<Duration>) -> Principal {
         let headers = self.identity.len();
         let identity = self
             .identity
@@ -326,6 +327,6 @@ impl Resolver {
             })
             .flatten();
         let roles = fields.take_texts(self.wanted.slot(headers));
-        self.cache.principal(identity, roles, user, ttl)
+        self.cache.principal(key, identity, roles, user, ttl)
     }
 }

@@ -16,6 +16,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
+use crate::live;
 use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::access::{self, Finished};
 use crate::proxy::answer::{self, rendered_head};
@@ -154,6 +155,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::proxy::progress::response_started();
+        if let (Some(principal), Some(route)) = (&ctx.verdict.principal, ctx.verdict.route) {
+            if let Some(kind) =
+                live::Kind::of(upstream_response.status.as_u16(), &upstream_response.headers)
+            {
+                let name = &ctx.pipeline.route(route).name;
+                live::admitted(kind, principal, name, session.req_header(), &ctx.arrival);
+            }
+        }
         let hsts = ctx.pipeline.config.server.hsts.as_ref();
         response::add_hsts(upstream_response, hsts, ctx.arrival.tls.is_some())?;
         if session.req_header().version == Version::HTTP_10

@@ -36,6 +36,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
+use crate::live;
 use crate::metrics::{self, BadRequest};
 use crate::pipeline::Pipeline;
 use crate::proxy::{access, h2, lean, progress};
@@ -313,6 +314,8 @@ where
             return None;
         }
         let mut watch = shutdown.clone();
+        // The place of the live exchange a request may turn into.
+        let slot = Arc::new(live::Slot::default());
         // Bytes of the next request read with the previous one (a client
         // that pipelines): they start the next head, served in order.
         let mut pipelined = BytesMut::new();
@@ -380,15 +383,23 @@ where
             // largest state, and this loop's waits between requests, which
             // every idle keep-alive connection sits in, would otherwise
             // carry the forwarding's room too (about 10 KB).
-            let lane = Box::pin(lean::serve(
-                stream,
-                head,
-                pipeline.clone(),
-                shutdown,
-                started,
-                reuses_remaining,
-            ))
+            let lane = live::watch(
+                &slot,
+                Box::pin(lean::serve(
+                    stream,
+                    head,
+                    pipeline.clone(),
+                    shutdown,
+                    started,
+                    reuses_remaining,
+                )),
+            )
             .await;
+            // None: a live exchange (an event stream) its session no longer
+            // admits was ended, and the connection with it.
+            let Some(lane) = lane else {
+                return None;
+            };
             let (full_stream, head) = match lane {
                 lean::Lane::Served(Some(reused)) => {
                     stream = reused;
@@ -429,12 +440,19 @@ where
             // Pingora's request future is allocated here and freed when the
             // response is done, before the connection waits again.
             let accepted = Arc::new(AtomicBool::new(false));
-            let reused = progress::STARTED
-                .scope(
+            let reused = live::watch(
+                &slot,
+                progress::STARTED.scope(
                     accepted.clone(),
                     self.inner.process_new_http(session, shutdown),
-                )
-                .await;
+                ),
+            )
+            .await;
+            // A live exchange (an upgraded connection, an event stream) its
+            // session no longer admits was ended: the connection closes.
+            let Some(reused) = reused else {
+                return None;
+            };
             let Some(reused) = reused else {
                 // The head was whole, so a request that never started is one
                 // Pingora's parser refused (it answered 400 itself).

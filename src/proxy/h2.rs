@@ -28,6 +28,7 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
 use crate::config::ServerSettings;
+use crate::live;
 use crate::metrics;
 use crate::proxy::progress;
 
@@ -250,9 +251,15 @@ pub(crate) async fn serve<A>(
         tokio::spawn(async move {
             let _slots = (stream_slot, ip_slot);
             let responding = Arc::new(AtomicBool::new(false));
-            let work = progress::RESPONDING.scope(
-                responding.clone(),
-                app.process_new_http(ServerSession::new_http2(session), &shutdown),
+            // A stream that turns into a live exchange (an event stream) is
+            // reset when its session no longer admits it.
+            let slot = Arc::new(live::Slot::default());
+            let work = live::watch(
+                &slot,
+                progress::RESPONDING.scope(
+                    responding.clone(),
+                    app.process_new_http(ServerSession::new_http2(session), &shutdown),
+                ),
             );
             tokio::pin!(work);
             tokio::select! {

@@ -31,6 +31,7 @@ use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::config::Upstream;
+use crate::live;
 use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::access::{self, Finished};
 use crate::proxy::answer::{self, rendered_head, upstream_error};
@@ -361,6 +362,12 @@ impl Exchange<'_> {
         response::prepare(&mut resp).map_err(|why| upstream_error(why.as_str()))?;
         let hsts = self.pipeline.config.server.hsts.as_ref();
         response::add_hsts(&mut resp, hsts, arrival.tls.is_some())?;
+        if let Some(principal) = &self.verdict.principal {
+            if let Some(kind) = live::Kind::of(resp.status.as_u16(), &resp.headers) {
+                let name = &self.pipeline.route(route).name;
+                live::admitted(kind, principal, name, down.req_header(), arrival);
+            }
+        }
         let no_body = method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
         if down.req_header().version == Version::HTTP_10 {
             // An HTTP/1.0 client cannot read chunked framing: a body of

@@ -109,6 +109,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
     let (admin_settings, redis_settings) = (config.admin.clone(), config.redis.clone());
     let tls_watch = config.tls_watch;
     let pipeline = Arc::new(ArcSwap::from_pointee(build(config)));
+    crate::live::serve_with(pipeline.clone());
     if !server_settings.listen_tls.is_empty() {
         let running = pipeline.clone();
         crate::tls::watch(resolver.clone(), tls_watch, move || {

@@ -25,6 +25,9 @@ pub struct Principal {
     pub identity: IdentityValues,
     pub roles: Vec<String>,
     pub user: Option<String>,
+    /// The Redis key it was read from: what a live exchange it admitted is
+    /// tied to (see `live`).
+    pub key: Box<str>,
     /// When the key expires in Redis, in ms since the cache's clock base; `u64::MAX`: never.
     expires_at_ms: AtomicU64,
     /// A hash of the key's value (its `DUMP`) as it was when this principal
@@ -161,6 +164,7 @@ impl SessionCache {
     /// Builds a principal whose key has `ttl` left in Redis (`None`: no expiry).
     pub fn principal(
         &self,
+        key: &str,
         identity: IdentityValues,
         roles: Vec<String>,
         user: Option<String>,
@@ -174,6 +178,7 @@ impl SessionCache {
             identity,
             roles,
             user,
+            key: key.into(),
             expires_at_ms: AtomicU64::new(expires_at_ms),
             fingerprint: AtomicU64::new(0),
         }
@@ -404,6 +409,8 @@ impl SessionCache {
     /// fingerprinted principal, returns it, for `restore` to put back if the
     /// change left the value as it was.
     pub(crate) fn evict(&self, key: &str) -> Option<Evicted> {
+        // Live exchanges the key admitted ask again, cached or not.
+        crate::live::changed(key);
         let stripe = self.stripe(key).fetch_add(1, Ordering::AcqRel) + 1;
         let good = self
             .last_good
@@ -488,6 +495,7 @@ impl SessionCache {
     /// Forgets every entry: Redis emptied a database (FLUSHDB, FLUSHALL) or
     /// the one the channel reads was swapped (SWAPDB).
     pub(crate) fn flush(&self) {
+        crate::live::changed_all();
         let n = self.entries.len() as u64;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
@@ -510,6 +518,8 @@ impl SessionCache {
         }
         if live {
             self.live.store(true, Ordering::Release);
+            // Changes made while the channel was down went unheard.
+            crate::live::changed_all();
         }
     }
 
@@ -540,6 +550,7 @@ mod tests {
 
     fn found(cache: &SessionCache, user: &str) -> Lookup {
         Lookup::Found(Arc::new(cache.principal(
+            "sess:test",
             IdentityValues::default(),
             Vec::new(),
             Some(user.into()),
@@ -840,6 +851,7 @@ mod tests {
         cache.set_live(true);
         let short = || async {
             Ok(Lookup::Found(Arc::new(cache.principal(
+            "sess:test",
                 IdentityValues::default(),
                 Vec::new(),
                 None,

@@ -1,0 +1,285 @@
+//! Live exchanges end with the session that admitted them.
+//!
+//! An upgraded connection (a WebSocket, any `101`) or an event stream
+//! (`text/event-stream`) admitted by a session is tied to the session's
+//! Redis key. The invalidation channel that empties the session cache
+//! (`session::tracking`) reports every change of a key here too; each
+//! exchange tied to the key then asks the pipeline again, exactly as for a
+//! new request with the same head on the same connection
+//! (`Pipeline::readmits`), and ends when the answer is no longer "forward": the key was
+//! deleted, expired or overwritten so that it no longer admits the route.
+//! A change that leaves the session admitted (a TTL change, an unrelated
+//! field) keeps it. A flush, and the channel coming back after an outage,
+//! re-check every exchange.
+//!
+//! The transport (HTTP/1 connection loop, HTTP/2 stream task) gives each
+//! exchange a [`Slot`] in a task-local and runs its work under [`watch`];
+//! the engines only call [`admitted`] when the response they relay is one to
+//! keep an eye on. Ending an exchange drops its work: an HTTP/1 connection
+//! is closed toward the client and the upstream, an HTTP/2 stream is reset
+//! (`CANCEL`). Nothing here is on the path of a plain request but a flag.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora::http::RequestHeader;
+use tokio::sync::Notify;
+
+use crate::metrics;
+use crate::pipeline::{Arrival, Pipeline};
+use crate::session::Principal;
+
+/// What kind of exchange lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An upgraded connection (`101 Switching Protocols`: WebSocket and the like).
+    Upgrade,
+    /// A response that streams events (`text/event-stream`).
+    Stream,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Upgrade => "upgrade",
+            Kind::Stream => "stream",
+        }
+    }
+
+    /// The kind of exchange a response starts, if it is one that lives on.
+    pub fn of(status: u16, headers: &http::HeaderMap) -> Option<Kind> {
+        if status == 101 {
+            return Some(Kind::Upgrade);
+        }
+        let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+        let media = content_type
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        media
+            .eq_ignore_ascii_case(b"text/event-stream")
+            .then_some(Kind::Stream)
+    }
+}
+
+tokio::task_local! {
+    /// The slot of the exchange the current task carries.
+    static SLOT: Arc<Slot>;
+}
+
+/// The pipeline the re-checks ask (the current one, after reloads too).
+static PIPELINE: OnceLock<Arc<ArcSwap<Pipeline>>> = OnceLock::new();
+
+/// Live exchanges by the session key that admitted them.
+static REGISTRY: LazyLock<Mutex<HashMap<Box<str>, Vec<Weak<Slot>>>>> =
+    LazyLock::new(Default::default);
+
+/// How long a re-check that could not reach Redis waits before the next try.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Tells the re-checks which pipeline to ask; called once at start.
+pub fn serve_with(pipeline: Arc<ArcSwap<Pipeline>>) {
+    let _ = PIPELINE.set(pipeline);
+}
+
+/// One connection's (HTTP/1) or stream's (HTTP/2) place for the live
+/// exchange it may carry.
+#[derive(Default)]
+pub struct Slot {
+    watched: AtomicBool,
+    watch: Mutex<Option<Watch>>,
+    changed: Notify,
+}
+
+/// What a live exchange was admitted as.
+struct Watch {
+    key: Box<str>,
+    kind: Kind,
+    route: String,
+    user: Option<String>,
+    since: Instant,
+    head: RequestHeader,
+    arrival: Arrival,
+}
+
+impl Slot {
+    fn start(self: &Arc<Self>, watch: Watch) {
+        let key = watch.key.clone();
+        metrics::live_exchange(watch.kind.as_str(), 1);
+        *lock(&self.watch) = Some(watch);
+        self.watched.store(true, Ordering::Release);
+        lock(&REGISTRY)
+            .entry(key)
+            .or_default()
+            .push(Arc::downgrade(self));
+    }
+
+    /// Ends the watch; with a reason when the exchange is being ended for it.
+    fn stop(self: &Arc<Self>, reason: Option<&'static str>) {
+        if !self.watched.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(watch) = lock(&self.watch).take() else {
+            return;
+        };
+        metrics::live_exchange(watch.kind.as_str(), -1);
+        {
+            let mut registry = lock(&REGISTRY);
+            if let Some(slots) = registry.get_mut(&watch.key) {
+                slots.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(self)));
+                if slots.is_empty() {
+                    registry.remove(&watch.key);
+                }
+            }
+        }
+        if let Some(reason) = reason {
+            metrics::live_closed(reason);
+            tracing::info!(
+                target: "sessiongate::live",
+                reason,
+                kind = watch.kind.as_str(),
+                route = %watch.route,
+                user = watch.user.as_deref().unwrap_or(""),
+                age_ms = watch.since.elapsed().as_millis() as u64,
+                "live exchange ended"
+            );
+        }
+    }
+
+    /// Asks the pipeline whether the exchange's head is still admitted:
+    /// `None` to keep it, else why it ends.
+    async fn recheck(self: &Arc<Self>) -> Option<&'static str> {
+        let (head, arrival) = {
+            let watch = lock(&self.watch);
+            let watch = watch.as_ref()?;
+            (watch.head.clone(), watch.arrival.clone())
+        };
+        let pipeline = PIPELINE.get()?.load_full();
+        let reason = pipeline
+            .readmits(&head, head.raw_path(), &arrival)
+            .await
+            .err()?;
+        match reason {
+            "store_unavailable" => {
+                // Redis is unreachable: the cache is bypassed meanwhile, and
+                // the exchange is asked about again until Redis answers.
+                let slot = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETRY).await;
+                    if let Some(slot) = slot.upgrade() {
+                        slot.changed.notify_one();
+                    }
+                });
+                None
+            }
+            "role_missing" | "claim_mismatch" | "identity_invalid" => Some("role_changed"),
+            "expired" => Some("expired"),
+            _ => Some("revoked"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Called by an engine about to relay a response that starts a live
+/// exchange of `kind` for a request `principal` was admitted with on
+/// `route`: ties the exchange to the principal's key. Nothing happens
+/// outside a transport that watches (e.g. `explain`).
+pub(crate) fn admitted(
+    kind: Kind,
+    principal: &Principal,
+    route: &str,
+    head: &RequestHeader,
+    arrival: &Arrival,
+) {
+    let _ = SLOT.try_with(|slot| {
+        slot.start(Watch {
+            key: principal.key.clone(),
+            kind,
+            route: route.to_owned(),
+            user: principal.user.clone(),
+            since: Instant::now(),
+            head: head.clone(),
+            arrival: arrival.clone(),
+        });
+    });
+}
+
+/// The key changed in Redis (any command): its exchanges re-check.
+pub(crate) fn changed(key: &str) {
+    let registry = lock(&REGISTRY);
+    if let Some(slots) = registry.get(key) {
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            slot.changed.notify_one();
+        }
+    }
+}
+
+/// Every key may have changed (a flush, or the channel is back after an
+/// outage in which changes went unheard): every exchange re-checks.
+pub(crate) fn changed_all() {
+    let registry = lock(&REGISTRY);
+    for slot in registry.values().flatten().filter_map(Weak::upgrade) {
+        slot.changed.notify_one();
+    }
+}
+
+/// Runs `work` (one request's forwarding) as the exchange in `slot`: `None`
+/// when it was ended because its session no longer admits it, else its
+/// output. Until the engine calls [`admitted`], only `work` is polled.
+pub(crate) async fn watch<F: Future>(slot: &Arc<Slot>, work: F) -> Option<F::Output> {
+    let work = SLOT.scope(slot.clone(), work);
+    tokio::pin!(work);
+    let first = std::future::poll_fn(|cx| match work.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending if slot.watched.load(Ordering::Acquire) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    })
+    .await;
+    if let Some(out) = first {
+        slot.stop(None);
+        return Some(out);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => {
+                slot.stop(None);
+                return Some(out);
+            }
+            () = slot.changed.notified() => {
+                if let Some(reason) = slot.recheck().await {
+                    slot.stop(Some(reason));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrades_and_event_streams_live_on() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(Kind::of(101, &headers), Some(Kind::Upgrade));
+        assert_eq!(Kind::of(200, &headers), None);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            "Text/Event-Stream; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(Kind::of(200, &headers), Some(Kind::Stream));
+        headers.insert(http::header::CONTENT_TYPE, "text/html".parse().unwrap());
+        assert_eq!(Kind::of(200, &headers), None);
+    }
+}
