@@ -122,7 +122,7 @@ impl TlsUpstream {
                         };
                         let client_cert = tls.get_ref().1.peer_certificates().is_some();
                         if h2 {
-                            serve_h2(tls, client_cert, &count).await;
+                            serve_h2(tls, client_cert, count.clone()).await;
                         } else {
                             serve_h1(tls, client_cert, &count).await;
                         }
@@ -241,53 +241,64 @@ where
     }
 }
 
-async fn serve_h2<S>(tls: S, client_cert: bool, count: &AtomicUsize)
+async fn serve_h2<S>(tls: S, client_cert: bool, count: Arc<AtomicUsize>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Ok(mut conn) = h2::server::handshake(tls).await else {
         return;
     };
-    while let Some(Ok((req, mut respond))) = conn.accept().await {
-        let (parts, mut body) = req.into_parts();
-        let mut length = 0;
-        while let Some(Ok(chunk)) = body.data().await {
-            length += chunk.len();
-            let _ = body.flow_control().release_capacity(chunk.len());
-        }
-        count.fetch_add(1, Ordering::SeqCst);
-        let mut headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        if let Some(authority) = parts.uri.authority() {
-            headers.insert(0, (":authority".to_owned(), authority.to_string()));
-        }
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/".to_owned(), |p| p.to_string());
-        let payload = document(
-            parts.method.as_str(),
-            &target,
-            headers,
-            "2",
-            client_cert,
-            length,
-        );
-        let response = http::Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .body(())
-            .unwrap();
-        if let Ok(mut send) = respond.send_response(response, false) {
-            let _ = send.send_data(Bytes::from(payload), true);
-        }
+    // Each request in a task of its own: its body arrives only while the
+    // connection is polled (`accept`), so reading it here would stall.
+    while let Some(Ok((req, respond))) = conn.accept().await {
+        tokio::spawn(answer_h2(req, respond, client_cert, count.clone()));
+    }
+}
+
+async fn answer_h2(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    client_cert: bool,
+    count: Arc<AtomicUsize>,
+) {
+    let (parts, mut body) = req.into_parts();
+    let mut length = 0;
+    while let Some(Ok(chunk)) = body.data().await {
+        length += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    count.fetch_add(1, Ordering::SeqCst);
+    let mut headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if let Some(authority) = parts.uri.authority() {
+        headers.insert(0, (":authority".to_owned(), authority.to_string()));
+    }
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.to_string());
+    let payload = document(
+        parts.method.as_str(),
+        &target,
+        headers,
+        "2",
+        client_cert,
+        length,
+    );
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    if let Ok(mut send) = respond.send_response(response, false) {
+        let _ = send.send_data(Bytes::from(payload), true);
     }
 }
