@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 
 use crate::metrics;
 use crate::pipeline::{Arrival, Pipeline};
-use crate::session::Principal;
+use crate::session::cache::Principal;
 
 /// What kind of exchange lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,9 @@ impl Slot {
         {
             let mut registry = lock(&REGISTRY);
             if let Some(slots) = registry.get_mut(&watch.key) {
-                slots.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(self)));
+                slots.retain(|w| {
+                    w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(self))
+                });
                 if slots.is_empty() {
                     registry.remove(&watch.key);
                 }

@@ -574,10 +574,7 @@ pub fn h2_stream_refused(reason: &'static str) {
 /// Counts an HTTP/2 connection closed for abuse (`in_flight`, `malformed`).
 /// A live exchange started (`delta` 1) or ended (-1).
 pub fn live_exchange(kind: &'static str, delta: i64) {
-    METRICS
-        .live_exchanges
-        .with_label_values(&[kind])
-        .add(delta);
+    METRICS.live_exchanges.with_label_values(&[kind]).add(delta);
 }
 
 /// A live exchange was ended by the gateway for `reason`.

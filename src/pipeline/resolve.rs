@@ -294,9 +294,11 @@ impl Resolver {
             .map(|session| self.wanted.read(&session)),
         };
         Ok(match fields {
-            Ok(fields) => Lookup::Found(Arc::new(
-                self.principal_from(key, fields, raw.ttl_ms.map(Duration::from_millis)),
-            )),
+            Ok(fields) => Lookup::Found(Arc::new(self.principal_from(
+                key,
+                fields,
+                raw.ttl_ms.map(Duration::from_millis),
+            ))),
             Err(_) => Lookup::Invalid(AuthFailure::Unreadable),
         })
     }

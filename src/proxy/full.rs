@@ -156,9 +156,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         crate::proxy::progress::response_started();
         if let (Some(principal), Some(route)) = (&ctx.verdict.principal, ctx.verdict.route) {
-            if let Some(kind) =
-                live::Kind::of(upstream_response.status.as_u16(), &upstream_response.headers)
-            {
+            if let Some(kind) = live::Kind::of(
+                upstream_response.status.as_u16(),
+                &upstream_response.headers,
+            ) {
                 let name = &ctx.pipeline.route(route).name;
                 live::admitted(kind, principal, name, session.req_header(), &ctx.arrival);
             }

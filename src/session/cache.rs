@@ -409,8 +409,14 @@ impl SessionCache {
     /// fingerprinted principal, returns it, for `restore` to put back if the
     /// change left the value as it was.
     pub(crate) fn evict(&self, key: &str) -> Option<Evicted> {
-        // Live exchanges the key admitted ask again, cached or not.
+        let evicted = self.evict_entry(key);
+        // Live exchanges the key admitted ask again, cached or not, once
+        // nothing of the old value is left to answer them.
         crate::live::changed(key);
+        evicted
+    }
+
+    fn evict_entry(&self, key: &str) -> Option<Evicted> {
         let stripe = self.stripe(key).fetch_add(1, Ordering::AcqRel) + 1;
         let good = self
             .last_good
@@ -495,13 +501,13 @@ impl SessionCache {
     /// Forgets every entry: Redis emptied a database (FLUSHDB, FLUSHALL) or
     /// the one the channel reads was swapped (SWAPDB).
     pub(crate) fn flush(&self) {
-        crate::live::changed_all();
         let n = self.entries.len() as u64;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
         if let Some(last_good) = self.last_good.get() {
             last_good.clear();
         }
+        crate::live::changed_all();
         metrics::cache_invalidations(n);
         metrics::set_cache_entries(0);
     }
@@ -851,7 +857,7 @@ mod tests {
         cache.set_live(true);
         let short = || async {
             Ok(Lookup::Found(Arc::new(cache.principal(
-            "sess:test",
+                "sess:test",
                 IdentityValues::default(),
                 Vec::new(),
                 None,

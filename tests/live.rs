@@ -1,0 +1,277 @@
+//! Live exchanges end with their session: a WebSocket (an upgraded
+//! connection) or an event stream admitted by a session is ended when the
+//! session's key is deleted, flushed or overwritten so that it no longer
+//! admits the route, and kept when a change leaves it admitted. Real
+//! redis-server, real gateway, an upstream that upgrades and one that
+//! streams events; the change comes from another Redis client.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::{RedisServer, TestGateway};
+
+/// Answers an upgrade with `101` and echoes bytes; `/events` with an event
+/// stream (an event every 50 ms for 20 s).
+fn live_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let Ok(mut writer) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line.to_ascii_lowercase());
+                }
+                if head.contains("upgrade: websocket") {
+                    let _ = writer.write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    );
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = reader.read(&mut buf) {
+                        if n == 0 || writer.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    let _ = writer.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    );
+                    for i in 0..400 {
+                        let event = format!("data: {i}\n\n");
+                        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                        if writer.write_all(chunk.as_bytes()).is_err() {
+                            return;
+                        }
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    let _ = writer.write_all(b"0\r\n\r\n");
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Live {
+    redis: RedisServer,
+    gateway: TestGateway,
+}
+
+fn start() -> Live {
+    let redis = RedisServer::start();
+    let upstream = live_upstream();
+    let gateway = TestGateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{url}"
+
+[session]
+cookie = "sid"
+cookie_format = "plain"
+key = "sess:{{id}}"
+role_field = "user.role"
+
+[identity.headers]
+"X-User-Id" = "user.id"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+name = "admin"
+path_prefix = "/admin/"
+upstream = "app"
+roles = ["admin"]
+
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+"#,
+        url = redis.url(),
+    ));
+    Live { redis, gateway }
+}
+
+impl Live {
+    fn session(&self, id: &str, role: &str) {
+        let value = format!(r#"{{"user":{{"id":"alice","role":"{role}"}}}}"#);
+        let _: () = self
+            .redis
+            .conn()
+            .set_ex(format!("sess:{id}"), value, 600)
+            .unwrap();
+    }
+
+    fn run(&self, args: &[&str]) {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query(&mut self.redis.conn()).unwrap();
+    }
+}
+
+/// An upgraded connection through the gateway, its 101 read.
+fn websocket(addr: SocketAddr, path: &str, sid: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: app.test\r\nCookie: sid={sid}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "no 101");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// Whether the tunnel still echoes.
+fn echoes(stream: &mut TcpStream) -> bool {
+    if stream.write_all(b"ping").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(stream.read_exact(&mut buf), Ok(()) if &buf == b"ping")
+}
+
+/// Waits until the peer closes `stream`; how long that took.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) if started.elapsed() < limit => return Some(started.elapsed()),
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// How long a change may take to end an exchange here (the promise is
+/// milliseconds; the benchmark measures it, a loaded test machine is slower).
+const SOON: Duration = Duration::from_secs(2);
+
+#[test]
+fn a_websocket_ends_when_its_session_is_deleted() {
+    let live = start();
+    live.session("k7Qx9bZtw4", "admin");
+    let mut ws = websocket(live.gateway.addr, "/ws", "k7Qx9bZtw4");
+    assert!(echoes(&mut ws));
+    live.run(&["DEL", "sess:k7Qx9bZtw4"]);
+    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived its session");
+    println!("DEL ended the WebSocket in {took:?}");
+    let deadline = Instant::now() + SOON;
+    while !live.gateway.log().contains("live exchange ended") {
+        assert!(Instant::now() < deadline, "{}", live.gateway.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = live.gateway.log();
+    assert!(log.contains("revoked") && log.contains("alice"), "{log}");
+    // The session id never reaches the log.
+    assert!(!log.contains("k7Qx9bZtw4"), "{log}");
+}
+
+#[test]
+fn a_change_that_keeps_the_session_admitted_keeps_the_websocket() {
+    let live = start();
+    live.session("s2", "admin");
+    let mut ws = websocket(live.gateway.addr, "/admin/ws", "s2");
+    assert!(echoes(&mut ws));
+    // A TTL change (express-session's touch) and an overwrite that keeps
+    // the role: still admitted.
+    live.run(&["EXPIRE", "sess:s2", "900"]);
+    live.run(&[
+        "SET",
+        "sess:s2",
+        r#"{"user":{"id":"alice","role":"admin","theme":"dark"}}"#,
+    ]);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        echoes(&mut ws),
+        "a change that keeps the session admitted ended it"
+    );
+    // The role the route demands is taken away: ended.
+    live.run(&[
+        "SET",
+        "sess:s2",
+        r#"{"user":{"id":"alice","role":"viewer"}}"#,
+    ]);
+    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived the role");
+    println!("losing the role ended the WebSocket in {took:?}");
+    let deadline = Instant::now() + SOON;
+    while !live.gateway.log().contains("role_changed") {
+        assert!(Instant::now() < deadline, "{}", live.gateway.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_event_stream_ends_with_its_session_and_a_flush_ends_every_exchange() {
+    let live = start();
+    live.session("s3", "admin");
+    live.session("s4", "admin");
+    // An event stream (a GET: the lean path).
+    let mut events = TcpStream::connect(live.gateway.addr).unwrap();
+    events
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    events
+        .write_all(b"GET /events HTTP/1.1\r\nHost: app.test\r\nCookie: sid=s3\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: 2") {
+        let n = events.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("text/event-stream"));
+    let mut ws = websocket(live.gateway.addr, "/ws", "s4");
+    // Another session's deletion ends neither.
+    live.session("other", "admin");
+    live.run(&["DEL", "sess:other"]);
+    thread::sleep(Duration::from_millis(300));
+    assert!(echoes(&mut ws));
+    live.run(&["DEL", "sess:s3"]);
+    let took = closed_within(&mut events, SOON).expect("the event stream outlived its session");
+    println!("DEL ended the event stream in {took:?}");
+    assert!(echoes(&mut ws), "another session's exchange was ended");
+    // FLUSHDB: every session is gone.
+    live.run(&["FLUSHDB"]);
+    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived FLUSHDB");
+    println!("FLUSHDB ended the WebSocket in {took:?}");
+}
