@@ -77,8 +77,8 @@ tokio::task_local! {
 static PIPELINE: OnceLock<Arc<ArcSwap<Pipeline>>> = OnceLock::new();
 
 /// Live exchanges by the session key that admitted them.
-static REGISTRY: LazyLock<Mutex<HashMap<Box<str>, Vec<Weak<Slot>>>>> =
-    LazyLock::new(Default::default);
+type Registry = HashMap<Box<str>, Vec<Weak<Slot>>>;
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 
 /// How long a re-check that could not reach Redis waits before the next try.
 const RETRY: Duration = Duration::from_secs(1);

@@ -397,9 +397,7 @@ where
             .await;
             // None: a live exchange (an event stream) its session no longer
             // admits was ended, and the connection with it.
-            let Some(lane) = lane else {
-                return None;
-            };
+            let lane = lane?;
             let (full_stream, head) = match lane {
                 lean::Lane::Served(Some(reused)) => {
                     stream = reused;
@@ -450,9 +448,7 @@ where
             .await;
             // A live exchange (an upgraded connection, an event stream) its
             // session no longer admits was ended: the connection closes.
-            let Some(reused) = reused else {
-                return None;
-            };
+            let reused = reused?;
             let Some(reused) = reused else {
                 // The head was whole, so a request that never started is one
                 // Pingora's parser refused (it answered 400 itself).
