@@ -13,6 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
+use support::h2raw::{self, RawH2};
+use support::tls::{certificate, CertFiles};
 use support::{RedisServer, TestGateway};
 
 /// Answers an upgrade with `101` and echoes bytes; `/events` with an event
@@ -72,16 +74,26 @@ fn live_upstream() -> SocketAddr {
 struct Live {
     redis: RedisServer,
     gateway: TestGateway,
+    _dir: tempfile::TempDir,
+    cert: CertFiles,
 }
 
 fn start() -> Live {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = certificate(dir.path(), "app", &["app.test"], false);
     let redis = RedisServer::start();
     let upstream = live_upstream();
     let gateway = TestGateway::start(&format!(
         r#"
 [server]
 listen = ["127.0.0.1:0"]
+listen_tls = ["127.0.0.1:0"]
 threads = 1
+
+[[tls.certificates]]
+cert = "{cert}"
+key = "{key}"
+default = true
 
 [redis]
 url = "{url}"
@@ -111,8 +123,15 @@ path_prefix = "/"
 upstream = "app"
 "#,
         url = redis.url(),
+        cert = cert.cert.display(),
+        key = cert.key.display(),
     ));
-    Live { redis, gateway }
+    Live {
+        redis,
+        gateway,
+        _dir: dir,
+        cert,
+    }
 }
 
 impl Live {
@@ -274,4 +293,85 @@ fn an_event_stream_ends_with_its_session_and_a_flush_ends_every_exchange() {
     live.run(&["FLUSHDB"]);
     let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived FLUSHDB");
     println!("FLUSHDB ended the WebSocket in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_2_event_stream_is_reset_when_its_session_ends() {
+    let live = start();
+    live.session("h2s", "admin");
+    let mut raw = RawH2::connect(live.gateway.tls_addr(), "app.test", &live.cert.cert).await;
+    let mut fields = h2raw::request_fields("app.test", "/events");
+    fields.push(("cookie", "sid=h2s"));
+    let id = raw.request(&fields, false).await;
+    assert_eq!(raw.outcome(id).await, h2raw::Outcome::Status(200));
+    // Events flow.
+    let mut data = 0;
+    while data < 2 {
+        let frame = raw
+            .read_frame(Duration::from_secs(5))
+            .await
+            .expect("an event");
+        if frame.kind == h2raw::DATA && frame.stream == id {
+            data += 1;
+        }
+    }
+    let started = Instant::now();
+    live.run(&["DEL", "sess:h2s"]);
+    let reset = loop {
+        let Some(frame) = raw.read_frame(SOON).await else {
+            break None;
+        };
+        if frame.stream == id && frame.kind == h2raw::RST_STREAM {
+            break Some(u32::from_be_bytes(frame.payload[..4].try_into().unwrap()));
+        }
+        assert!(started.elapsed() < SOON, "the stream outlived its session");
+    };
+    println!("DEL reset the HTTP/2 stream in {:?}", started.elapsed());
+    assert_eq!(reset, Some(h2raw::CANCEL), "the stream was not reset");
+    // The connection itself is still open and serves others.
+    live.session("h2t", "admin");
+    let mut fields = h2raw::request_fields("app.test", "/plain");
+    fields.push(("cookie", "sid=h2t"));
+    let other = raw.request(&fields, false).await;
+    assert_eq!(raw.outcome(other).await, h2raw::Outcome::Status(200));
+}
+
+#[test]
+fn a_session_deleted_while_the_channel_is_down_ends_its_exchange_when_it_is_back() {
+    let live = start();
+    live.session("down1", "admin");
+    let mut ws = websocket(live.gateway.addr, "/ws", "down1");
+    assert!(echoes(&mut ws));
+    // The tracking connection (CLIENT LIST flag t) is killed and the
+    // session deleted in the same breath: the gateway may not hear the DEL,
+    // and re-checks every exchange when its channel is back.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut live.redis.conn())
+        .unwrap();
+    let id = list
+        .lines()
+        .find_map(|line| {
+            let flags = line.split(' ').find_map(|f| f.strip_prefix("flags="))?;
+            let id = line.split(' ').find_map(|f| f.strip_prefix("id="))?;
+            flags.contains('t').then(|| id.to_owned())
+        })
+        .expect("a tracking connection");
+    let started = Instant::now();
+    let _: () = redis::pipe()
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .ignore()
+        .cmd("DEL")
+        .arg("sess:down1")
+        .ignore()
+        .query(&mut live.redis.conn())
+        .unwrap();
+    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived its session");
+    println!(
+        "a DEL with the channel down ended the WebSocket in {took:?} ({:?} after the kill)",
+        started.elapsed()
+    );
 }
