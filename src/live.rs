@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use tokio::sync::Notify;
 
+use crate::config::{LivePolicy, Route};
 use crate::metrics;
 use crate::pipeline::{Arrival, Pipeline};
 use crate::session::cache::Principal;
@@ -104,6 +105,8 @@ struct Watch {
     route: String,
     user: Option<String>,
     since: Instant,
+    /// When the route's `max_lifetime` ends it.
+    until: Option<tokio::time::Instant>,
     head: RequestHeader,
     arrival: Arrival,
 }
@@ -198,17 +201,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) fn admitted(
     kind: Kind,
     principal: &Principal,
-    route: &str,
+    route: &Route,
     head: &RequestHeader,
     arrival: &Arrival,
 ) {
+    if route.live == LivePolicy::Keep {
+        return;
+    }
     let _ = SLOT.try_with(|slot| {
         slot.start(Watch {
             key: principal.key.clone(),
             kind,
-            route: route.to_owned(),
+            route: route.name.clone(),
             user: principal.user.clone(),
             since: Instant::now(),
+            until: route
+                .max_lifetime
+                .map(|lifetime| tokio::time::Instant::now() + lifetime),
             head: head.clone(),
             arrival: arrival.clone(),
         });
@@ -250,6 +259,14 @@ pub(crate) async fn watch<F: Future>(slot: &Arc<Slot>, work: F) -> Option<F::Out
         slot.stop(None);
         return Some(out);
     }
+    let until = lock(&slot.watch).as_ref().and_then(|w| w.until);
+    let lifetime = async move {
+        match until {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lifetime);
     loop {
         tokio::select! {
             biased;
@@ -262,6 +279,10 @@ pub(crate) async fn watch<F: Future>(slot: &Arc<Slot>, work: F) -> Option<F::Out
                     slot.stop(Some(reason));
                     return None;
                 }
+            }
+            () = &mut lifetime => {
+                slot.stop(Some("max_lifetime"));
+                return None;
             }
         }
     }

@@ -118,6 +118,18 @@ upstream = "app"
 roles = ["admin"]
 
 [[route]]
+name = "keep"
+path_prefix = "/keep/"
+upstream = "app"
+live = "keep"
+
+[[route]]
+name = "short"
+path_prefix = "/short/"
+upstream = "app"
+max_lifetime = "600ms"
+
+[[route]]
 name = "app"
 path_prefix = "/"
 upstream = "app"
@@ -374,4 +386,31 @@ fn a_session_deleted_while_the_channel_is_down_ends_its_exchange_when_it_is_back
         "a DEL with the channel down ended the WebSocket in {took:?} ({:?} after the kill)",
         started.elapsed()
     );
+}
+
+#[test]
+fn live_keep_leaves_the_exchange_and_max_lifetime_ends_it() {
+    let live = start();
+    live.session("kept", "admin");
+    live.session("short", "admin");
+    let mut kept = websocket(live.gateway.addr, "/keep/ws", "kept");
+    let mut short = websocket(live.gateway.addr, "/short/ws", "short");
+    let started = Instant::now();
+    live.run(&["DEL", "sess:kept"]);
+    thread::sleep(Duration::from_millis(300));
+    assert!(echoes(&mut kept), "live = \"keep\" ended the exchange");
+    assert!(echoes(&mut short));
+    let took = closed_within(&mut short, SOON).expect("max_lifetime did not end the exchange");
+    let age = started.elapsed();
+    println!("max_lifetime = 600ms ended the WebSocket after {age:?}");
+    assert!(
+        age >= Duration::from_millis(550),
+        "ended early: {age:?} ({took:?})"
+    );
+    let deadline = Instant::now() + SOON;
+    while !live.gateway.log().contains("max_lifetime") {
+        assert!(Instant::now() < deadline, "{}", live.gateway.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(echoes(&mut kept));
 }

@@ -200,6 +200,8 @@ pub struct Route {
     pub mode: Option<String>,
     pub report_store_unavailable: Option<String>,
     pub show_error_details: Option<bool>,
+    pub live: Option<String>,
+    pub max_lifetime: Option<String>,
 }
 
 /// `on_unauthenticated = { redirect = "/login" }`

@@ -507,6 +507,22 @@ pub struct Route {
     pub report_store_unavailable: ReportStoreUnavailable,
     /// `show_error_details`: 401 and 403 bodies carry the reason code.
     pub show_error_details: bool,
+    /// `live`: whether a WebSocket or event stream the route admitted ends
+    /// with its session (`close`, the default) or is left alone (`keep`).
+    pub live: LivePolicy,
+    /// `max_lifetime`: a live exchange is ended this long after it started,
+    /// so that the client reconnects and is checked anew (`None`: no limit).
+    pub max_lifetime: Option<Duration>,
+}
+
+/// A route's `live`: what becomes of a live exchange when its session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LivePolicy {
+    /// Ended when its session no longer admits it (the default).
+    #[default]
+    Close,
+    /// Left running (a route whose app ends its own sockets).
+    Keep,
 }
 
 /// `[admin]`: the admin listener (`/metrics`, `/healthz`, `/readyz`) and the

@@ -8,7 +8,8 @@ use super::checker::{with_article, Checker};
 use super::file;
 use super::keypath::{idx, sub, Seg};
 use super::model::{
-    Access, Config, ReportStoreUnavailable, Route, RouteMode, StoreErrorPolicy, Upstream,
+    Access, Config, LivePolicy, ReportStoreUnavailable, Route, RouteMode, StoreErrorPolicy,
+    Upstream,
 };
 use super::suggest::suggest;
 use super::values::is_valid_redirect;
@@ -389,6 +390,31 @@ impl<'r, 't> Checker<'r, 't> {
                     "`report_store_unavailable` only applies to mode = \"report\" routes",
                 );
             }
+            let live = self.choice(
+                &sub(&entry, "live"),
+                f.live.as_deref(),
+                LivePolicy::Close,
+                &[("close", LivePolicy::Close), ("keep", LivePolicy::Keep)],
+            );
+            let max_lifetime = f.max_lifetime.as_deref().map(|text| {
+                self.duration(
+                    &sub(&entry, "max_lifetime"),
+                    Some(text),
+                    Duration::ZERO,
+                    false,
+                )
+            });
+            for (key, set) in [
+                ("live", f.live.is_some()),
+                ("max_lifetime", f.max_lifetime.is_some()),
+            ] {
+                if set && access == Some(Access::Public) {
+                    self.error(
+                        &sub(&entry, key),
+                        &format!("`{key}` only applies to access = \"authenticated\" routes"),
+                    );
+                }
+            }
             let show_error_details = f.show_error_details.unwrap_or(false);
             if f.show_error_details.is_some() && access == Some(Access::Public) {
                 self.error(
@@ -441,6 +467,8 @@ impl<'r, 't> Checker<'r, 't> {
                     mode: mode?,
                     report_store_unavailable: report_store_unavailable?,
                     show_error_details,
+                    live: live?,
+                    max_lifetime,
                 })
             })());
         }

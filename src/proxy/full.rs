@@ -160,8 +160,8 @@ impl ProxyHttp for Gateway {
                 upstream_response.status.as_u16(),
                 &upstream_response.headers,
             ) {
-                let name = &ctx.pipeline.route(route).name;
-                live::admitted(kind, principal, name, session.req_header(), &ctx.arrival);
+                let route = ctx.pipeline.route(route);
+                live::admitted(kind, principal, route, session.req_header(), &ctx.arrival);
             }
         }
         let hsts = ctx.pipeline.config.server.hsts.as_ref();

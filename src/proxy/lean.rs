@@ -364,8 +364,8 @@ impl Exchange<'_> {
         response::add_hsts(&mut resp, hsts, arrival.tls.is_some())?;
         if let Some(principal) = &self.verdict.principal {
             if let Some(kind) = live::Kind::of(resp.status.as_u16(), &resp.headers) {
-                let name = &self.pipeline.route(route).name;
-                live::admitted(kind, principal, name, down.req_header(), arrival);
+                let route = self.pipeline.route(route);
+                live::admitted(kind, principal, route, down.req_header(), arrival);
             }
         }
         let no_body = method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
