@@ -101,3 +101,48 @@ upstream = "app"
         "{err}"
     );
 }
+
+#[test]
+fn live_keys_are_checked_with_their_lines() {
+    let text = r#"[server]
+listen = ["127.0.0.1:8080"]
+
+[redis]
+url = "redis://127.0.0.1:6379/0"
+
+[session]
+secrets = ["s"]
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000"]
+
+[[route]]
+path_prefix = "/ws/"
+upstream = "app"
+live = "sometimes"
+max_lifetime = "forever"
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+access = "public"
+live = "close"
+"#;
+    let (code, _, err) = check(text);
+    assert_ne!(code, 0);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("proxy.toml:")).collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].contains(":17:") && lines[0].contains("route[0].live"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains(":18:") && lines[1].contains("route[0].max_lifetime"),
+        "{err}"
+    );
+    assert!(
+        lines[2].contains(":24:") && lines[2].contains("only applies to access"),
+        "{err}"
+    );
+}
