@@ -81,6 +81,9 @@ static PIPELINE: OnceLock<Arc<ArcSwap<Pipeline>>> = OnceLock::new();
 type Registry = HashMap<Box<str>, Vec<Weak<Slot>>>;
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 
+/// Since when the invalidation channel has been down (`None`: it is up).
+static DOWN_SINCE: Mutex<Option<Instant>> = Mutex::new(None);
+
 /// How long a re-check that could not reach Redis waits before the next try.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -94,6 +97,9 @@ pub fn serve_with(pipeline: Arc<ArcSwap<Pipeline>>) {
 #[derive(Default)]
 pub struct Slot {
     watched: AtomicBool,
+    /// Set when the exchange is to end whatever its session says
+    /// (`max_unverified` passed with the channel down).
+    unverified: AtomicBool,
     watch: Mutex<Option<Watch>>,
     changed: Notify,
 }
@@ -115,6 +121,7 @@ impl Slot {
     fn start(self: &Arc<Self>, watch: Watch) {
         let key = watch.key.clone();
         metrics::live_exchange(watch.kind.as_str(), 1);
+        self.unverified.store(false, Ordering::Release);
         *lock(&self.watch) = Some(watch);
         self.watched.store(true, Ordering::Release);
         lock(&REGISTRY)
@@ -160,6 +167,9 @@ impl Slot {
     /// Asks the pipeline whether the exchange's head is still admitted:
     /// `None` to keep it, else why it ends.
     async fn recheck(self: &Arc<Self>) -> Option<&'static str> {
+        if self.unverified.load(Ordering::Acquire) {
+            return Some("channel_lost");
+        }
         let (head, arrival) = {
             let watch = lock(&self.watch);
             let watch = watch.as_ref()?;
@@ -241,6 +251,45 @@ pub(crate) fn changed_all() {
     for slot in registry.values().flatten().filter_map(Weak::upgrade) {
         slot.changed.notify_one();
     }
+}
+
+/// The invalidation channel is down: changes of keys go unheard until it is
+/// back (then every exchange re-checks). With `[cache] max_unverified`,
+/// exchanges still running when the channel has been down that long end.
+pub(crate) fn channel_lost() {
+    let since = {
+        let mut down = lock(&DOWN_SINCE);
+        if down.is_some() {
+            return;
+        }
+        *down.insert(Instant::now())
+    };
+    let Some(limit) = PIPELINE
+        .get()
+        .and_then(|p| p.load().config.cache.max_unverified)
+    else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        tokio::time::sleep(limit).await;
+        if *lock(&DOWN_SINCE) != Some(since) {
+            return;
+        }
+        let registry = lock(&REGISTRY);
+        for slot in registry.values().flatten().filter_map(Weak::upgrade) {
+            slot.unverified.store(true, Ordering::Release);
+            slot.changed.notify_one();
+        }
+    });
+}
+
+/// The invalidation channel is back: every exchange re-checks.
+pub(crate) fn channel_back() {
+    *lock(&DOWN_SINCE) = None;
+    changed_all();
 }
 
 /// Runs `work` (one request's forwarding) as the exchange in `slot`: `None`

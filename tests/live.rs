@@ -79,6 +79,11 @@ struct Live {
 }
 
 fn start() -> Live {
+    start_with("")
+}
+
+/// `cache` is added as the `[cache]` table.
+fn start_with(cache: &str) -> Live {
     let dir = tempfile::tempdir().unwrap();
     let cert = certificate(dir.path(), "app", &["app.test"], false);
     let redis = RedisServer::start();
@@ -97,6 +102,9 @@ default = true
 
 [redis]
 url = "{url}"
+
+[cache]
+{cache}
 
 [session]
 cookie = "sid"
@@ -413,4 +421,27 @@ fn live_keep_leaves_the_exchange_and_max_lifetime_ends_it() {
         thread::sleep(Duration::from_millis(20));
     }
     assert!(echoes(&mut kept));
+}
+
+#[test]
+fn with_max_unverified_exchanges_end_when_the_channel_stays_down() {
+    let mut live = start_with("max_unverified = \"500ms\"");
+    live.session("mu", "admin");
+    let mut ws = websocket(live.gateway.addr, "/ws", "mu");
+    assert!(echoes(&mut ws));
+    // Redis goes away: nothing can say whether the session still stands.
+    let started = Instant::now();
+    live.redis.stop();
+    let took = closed_within(&mut ws, SOON).expect("the exchange outlived max_unverified");
+    let age = started.elapsed();
+    println!("with Redis gone, max_unverified = 500ms ended the WebSocket after {age:?}");
+    assert!(
+        age >= Duration::from_millis(450),
+        "ended early: {age:?} ({took:?})"
+    );
+    let deadline = Instant::now() + SOON;
+    while !live.gateway.log().contains("channel_lost") {
+        assert!(Instant::now() < deadline, "{}", live.gateway.log());
+        thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -219,6 +219,7 @@ pub struct Cache {
     pub negative_ttl: Option<String>,
     pub configure_notifications: Option<bool>,
     pub stale_for: Option<String>,
+    pub max_unverified: Option<String>,
 }
 
 /// `[session] sliding = { ttl = "24h", touch_after = "5m" }`

@@ -130,6 +130,11 @@ pub struct CacheSettings {
     /// last successful resolution a session is still let in while Redis is
     /// unreachable (default 30s).
     pub stale_for: std::time::Duration,
+    /// `max_unverified`: live exchanges (WebSockets, event streams) are
+    /// ended when the invalidation channel has been down this long, since
+    /// their sessions' changes go unheard meanwhile (default: none; they are
+    /// re-checked when it is back).
+    pub max_unverified: Option<std::time::Duration>,
     /// Not a file key: the key prefixes of everything the cache may hold (the
     /// session and opaque bearer key templates'), derived from `[session]`.
     /// Redis is asked to report changes under these prefixes; a key outside
@@ -146,6 +151,7 @@ impl Default for CacheSettings {
             negative_ttl: std::time::Duration::from_secs(1),
             configure_notifications: true,
             stale_for: std::time::Duration::from_secs(30),
+            max_unverified: None,
             tracked_prefixes: Vec::new(),
         }
     }

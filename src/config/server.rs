@@ -327,8 +327,17 @@ impl<'r, 't> Checker<'r, 't> {
         if stale_for > Duration::from_secs(24 * 3600) {
             self.error(&sub(&path, "stale_for"), "must be at most \"24h\"");
         }
+        let max_unverified = f.max_unverified.as_deref().map(|text| {
+            self.duration(
+                &sub(&path, "max_unverified"),
+                Some(text),
+                Duration::ZERO,
+                false,
+            )
+        });
         Some(CacheSettings {
             stale_for,
+            max_unverified,
             enabled: f.enabled.unwrap_or(defaults.enabled),
             max_entries,
             max_age,

@@ -517,6 +517,7 @@ impl SessionCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if !live {
             self.live.store(false, Ordering::Release);
+            crate::live::channel_lost();
         }
         self.entries.clear();
         if !live {
@@ -525,7 +526,7 @@ impl SessionCache {
         if live {
             self.live.store(true, Ordering::Release);
             // Changes made while the channel was down went unheard.
-            crate::live::changed_all();
+            crate::live::channel_back();
         }
     }
 
