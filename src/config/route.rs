@@ -411,7 +411,7 @@ impl<'r, 't> Checker<'r, 't> {
                 if set && access == Some(Access::Public) {
                     self.error(
                         &sub(&entry, key),
-                        &format!("`{key}` only applies to access = \"authenticated\" routes"),
+                        format!("`{key}` only applies to access = \"authenticated\" routes"),
                     );
                 }
             }
