@@ -100,7 +100,8 @@ pub struct Slot {
     /// Set when the exchange is to end whatever its session says
     /// (`max_unverified` passed with the channel down).
     unverified: AtomicBool,
-    watch: Mutex<Option<Watch>>,
+    /// Boxed: every HTTP/1 connection has a slot, few a watch.
+    watch: Mutex<Option<Box<Watch>>>,
     changed: Notify,
 }
 
@@ -122,7 +123,7 @@ impl Slot {
         let key = watch.key.clone();
         metrics::live_exchange(watch.kind.as_str(), 1);
         self.unverified.store(false, Ordering::Release);
-        *lock(&self.watch) = Some(watch);
+        *lock(&self.watch) = Some(Box::new(watch));
         self.watched.store(true, Ordering::Release);
         lock(&REGISTRY)
             .entry(key)
@@ -353,5 +354,18 @@ mod tests {
         assert_eq!(Kind::of(200, &headers), Some(Kind::Stream));
         headers.insert(http::header::CONTENT_TYPE, "text/html".parse().unwrap());
         assert_eq!(Kind::of(200, &headers), None);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_slot_is_small() {
+        // Every HTTP/1 connection holds one.
+        assert!(
+            std::mem::size_of::<super::Slot>() <= 96,
+            "{}",
+            std::mem::size_of::<super::Slot>()
+        );
     }
 }
