@@ -3,7 +3,8 @@
 //! An upgraded connection (a WebSocket, any `101`) or an event stream
 //! (`text/event-stream`) admitted by a session is tied to the session's
 //! Redis key. The invalidation channel that empties the session cache
-//! (`session::tracking`) reports every change of a key here too; each
+//! (`session::tracking`) reports every change of a key here too (through
+//! `changes`, which keeps the cache from knowing its listeners); each
 //! exchange tied to the key then asks the pipeline again, exactly as for a
 //! new request with the same head on the same connection
 //! (`Pipeline::readmits`), and ends when the answer is no longer "forward": the key was
@@ -30,6 +31,7 @@ use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use tokio::sync::Notify;
 
+use crate::changes::{self, Change};
 use crate::config::{LivePolicy, Route};
 use crate::metrics;
 use crate::pipeline::{Arrival, Pipeline};
@@ -87,9 +89,20 @@ static DOWN_SINCE: Mutex<Option<Instant>> = Mutex::new(None);
 /// How long a re-check that could not reach Redis waits before the next try.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Tells the re-checks which pipeline to ask; called once at start.
+/// Tells the re-checks which pipeline to ask and starts listening to the
+/// invalidation channel; called once at start.
 pub fn serve_with(pipeline: Arc<ArcSwap<Pipeline>>) {
     let _ = PIPELINE.set(pipeline);
+    changes::listen(on_change);
+}
+
+fn on_change(change: Change<'_>) {
+    match change {
+        Change::Key(key) => changed(key),
+        Change::All => changed_all(),
+        Change::Lost => channel_lost(),
+        Change::Back => channel_back(),
+    }
 }
 
 /// One connection's (HTTP/1) or stream's (HTTP/2) place for the live
@@ -236,7 +249,7 @@ pub(crate) fn admitted(
 }
 
 /// The key changed in Redis (any command): its exchanges re-check.
-pub(crate) fn changed(key: &str) {
+fn changed(key: &str) {
     let registry = lock(&REGISTRY);
     if let Some(slots) = registry.get(key) {
         for slot in slots.iter().filter_map(Weak::upgrade) {
@@ -247,7 +260,7 @@ pub(crate) fn changed(key: &str) {
 
 /// Every key may have changed (a flush, or the channel is back after an
 /// outage in which changes went unheard): every exchange re-checks.
-pub(crate) fn changed_all() {
+fn changed_all() {
     let registry = lock(&REGISTRY);
     for slot in registry.values().flatten().filter_map(Weak::upgrade) {
         slot.changed.notify_one();
@@ -257,7 +270,7 @@ pub(crate) fn changed_all() {
 /// The invalidation channel is down: changes of keys go unheard until it is
 /// back (then every exchange re-checks). With `[cache] max_unverified`,
 /// exchanges still running when the channel has been down that long end.
-pub(crate) fn channel_lost() {
+fn channel_lost() {
     let since = {
         let mut down = lock(&DOWN_SINCE);
         if down.is_some() {
@@ -288,7 +301,7 @@ pub(crate) fn channel_lost() {
 }
 
 /// The invalidation channel is back: every exchange re-checks.
-pub(crate) fn channel_back() {
+fn channel_back() {
     *lock(&DOWN_SINCE) = None;
     changed_all();
 }

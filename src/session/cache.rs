@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::identity::IdentityValues;
 use quick_cache::sync::Cache;
 
+use crate::changes::Change;
 use crate::config::CacheSettings;
 use crate::labels::{LookupResult, LookupSource};
 use crate::metrics;
@@ -412,7 +413,7 @@ impl SessionCache {
         let evicted = self.evict_entry(key);
         // Live exchanges the key admitted ask again, cached or not, once
         // nothing of the old value is left to answer them.
-        crate::live::changed(key);
+        crate::changes::report(Change::Key(key));
         evicted
     }
 
@@ -507,7 +508,7 @@ impl SessionCache {
         if let Some(last_good) = self.last_good.get() {
             last_good.clear();
         }
-        crate::live::changed_all();
+        crate::changes::report(Change::All);
         metrics::cache_invalidations(n);
         metrics::set_cache_entries(0);
     }
@@ -517,7 +518,7 @@ impl SessionCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if !live {
             self.live.store(false, Ordering::Release);
-            crate::live::channel_lost();
+            crate::changes::report(Change::Lost);
         }
         self.entries.clear();
         if !live {
@@ -526,7 +527,7 @@ impl SessionCache {
         if live {
             self.live.store(true, Ordering::Release);
             // Changes made while the channel was down went unheard.
-            crate::live::channel_back();
+            crate::changes::report(Change::Back);
         }
     }
 
