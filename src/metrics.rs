@@ -323,9 +323,22 @@ fn build() -> Metrics {
     reg(Box::new(live_exchanges.clone()));
     let live_closed = counter_vec(
         "sessiongate_live_closed_total",
-        "Live exchanges the gateway ended because their session no longer admits them (revoked: the key is gone or no longer a session; expired; role_changed: it no longer has what the route demands).",
+        "Live exchanges the gateway ended (revoked: the key is gone or no longer a session; expired; role_changed: it no longer has what the route demands; max_lifetime; channel_lost: [cache] max_unverified passed with the invalidation channel down).",
         &["reason"],
     );
+    // Exported from the start, so that dashboards and alerts see zeros.
+    for kind in ["upgrade", "stream"] {
+        live_exchanges.with_label_values(&[kind]).set(0);
+    }
+    for reason in [
+        "revoked",
+        "expired",
+        "role_changed",
+        "max_lifetime",
+        "channel_lost",
+    ] {
+        live_closed.with_label_values(&[reason]);
+    }
     let build_info = defined(IntGaugeVec::new(
         Opts::new(
             "sessiongate_build_info",
