@@ -134,6 +134,16 @@ fn start_upstream() -> SocketAddr {
                             Ok(0) | Err(_) => return,
                             Ok(n) => filled += n,
                         }
+                        // An upgrade (the live-memory mode's WebSockets): 101, then echo.
+                        if buf[..filled].to_ascii_lowercase().windows(18).any(|w| w == b"upgrade: websocket") {
+                            let resp = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+                            if sock.write_all(resp).await.is_err() {
+                                return;
+                            }
+                            let (mut r, mut w) = sock.split();
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            return;
+                        }
                         // Answer every complete request head in the buffer (no bodies in this bench).
                         while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
                             let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
@@ -1208,6 +1218,9 @@ fn main() {
     if o.mode == "all" || o.mode == "memory" {
         memory(&o, &bin, dir.path(), &redis_url, upstream);
     }
+    if o.mode == "live-memory" {
+        live_memory(&o, &bin, dir.path(), &redis_url, upstream);
+    }
     if o.mode == "all" || o.mode == "tls" || o.mode == "tls-memory" {
         tls(&o, &bin, dir.path(), &redis_url, upstream);
     }
@@ -1562,32 +1575,91 @@ fn tls_memory(
     println!("(target for the gateway: <= 45 KB per idle TLS connection)");
 }
 
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Runs `step` on every connection, 200 at a time (as they were opened: a
+/// burst of 10k requests at once would leave the allocator's fragmentation
+/// in the figure), and keeps those it gives back.
+async fn in_batches<F, Fut>(conns: &mut Vec<Tls>, step: F)
+where
+    F: Fn(Tls) -> Fut,
+    Fut: std::future::Future<Output = Option<Tls>> + Send + 'static,
+{
+    let mut rest = std::mem::take(conns).into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut batch = tokio::task::JoinSet::new();
+        for c in rest.by_ref().take(200) {
+            batch.spawn(step(c));
+        }
+        while let Some(done) = batch.join_next().await {
+            if let Some(c) = done.ok().flatten() {
+                conns.push(c);
+            }
+        }
+    }
+}
+
+/// Reads from `c` until `done` says what came is enough; `None` when the
+/// connection ended or stayed silent for 10 s.
+async fn read_until(mut c: Tls, done: impl Fn(&[u8]) -> bool) -> Option<Tls> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Some(c)
+}
+
+/// Whether `got` holds a HEADERS or DATA frame of stream 1.
+fn answered_on_stream_1(got: &[u8]) -> bool {
+    let mut at = 0;
+    while got.len() >= at + 9 {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 8] == 1 && (got[at + 3] == 0 || got[at + 3] == 1) {
+            return true;
+        }
+        at += 9 + len;
+    }
+    false
+}
+
 /// Opens `n` TLS connections to `addr` (trusting `der` for bench.test) and
 /// measures the RSS growth of `pid` per connection in KB: for HTTP/1.1 with
 /// the handshake done, then after one request each; for HTTP/2 (`h2`) with
 /// the preface and SETTINGS exchanged, then after one request each.
 fn idle_tls(pid: u32, addr: SocketAddr, der: &[u8], n: usize, h2: bool) -> [f64; 2] {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.to_vec().into()).unwrap();
-    let config = |alpn: &[u8]| {
-        let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-        c.alpn_protocols = vec![alpn.to_vec()];
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(c))
-    };
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-    let open = |connector: tokio_rustls::TlsConnector| async move {
-        let mut conns: Vec<Tls> = Vec::with_capacity(n);
+    let per_conn =
+        |before: f64, count: usize| (rss_mb(pid) - before) * 1024.0 / count.max(1) as f64;
+    let settle = || std::thread::sleep(Duration::from_secs(3));
+    settle();
+    let base = rss_mb(pid);
+    let mut conns: Vec<Tls> = Vec::with_capacity(n);
+    rt.block_on(async {
         while conns.len() < n {
             let mut batch = tokio::task::JoinSet::new();
             for _ in 0..(n - conns.len()).min(200) {
@@ -1613,169 +1685,134 @@ fn idle_tls(pid: u32, addr: SocketAddr, der: &[u8], n: usize, h2: bool) -> [f64;
                 break;
             }
         }
-        conns
-    };
-    let per_conn =
-        |before: f64, count: usize| (rss_mb(pid) - before) * 1024.0 / count.max(1) as f64;
-    let settle = || std::thread::sleep(Duration::from_secs(3));
-    let mut row = [f64::NAN; 2];
-    settle();
-    let base = rss_mb(pid);
-    if h2 {
-        h2_idle(
-            &rt,
-            open(config(b"h2")),
-            pid,
-            base,
-            &mut row,
-            per_conn,
-            settle,
-        );
-        return row;
-    }
-    let mut conns = rt.block_on(open(config(b"http/1.1")));
-    settle();
-    row[0] = per_conn(base, conns.len());
-    let request = format!("GET /app HTTP/1.1\r\nHost: bench.test\r\nCookie: {COOKIE}\r\n\r\n");
-    rt.block_on(async {
-        // 200 at a time, as they were opened: a burst of 10k requests at
-        // once would leave the allocator's fragmentation in the figure.
-        let all = std::mem::take(&mut conns);
-        let mut rest = all.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut batch = tokio::task::JoinSet::new();
-            for mut c in rest.by_ref().take(200) {
-                let request = request.clone();
-                batch.spawn(async move {
-                    c.write_all(request.as_bytes()).await.ok()?;
-                    let mut buf = [0u8; 4096];
-                    tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                        .await
-                        .ok()?
-                        .ok()?;
-                    Some(c)
-                });
-            }
-            while let Some(done) = batch.join_next().await {
-                if let Some(c) = done.ok().flatten() {
-                    conns.push(c);
-                }
-            }
+        if h2 {
+            // The preface and an empty SETTINGS; the server's SETTINGS is
+            // acknowledged.
+            in_batches(&mut conns, |mut c| async move {
+                c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                    .await
+                    .ok()?;
+                let mut c = read_until(c, |got| !got.is_empty()).await?;
+                c.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.ok()?;
+                Some(c)
+            })
+            .await;
         }
     });
     settle();
-    row[1] = per_conn(base, conns.len());
-    row
+    let handshaken = per_conn(base, conns.len());
+    let request: Vec<u8> = if h2 {
+        // One GET on stream 1: a header block of literals.
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "bench.test"),
+            (":path", "/app"),
+            ("cookie", COOKIE),
+        ] {
+            block.push(0);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend_from_slice(&[0x1, 0x5, 0, 0, 0, 1]);
+        frame.extend_from_slice(&block);
+        frame
+    } else {
+        format!("GET /app HTTP/1.1\r\nHost: bench.test\r\nCookie: {COOKIE}\r\n\r\n").into_bytes()
+    };
+    rt.block_on(in_batches(&mut conns, |mut c| {
+        let request = request.clone();
+        async move {
+            c.write_all(&request).await.ok()?;
+            if h2 {
+                read_until(c, answered_on_stream_1).await
+            } else {
+                read_until(c, |got| !got.is_empty()).await
+            }
+        }
+    }));
+    settle();
+    let answered = per_conn(base, conns.len());
+    drop(conns);
+    [handshaken, answered]
 }
 
-/// The HTTP/2 half of [`idle_tls`].
-fn h2_idle<F>(
-    rt: &tokio::runtime::Runtime,
-    open: F,
-    _pid: u32,
-    base: f64,
-    row: &mut [f64; 2],
-    per_conn: impl Fn(f64, usize) -> f64,
-    settle: impl Fn(),
-) where
-    F: std::future::Future<Output = Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conns = rt.block_on(async {
-        let mut conns = open.await;
-        // 200 at a time, as they were opened: a burst of 10k requests at
-        // once would leave the allocator's fragmentation in the figure.
-        let all = std::mem::take(&mut conns);
-        let mut rest = all.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut batch = tokio::task::JoinSet::new();
-            for mut c in rest.by_ref().take(200) {
-                batch.spawn(async move {
-                    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-                        .await
-                        .ok()?;
-                    let mut buf = [0u8; 4096];
-                    tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                        .await
-                        .ok()?
-                        .ok()?;
-                    // Acknowledge the server's SETTINGS.
-                    c.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.ok()?;
-                    Some(c)
-                });
-            }
-            while let Some(done) = batch.join_next().await {
-                if let Some(c) = done.ok().flatten() {
-                    conns.push(c);
-                }
-            }
+/// What tying a WebSocket to its session costs: `--idle` WebSockets (each
+/// with a session of its own) held open through the gateway on a route with
+/// `live = "keep"` (not tied) and then, on a fresh process, on one with the
+/// default `live = "close"` (tied: its request head kept for re-checks and
+/// an entry in the index by session key).
+fn live_memory(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
+    let n = o.idle;
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.set_ex(format!("sess:ws{i:06}"), SESSION_VALUE, 3600)
+                .ignore();
         }
-        conns
-    });
-    settle();
-    row[0] = per_conn(base, conns.len());
-    // One GET on stream 1 of each: a header block of literals.
-    let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "GET"),
-        (":scheme", "https"),
-        (":authority", "bench.test"),
-        (":path", "/app"),
-        ("cookie", COOKIE),
-    ] {
-        block.push(0);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
+        let _: () = pipe.query(&mut conn).unwrap();
     }
-    let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
-    frame.extend_from_slice(&[0x1, 0x5, 0, 0, 0, 1]);
-    frame.extend_from_slice(&block);
-    rt.block_on(async {
-        // 200 at a time, as they were opened: a burst of 10k requests at
-        // once would leave the allocator's fragmentation in the figure.
-        let all = std::mem::take(&mut conns);
-        let mut rest = all.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut batch = tokio::task::JoinSet::new();
-            for mut c in rest.by_ref().take(200) {
-                let frame = frame.clone();
-                batch.spawn(async move {
-                    c.write_all(&frame).await.ok()?;
-                    // Until the response's HEADERS or DATA frame for stream 1.
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                            .await
-                            .ok()?
-                            .ok()?;
-                        if n == 0 {
-                            return None;
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                        let mut at = 0;
-                        while got.len() >= at + 9 {
-                            let len =
-                                u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
-                            let (kind, stream) = (got[at + 3], got[at + 8]);
-                            if stream == 1 && (kind == 0 || kind == 1) {
-                                return Some(c);
-                            }
-                            at += 9 + len;
-                        }
-                    }
-                });
+    let config = gateway_config(redis_url, upstream, true, n + 1000, dir, "live").replacen(
+        "[[route]]\nname = \"app\"",
+        "[[route]]\nname = \"keep\"\npath_prefix = \"/keep/\"\nupstream = \"app\"\nlive = \"keep\"\n\n[[route]]\nname = \"app\"",
+        1,
+    );
+    println!("\n## Live exchanges ({n} WebSockets, one session each, held open)");
+    let mut per = Vec::new();
+    for (label, path) in [
+        ("live = \"keep\" (not tied to its session)", "/keep/ws"),
+        ("live = \"close\" (tied to its session)", "/ws"),
+    ] {
+        let gw = start_gateway(bin, &config, dir, "live");
+        let pid = gw.proc.0.id();
+        std::thread::sleep(Duration::from_secs(2));
+        let base = rss_mb(pid);
+        let mut sockets = Vec::with_capacity(n);
+        for i in 0..n {
+            let Ok(mut s) = TcpStream::connect(gw.addr) else {
+                break;
+            };
+            let cookie = sign(&format!("ws{i:06}"));
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: b\r\nCookie: {cookie}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            );
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
             }
-            while let Some(done) = batch.join_next().await {
-                if let Some(c) = done.ok().flatten() {
-                    conns.push(c);
-                }
+            if !head.starts_with(b"HTTP/1.1 101") {
+                eprintln!(
+                    "WebSocket {i} was not upgraded: {}",
+                    String::from_utf8_lossy(&head)
+                );
+                break;
             }
+            sockets.push(s);
         }
-    });
-    settle();
-    row[1] = per_conn(base, conns.len());
-    drop(conns);
+        std::thread::sleep(Duration::from_secs(3));
+        let kb = (rss_mb(pid) - base) * 1024.0 / sockets.len().max(1) as f64;
+        println!(
+            "- {label}: {} open, {kb:.1} KB each (gateway RSS {:.1} MB -> {:.1} MB)",
+            sockets.len(),
+            base,
+            rss_mb(pid)
+        );
+        per.push(kb);
+        drop(sockets);
+        drop(gw);
+    }
+    if let [keep, close] = per[..] {
+        println!("- tying each to its session: {:.1} KB", close - keep);
+    }
 }

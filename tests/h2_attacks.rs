@@ -717,19 +717,6 @@ async fn control_frame_floods_do_not_grow_the_gateway() {
     edge.still_serves("control frame floods");
 }
 
-/// How many GETs Redis has run.
-fn redis_gets(redis: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.conn())
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// MadeYouReset (2025): the client makes the *server* reset streams it has
 /// accepted, with frames that are stream errors (here a WINDOW_UPDATE that
 /// overflows the stream's window),
@@ -739,7 +726,7 @@ fn redis_gets(redis: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_the_server_is_made_to_reset_cannot_pile_up_requests() {
     let edge = start_with("command_timeout = \"10s\"", "[cache]\nenabled = false\n");
-    let before = redis_gets(&edge.redis);
+    let before = edge.redis.calls("get");
     // Redis holds every reply: each request the gateway starts waits in its
     // session lookup.
     let _: () = redis::cmd("CLIENT")
@@ -800,7 +787,7 @@ async fn streams_the_server_is_made_to_reset_cannot_pile_up_requests() {
         .count();
     // Redis runs what was queued once the pause ends.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let lookups = redis_gets(&edge.redis) - before;
+    let lookups = edge.redis.calls("get") - before;
     println!(
         "{opened} streams opened, {server_resets} reset by the gateway, GOAWAY {goaway:?}, \
          {lookups} session lookups"

@@ -369,19 +369,6 @@ fn pem_to_der(pem: &[u8]) -> Vec<u8> {
         .expect("base64 certificate")
 }
 
-/// How many GETs Redis has run.
-fn redis_gets(redis: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.conn())
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_reset_after_acceptance_cannot_pile_up_requests() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -394,7 +381,7 @@ async fn streams_reset_after_acceptance_cannot_pile_up_requests() {
         + "\n[cache]\nenabled = false\n";
     let gateway = TestGateway::start(&text);
     let addr = gateway.tls_addr();
-    let before = redis_gets(&redis);
+    let before = redis.calls("get");
     // Redis holds every reply: each request the gateway starts waits in its
     // session lookup, where nothing watches for the client's reset.
     let _: () = redis::cmd("CLIENT")
@@ -447,7 +434,7 @@ async fn streams_reset_after_acceptance_cannot_pile_up_requests() {
     }
     // Redis runs what was queued once the pause ends.
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-    let lookups = redis_gets(&redis) - before;
+    let lookups = redis.calls("get") - before;
     assert!(
         lookups <= 4,
         "{lookups} session lookups from one connection allowed 4 in flight ({sent} streams sent)"

@@ -80,6 +80,21 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
+    /// How many times Redis has run `command` (lower case), from `INFO
+    /// commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .expect("INFO");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Kills the server (SIGKILL), as a crash would.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
