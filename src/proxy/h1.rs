@@ -333,7 +333,7 @@ where
             let deadline = tokio::time::Instant::now() + server.request_head_timeout;
             let head = tokio::select! {
                 biased;
-                head = Box::pin(read_head(&mut stream, first, deadline, server.max_request_header_bytes)) => head,
+                head = read_head(&mut stream, first, deadline, server.max_request_header_bytes) => head,
                 () = shutting_down(&mut watch) => return None,
             };
             let (mut head, end) = match head {
@@ -379,22 +379,21 @@ where
             };
             // The common request takes the lean path; the rest, and any head
             // Pingora's parser refuses, the full proxy.
-            // Boxed, as the head reading above: a future holds room for its
-            // largest state, and this loop's waits between requests, which
-            // every idle keep-alive connection sits in, would otherwise
-            // carry the forwarding's room too (about 10 KB).
-            let lane = live::watch(
-                &slot,
-                Box::pin(lean::serve(
-                    stream,
-                    head,
-                    pipeline.clone(),
-                    shutdown,
-                    started,
-                    reuses_remaining,
-                )),
-            )
-            .await;
+            // Pinned where it is made, never moved: the forwarding's state is
+            // about 10 KB, and every move (into a box, into a wrapper) is a
+            // copy of all of it, 13k instructions in callgrind
+            // (`bench/run.sh --mode instructions`). So this loop's future
+            // keeps room for it, also while a connection waits between
+            // requests.
+            let forwarding = std::pin::pin!(lean::serve(
+                stream,
+                head,
+                pipeline.clone(),
+                shutdown,
+                started,
+                reuses_remaining,
+            ));
+            let lane = live::watch(&slot, forwarding).await;
             // None: a live exchange (an event stream) its session no longer
             // admits was ended, and the connection with it.
             let lane = lane?;
