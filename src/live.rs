@@ -338,7 +338,9 @@ pub(crate) async fn watch<F: Future>(slot: &Arc<Slot>, work: F) -> Option<F::Out
                 return Some(out);
             }
             () = slot.changed.notified() => {
-                if let Some(reason) = slot.recheck().await {
+                // Boxed: the re-check holds a whole pipeline decision, and
+                // every connection's future would otherwise keep room for it.
+                if let Some(reason) = Box::pin(slot.recheck()).await {
                     slot.stop(Some(reason));
                     return None;
                 }
