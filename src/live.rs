@@ -214,6 +214,32 @@ impl Slot {
     }
 }
 
+impl Drop for Slot {
+    /// A connection or stream dropped while its exchange was watched (the
+    /// server shutting down, an HTTP/2 deadline): the gauge and the index
+    /// forget it.
+    fn drop(&mut self) {
+        if !*self.watched.get_mut() {
+            return;
+        }
+        let watch = self
+            .watch
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(watch) = watch {
+            metrics::live_exchange(watch.kind.as_str(), -1);
+            let mut registry = lock(&REGISTRY);
+            if let Some(slots) = registry.get_mut(&watch.key) {
+                slots.retain(|w| w.strong_count() > 0);
+                if slots.is_empty() {
+                    registry.remove(&watch.key);
+                }
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -369,6 +395,46 @@ mod tests {
         assert_eq!(Kind::of(200, &headers), Some(Kind::Stream));
         headers.insert(http::header::CONTENT_TYPE, "text/html".parse().unwrap());
         assert_eq!(Kind::of(200, &headers), None);
+    }
+}
+
+#[cfg(test)]
+mod registry {
+    use super::*;
+
+    fn watch(key: &str) -> Watch {
+        Watch {
+            key: key.into(),
+            kind: Kind::Upgrade,
+            route: "r".into(),
+            user: None,
+            since: Instant::now(),
+            until: None,
+            head: RequestHeader::build("GET", b"/ws", None).unwrap(),
+            arrival: Arrival::default(),
+        }
+    }
+
+    fn indexed(key: &str) -> usize {
+        lock(&REGISTRY).get(key).map_or(0, Vec::len)
+    }
+
+    #[test]
+    fn a_watch_is_indexed_until_stopped_or_dropped() {
+        let a = Arc::new(Slot::default());
+        let b = Arc::new(Slot::default());
+        a.start(watch("live-test:1"));
+        b.start(watch("live-test:1"));
+        assert_eq!(indexed("live-test:1"), 2);
+        a.stop(None);
+        assert_eq!(indexed("live-test:1"), 1);
+        // Stopping twice is a no-op.
+        a.stop(None);
+        assert_eq!(indexed("live-test:1"), 1);
+        // Dropped while watched (a connection the server dropped).
+        drop(b);
+        assert_eq!(indexed("live-test:1"), 0);
+        assert!(!lock(&REGISTRY).contains_key("live-test:1"));
     }
 }
 
