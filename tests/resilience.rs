@@ -367,17 +367,9 @@ fn upgrade_upstream() -> SocketAddr {
                     return;
                 };
                 let mut reader = BufReader::new(stream);
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    head.push_str(&line.to_ascii_lowercase());
-                }
+                let Some(head) = support::http::read_head_lowercase(&mut reader) else {
+                    return;
+                };
                 if head.contains("upgrade: websocket") {
                     let identity = head
                         .lines()

@@ -184,3 +184,19 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
         .send(method, path, headers)
         .unwrap_or_else(|| panic!("no response to {method} {path}"))
 }
+
+/// A request head read line by line as an upstream would, lower-cased
+/// (`None`: the connection ended first).
+pub fn read_head_lowercase(reader: &mut impl BufRead) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(head);
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+}
