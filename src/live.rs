@@ -15,8 +15,7 @@
 //!
 //! The transport (HTTP/1 connection loop, HTTP/2 stream task) gives each
 //! exchange a [`Slot`] in a task-local and runs its work under [`watch`];
-//! the engines only call [`admitted`] when the response they relay is one to
-//! keep an eye on. Ending an exchange drops its work: an HTTP/1 connection
+//! the engines call [`relaying`] with each response head they relay. Ending an exchange drops its work: an HTTP/1 connection
 //! is closed toward the client and the upstream, an HTTP/2 stream is reset
 //! (`CANCEL`). Nothing here is on the path of a plain request but a flag.
 
@@ -244,20 +243,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Called by an engine about to relay a response that starts a live
-/// exchange of `kind` for a request `principal` was admitted with on
-/// `route`: ties the exchange to the principal's key. Nothing happens
-/// outside a transport that watches (e.g. `explain`).
-pub(crate) fn admitted(
-    kind: Kind,
-    principal: &Principal,
+/// Called by an engine about to relay a response head (`status`,
+/// `headers`) for a request `principal` (`None`: a public route) was
+/// admitted with on `route`: when the response starts a live exchange, ties
+/// it to the principal's key. Nothing happens outside a transport that
+/// watches.
+pub(crate) fn relaying(
+    status: u16,
+    headers: &http::HeaderMap,
+    principal: Option<&Principal>,
     route: &Route,
     head: &RequestHeader,
     arrival: &Arrival,
 ) {
+    let Some(principal) = principal else {
+        return;
+    };
     if route.live == LivePolicy::Keep {
         return;
     }
+    let Some(kind) = Kind::of(status, headers) else {
+        return;
+    };
     let _ = SLOT.try_with(|slot| {
         slot.start(Watch {
             key: principal.key.clone(),
@@ -334,7 +341,8 @@ fn channel_back() {
 
 /// Runs `work` (one request's forwarding) as the exchange in `slot`: `None`
 /// when it was ended because its session no longer admits it, else its
-/// output. Until the engine calls [`admitted`], only `work` is polled.
+/// output. Until an engine ties an exchange to the slot ([`relaying`]),
+/// only `work` is polled.
 pub(crate) async fn watch<F: Future>(slot: &Arc<Slot>, work: F) -> Option<F::Output> {
     let work = SLOT.scope(slot.clone(), work);
     tokio::pin!(work);

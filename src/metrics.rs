@@ -584,7 +584,6 @@ pub fn h2_stream_refused(reason: &'static str) {
         .inc();
 }
 
-/// Counts an HTTP/2 connection closed for abuse (`in_flight`, `malformed`).
 /// A live exchange started (`delta` 1) or ended (-1).
 pub fn live_exchange(kind: &'static str, delta: i64) {
     METRICS.live_exchanges.with_label_values(&[kind]).add(delta);
@@ -595,6 +594,7 @@ pub fn live_closed(reason: &'static str) {
     METRICS.live_closed.with_label_values(&[reason]).inc();
 }
 
+/// Counts an HTTP/2 connection closed for abuse (`in_flight`, `malformed`).
 pub fn h2_connection_closed(reason: &'static str) {
     METRICS
         .h2_connections_closed

@@ -265,6 +265,16 @@ impl<'r, 't> Checker<'r, 't> {
         }
     }
 
+    /// A duration that is off when absent (`None`) and never zero.
+    pub(super) fn optional_duration(
+        &mut self,
+        path: &[Seg],
+        value: Option<&str>,
+    ) -> Option<Duration> {
+        let text = value?;
+        Some(self.duration(path, Some(text), Duration::ZERO, false))
+    }
+
     /// One of a fixed set of strings; `None` (after reporting) when unknown.
     pub(super) fn choice<T: Copy>(
         &mut self,

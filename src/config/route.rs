@@ -396,14 +396,8 @@ impl<'r, 't> Checker<'r, 't> {
                 LivePolicy::Close,
                 &[("close", LivePolicy::Close), ("keep", LivePolicy::Keep)],
             );
-            let max_lifetime = f.max_lifetime.as_deref().map(|text| {
-                self.duration(
-                    &sub(&entry, "max_lifetime"),
-                    Some(text),
-                    Duration::ZERO,
-                    false,
-                )
-            });
+            let max_lifetime =
+                self.optional_duration(&sub(&entry, "max_lifetime"), f.max_lifetime.as_deref());
             for (key, set) in [
                 ("live", f.live.is_some()),
                 ("max_lifetime", f.max_lifetime.is_some()),

@@ -327,14 +327,8 @@ impl<'r, 't> Checker<'r, 't> {
         if stale_for > Duration::from_secs(24 * 3600) {
             self.error(&sub(&path, "stale_for"), "must be at most \"24h\"");
         }
-        let max_unverified = f.max_unverified.as_deref().map(|text| {
-            self.duration(
-                &sub(&path, "max_unverified"),
-                Some(text),
-                Duration::ZERO,
-                false,
-            )
-        });
+        let max_unverified =
+            self.optional_duration(&sub(&path, "max_unverified"), f.max_unverified.as_deref());
         Some(CacheSettings {
             stale_for,
             max_unverified,

@@ -155,14 +155,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::proxy::progress::response_started();
-        if let (Some(principal), Some(route)) = (&ctx.verdict.principal, ctx.verdict.route) {
-            if let Some(kind) = live::Kind::of(
+        if let Some(route) = ctx.verdict.route {
+            live::relaying(
                 upstream_response.status.as_u16(),
                 &upstream_response.headers,
-            ) {
-                let route = ctx.pipeline.route(route);
-                live::admitted(kind, principal, route, session.req_header(), &ctx.arrival);
-            }
+                ctx.verdict.principal.as_deref(),
+                ctx.pipeline.route(route),
+                session.req_header(),
+                &ctx.arrival,
+            );
         }
         let hsts = ctx.pipeline.config.server.hsts.as_ref();
         response::add_hsts(upstream_response, hsts, ctx.arrival.tls.is_some())?;

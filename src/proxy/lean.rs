@@ -362,12 +362,14 @@ impl Exchange<'_> {
         response::prepare(&mut resp).map_err(|why| upstream_error(why.as_str()))?;
         let hsts = self.pipeline.config.server.hsts.as_ref();
         response::add_hsts(&mut resp, hsts, arrival.tls.is_some())?;
-        if let Some(principal) = &self.verdict.principal {
-            if let Some(kind) = live::Kind::of(resp.status.as_u16(), &resp.headers) {
-                let route = self.pipeline.route(route);
-                live::admitted(kind, principal, route, down.req_header(), arrival);
-            }
-        }
+        live::relaying(
+            resp.status.as_u16(),
+            &resp.headers,
+            self.verdict.principal.as_deref(),
+            self.pipeline.route(route),
+            down.req_header(),
+            arrival,
+        );
         let no_body = method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
         if down.req_header().version == Version::HTTP_10 {
             // An HTTP/1.0 client cannot read chunked framing: a body of
