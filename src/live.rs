@@ -43,6 +43,9 @@ pub enum Kind {
     Upgrade,
     /// A response that streams events (`text/event-stream`).
     Stream,
+    /// A response of no announced length (chunked or close-delimited) that
+    /// is still streaming after the route's `live_after`: a long poll.
+    Poll,
 }
 
 impl Kind {
@@ -50,6 +53,7 @@ impl Kind {
         match self {
             Kind::Upgrade => "upgrade",
             Kind::Stream => "stream",
+            Kind::Poll => "poll",
         }
     }
 
@@ -58,15 +62,21 @@ impl Kind {
         if status == 101 {
             return Some(Kind::Upgrade);
         }
-        let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
-        let media = content_type
-            .split(|&b| b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        media
-            .eq_ignore_ascii_case(b"text/event-stream")
-            .then_some(Kind::Stream)
+        let media = headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| {
+                v.as_bytes()
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii()
+            })
+            .unwrap_or_default();
+        if media.eq_ignore_ascii_case(b"text/event-stream") {
+            return Some(Kind::Stream);
+        }
+        let bodiless = status < 200 || status == 204 || status == 304;
+        (!bodiless && !headers.contains_key(http::header::CONTENT_LENGTH)).then_some(Kind::Poll)
     }
 }
 
@@ -124,19 +134,67 @@ struct Watch {
     route: String,
     user: Option<String>,
     since: Instant,
-    /// When the route's `max_lifetime` ends it.
-    until: Option<tokio::time::Instant>,
+    /// When it ends whatever Redis says, and why: the route's
+    /// `max_lifetime`, or a bearer JWT's `exp` (`expired`).
+    until: Option<(tokio::time::Instant, &'static str)>,
+    /// Not indexed (nor counted) before this: a response of no announced
+    /// length is only a live exchange once it has streamed this long.
+    from: Option<tokio::time::Instant>,
+    /// Whether it is in the index and the gauge.
+    indexed: bool,
+    /// Set when the engine relaying it can end it cleanly ([`closer`]).
+    ending: Option<Arc<Ending>>,
     head: RequestHeader,
     arrival: Arrival,
 }
 
+/// How an engine that can end its exchange cleanly (a WebSocket relay that
+/// sends close frames) learns that it is to end.
+pub(crate) struct Ending {
+    reason: OnceLock<&'static str>,
+    notify: Notify,
+}
+
+impl Ending {
+    /// Resolves with the reason once the exchange is to end.
+    pub async fn ended(&self) -> &'static str {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(reason) = self.reason.get() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// How long an exchange that ends cleanly may take to do so before its
+/// connections are dropped.
+const GRACE: Duration = Duration::from_secs(1);
+
 impl Slot {
     fn start(self: &Arc<Self>, watch: Watch) {
-        let key = watch.key.clone();
-        metrics::live_exchange(watch.kind.as_str(), 1);
         self.unverified.store(false, Ordering::Release);
+        let deferred = watch.from.is_some();
         *lock(&self.watch) = Some(Box::new(watch));
         self.watched.store(true, Ordering::Release);
+        if !deferred {
+            self.index();
+        }
+    }
+
+    /// Puts the exchange in the index (and the gauge): from now on changes
+    /// of its key reach it.
+    fn index(self: &Arc<Self>) {
+        let key = {
+            let mut watch = lock(&self.watch);
+            let Some(watch) = watch.as_mut().filter(|w| !w.indexed) else {
+                return;
+            };
+            watch.indexed = true;
+            metrics::live_exchange(watch.kind.as_str(), 1);
+            watch.key.clone()
+        };
         lock(&REGISTRY)
             .entry(key)
             .or_default()
@@ -151,6 +209,10 @@ impl Slot {
         let Some(watch) = lock(&self.watch).take() else {
             return;
         };
+        if !watch.indexed {
+            // A response that ended before it became a live exchange.
+            return;
+        }
         metrics::live_exchange(watch.kind.as_str(), -1);
         {
             let mut registry = lock(&REGISTRY);
@@ -226,7 +288,7 @@ impl Drop for Slot {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(watch) = watch {
+        if let Some(watch) = watch.filter(|w| w.indexed) {
             metrics::live_exchange(watch.kind.as_str(), -1);
             let mut registry = lock(&REGISTRY);
             if let Some(slots) = registry.get_mut(&watch.key) {
@@ -265,20 +327,58 @@ pub(crate) fn relaying(
     let Some(kind) = Kind::of(status, headers) else {
         return;
     };
+    if kind == Kind::Poll && head.method == http::Method::HEAD {
+        return;
+    }
     let _ = SLOT.try_with(|slot| {
+        let now = tokio::time::Instant::now();
+        let lifetime = route.max_lifetime.map(|l| (now + l, "max_lifetime"));
+        // A bearer JWT's `exp` ends what it admitted; the earlier end wins.
+        let exp = principal
+            .ends_at
+            .map(|at| (tokio::time::Instant::from_std(at), "expired"));
+        let until = match (lifetime, exp) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
         slot.start(Watch {
             key: principal.key.clone(),
             kind,
             route: route.name.clone(),
             user: principal.user.clone(),
             since: Instant::now(),
-            until: route
-                .max_lifetime
-                .map(|lifetime| tokio::time::Instant::now() + lifetime),
+            until,
+            from: (kind == Kind::Poll).then(|| now + route.live_after),
+            indexed: false,
+            ending: None,
             head: head.clone(),
             arrival: arrival.clone(),
         });
     });
+}
+
+/// For an engine that can end the exchange it relays cleanly (a WebSocket
+/// relay sends close frames): once called, an exchange that is to end is
+/// told through the returned [`Ending`] and given [`GRACE`] to finish
+/// before its connections are dropped. `None` outside a watched exchange.
+pub(crate) fn closer() -> Option<Arc<Ending>> {
+    SLOT.try_with(|slot| {
+        let mut watch = lock(&slot.watch);
+        let watch = watch.as_mut()?;
+        Some(
+            watch
+                .ending
+                .get_or_insert_with(|| {
+                    Arc::new(Ending {
+                        reason: OnceLock::new(),
+                        notify: Notify::new(),
+                    })
+                })
+                .clone(),
+        )
+    })
+    .ok()
+    .flatten()
 }
 
 /// The key changed in Redis (any command): its exchanges re-check.
@@ -356,15 +456,20 @@ pub(crate) async fn watch<F: Future>(slot: &Arc<Slot>, work: F) -> Option<F::Out
         slot.stop(None);
         return Some(out);
     }
-    let until = lock(&slot.watch).as_ref().and_then(|w| w.until);
+    let (until, from) = lock(&slot.watch)
+        .as_ref()
+        .map_or((None, None), |w| (w.until, w.from));
     let lifetime = async move {
         match until {
-            Some(until) => tokio::time::sleep_until(until).await,
+            Some((until, _)) => tokio::time::sleep_until(until).await,
             None => std::future::pending().await,
         }
     };
     tokio::pin!(lifetime);
-    loop {
+    let deferred = from.map(tokio::time::sleep_until);
+    let mut deferred = std::pin::pin!(futures_util::future::OptionFuture::from(deferred));
+    let mut indexed = from.is_none();
+    let reason = loop {
         tokio::select! {
             biased;
             out = &mut work => {
@@ -375,16 +480,30 @@ pub(crate) async fn watch<F: Future>(slot: &Arc<Slot>, work: F) -> Option<F::Out
                 // Boxed: the re-check holds a whole pipeline decision, and
                 // every connection's future would otherwise keep room for it.
                 if let Some(reason) = Box::pin(slot.recheck()).await {
-                    slot.stop(Some(reason));
-                    return None;
+                    break reason;
                 }
             }
             () = &mut lifetime => {
-                slot.stop(Some("max_lifetime"));
-                return None;
+                break until.map_or("max_lifetime", |(_, why)| why);
+            }
+            _ = &mut deferred, if !indexed => {
+                indexed = true;
+                slot.index();
+                // A change that landed before it was indexed went unheard.
+                slot.changed.notify_one();
             }
         }
+    };
+    // An engine that can end the exchange cleanly is told, and given a
+    // moment; otherwise (or after it) the work is dropped.
+    let ending = lock(&slot.watch).as_ref().and_then(|w| w.ending.clone());
+    if let Some(ending) = ending {
+        let _ = ending.reason.set(reason);
+        ending.notify.notify_one();
+        let _ = tokio::time::timeout(GRACE, &mut work).await;
     }
+    slot.stop(Some(reason));
+    None
 }
 
 #[cfg(test)]
@@ -418,6 +537,9 @@ mod registry {
             user: None,
             since: Instant::now(),
             until: None,
+            from: None,
+            indexed: false,
+            ending: None,
             head: RequestHeader::build("GET", b"/ws", None).unwrap(),
             arrival: Arrival::default(),
         }

@@ -12,58 +12,103 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use redis::Commands;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
 use support::h2raw::{self, RawH2};
 use support::tls::{certificate, CertFiles};
 use support::{RedisServer, TestGateway};
 
-/// Answers an upgrade with `101` and echoes bytes; `/events` with an event
-/// stream (an event every 50 ms for 20 s).
-fn live_upstream() -> SocketAddr {
+/// What the upstream saw of the WebSockets that closed: the request path
+/// and the close code each one received.
+type Closes = Arc<Mutex<Vec<(String, Option<u16>)>>>;
+
+/// Answers a WebSocket (a real one: tungstenite) and echoes its messages,
+/// recording each close frame it receives; `/events` with an event stream
+/// (an event every 50 ms for 20 s).
+fn live_upstream() -> (SocketAddr, Closes) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let closes = Closes::default();
+    let recorded = closes.clone();
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let closes = recorded.clone();
             thread::spawn(move || {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                let Ok(mut writer) = stream.try_clone() else {
-                    return;
-                };
-                let mut reader = BufReader::new(stream);
-                let Some(head) = support::http::read_head_lowercase(&mut reader) else {
-                    return;
-                };
-                if head.contains("upgrade: websocket") {
-                    let _ = writer.write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-                    );
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = reader.read(&mut buf) {
-                        if n == 0 || writer.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
+                let mut peeked = [0u8; 4096];
+                let n = stream.peek(&mut peeked).unwrap_or(0);
+                if String::from_utf8_lossy(&peeked[..n])
+                    .to_ascii_lowercase()
+                    .contains("upgrade: websocket")
+                {
+                    serve_websocket(stream, &closes);
                 } else {
-                    let _ = writer.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
-                    );
-                    for i in 0..400 {
-                        let event = format!("data: {i}\n\n");
-                        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-                        if writer.write_all(chunk.as_bytes()).is_err() {
-                            return;
-                        }
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                    let _ = writer.write_all(b"0\r\n\r\n");
+                    serve_events(stream);
                 }
             });
         }
     });
-    addr
+    (addr, closes)
+}
+
+fn serve_websocket(stream: TcpStream, closes: &Closes) {
+    let mut path = String::new();
+    let callback = |req: &tungstenite::handshake::server::Request,
+                    resp: tungstenite::handshake::server::Response| {
+        path = req.uri().path().to_owned();
+        Ok(resp)
+    };
+    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
+        return;
+    };
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                if ws.send(Message::Text(text)).is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                closes
+                    .lock()
+                    .unwrap()
+                    .push((path.clone(), frame.map(|f| u16::from(f.code))));
+                // tungstenite answers the close; read on until the end.
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn serve_events(stream: TcpStream) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    if support::http::read_head_lowercase(&mut reader).is_none() {
+        return;
+    }
+    let _ = writer.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    for i in 0..400 {
+        let event = format!("data: {i}\n\n");
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        if writer.write_all(chunk.as_bytes()).is_err() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = writer.write_all(b"0\r\n\r\n");
 }
 
 struct Live {
+    closes: Closes,
     redis: RedisServer,
     gateway: TestGateway,
     _dir: tempfile::TempDir,
@@ -79,7 +124,7 @@ fn start_with(cache: &str) -> Live {
     let dir = tempfile::tempdir().unwrap();
     let cert = certificate(dir.path(), "app", &["app.test"], false);
     let redis = RedisServer::start();
-    let upstream = live_upstream();
+    let (upstream, closes) = live_upstream();
     let gateway = TestGateway::start(&format!(
         r#"
 [server]
@@ -139,6 +184,7 @@ upstream = "app"
         key = cert.key.display(),
     ));
     Live {
+        closes,
         redis,
         gateway,
         _dir: dir,
@@ -165,37 +211,72 @@ impl Live {
     }
 }
 
-/// An upgraded connection through the gateway, its 101 read.
-fn websocket(addr: SocketAddr, path: &str, sid: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket through the gateway (a real client: tungstenite), opened
+/// with the session cookie `sid`, or `Authorization` when it starts with
+/// `Bearer `.
+fn websocket(addr: SocketAddr, path: &str, sid: &str) -> Ws {
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("host", "app.test".parse().unwrap());
+    let (name, value) = match sid.strip_prefix("Bearer ") {
+        Some(_) => ("authorization", sid.to_owned()),
+        None => ("cookie", format!("sid={sid}")),
+    };
+    request
+        .headers_mut()
+        .insert(name, value.parse().unwrap());
+    let stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: app.test\r\nCookie: sid={sid}\r\n\
-         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).unwrap(), 1, "no 101");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    stream
+    let (ws, resp) = tungstenite::client::client(request, MaybeTlsStream::Plain(stream))
+        .unwrap_or_else(|e| panic!("no WebSocket on {path}: {e}"));
+    assert_eq!(resp.status(), 101);
+    ws
 }
 
-/// Whether the tunnel still echoes.
-fn echoes(stream: &mut TcpStream) -> bool {
-    if stream.write_all(b"ping").is_err() {
+/// Whether the WebSocket still echoes a message.
+fn echoes(ws: &mut Ws) -> bool {
+    if ws.send(Message::text("ping")).is_err() {
         return false;
     }
-    let mut buf = [0u8; 4];
-    matches!(stream.read_exact(&mut buf), Ok(()) if &buf == b"ping")
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) if t.as_str() == "ping" => return true,
+            Ok(Message::Close(_)) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Waits for the WebSocket to be closed; how long that took, and the close
+/// code the client got (`None`: the connection closed without a close frame).
+fn ws_closed_within(ws: &mut Ws, limit: Duration) -> Option<(Duration, Option<u16>)> {
+    let started = Instant::now();
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(limit)).unwrap();
+    }
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => {
+                return Some((started.elapsed(), frame.map(|f| u16::from(f.code))));
+            }
+            Ok(_) => {}
+            Err(_) if started.elapsed() < limit => return Some((started.elapsed(), None)),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Waits for the WebSocket to be ended by the gateway with a close frame
+/// 1008 (policy violation); how long that took.
+fn ended_1008(ws: &mut Ws, why: &str) -> Duration {
+    let (took, code) = ws_closed_within(ws, SOON).unwrap_or_else(|| panic!("the WebSocket outlived {why}"));
+    assert_eq!(code, Some(1008), "{why}: no close frame 1008");
+    took
 }
 
 /// Waits until the peer closes `stream`; how long that took.
@@ -223,8 +304,18 @@ fn a_websocket_ends_when_its_session_is_deleted() {
     let mut ws = websocket(live.gateway.addr, "/ws", "k7Qx9bZtw4");
     assert!(echoes(&mut ws));
     live.run(&["DEL", "sess:k7Qx9bZtw4"]);
-    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived its session");
+    let took = ended_1008(&mut ws, "its session");
     println!("DEL ended the WebSocket in {took:?}");
+    let deadline = Instant::now() + SOON;
+    while live.closes.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the upstream saw no close frame");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        live.closes.lock().unwrap()[0],
+        ("/ws".to_owned(), Some(1008)),
+        "the upstream's close"
+    );
     let deadline = Instant::now() + SOON;
     while !live.gateway.log().contains("live exchange ended") {
         assert!(Instant::now() < deadline, "{}", live.gateway.log());
@@ -261,7 +352,7 @@ fn a_change_that_keeps_the_session_admitted_keeps_the_websocket() {
         "sess:s2",
         r#"{"user":{"id":"alice","role":"viewer"}}"#,
     ]);
-    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived the role");
+    let took = ended_1008(&mut ws, "the role");
     println!("losing the role ended the WebSocket in {took:?}");
     let deadline = Instant::now() + SOON;
     while !live.gateway.log().contains("role_changed") {
@@ -303,7 +394,7 @@ fn an_event_stream_ends_with_its_session_and_a_flush_ends_every_exchange() {
     assert!(echoes(&mut ws), "another session's exchange was ended");
     // FLUSHDB: every session is gone.
     live.run(&["FLUSHDB"]);
-    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived FLUSHDB");
+    let took = ended_1008(&mut ws, "FLUSHDB");
     println!("FLUSHDB ended the WebSocket in {took:?}");
 }
 
@@ -381,7 +472,7 @@ fn a_session_deleted_while_the_channel_is_down_ends_its_exchange_when_it_is_back
         .ignore()
         .query(&mut live.redis.conn())
         .unwrap();
-    let took = closed_within(&mut ws, SOON).expect("the WebSocket outlived its session");
+    let took = ended_1008(&mut ws, "its session");
     println!(
         "a DEL with the channel down ended the WebSocket in {took:?} ({:?} after the kill)",
         started.elapsed()
@@ -400,7 +491,7 @@ fn live_keep_leaves_the_exchange_and_max_lifetime_ends_it() {
     thread::sleep(Duration::from_millis(300));
     assert!(echoes(&mut kept), "live = \"keep\" ended the exchange");
     assert!(echoes(&mut short));
-    let took = closed_within(&mut short, SOON).expect("max_lifetime did not end the exchange");
+    let took = ended_1008(&mut short, "max_lifetime");
     let age = started.elapsed();
     println!("max_lifetime = 600ms ended the WebSocket after {age:?}");
     assert!(
@@ -424,7 +515,7 @@ fn with_max_unverified_exchanges_end_when_the_channel_stays_down() {
     // Redis goes away: nothing can say whether the session still stands.
     let started = Instant::now();
     live.redis.stop();
-    let took = closed_within(&mut ws, SOON).expect("the exchange outlived max_unverified");
+    let took = ended_1008(&mut ws, "max_unverified");
     let age = started.elapsed();
     println!("with Redis gone, max_unverified = 500ms ended the WebSocket after {age:?}");
     assert!(

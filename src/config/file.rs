@@ -202,6 +202,7 @@ pub struct Route {
     pub show_error_details: Option<bool>,
     pub live: Option<String>,
     pub max_lifetime: Option<String>,
+    pub live_after: Option<String>,
 }
 
 /// `on_unauthenticated = { redirect = "/login" }`

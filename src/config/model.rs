@@ -519,6 +519,10 @@ pub struct Route {
     /// `max_lifetime`: a live exchange is ended this long after it started,
     /// so that the client reconnects and is checked anew (`None`: no limit).
     pub max_lifetime: Option<Duration>,
+    /// `live_after`: a response of no announced length (a long poll) that
+    /// is still streaming this long after its head becomes a live exchange
+    /// (default 1s). Event streams and upgrades are live at once.
+    pub live_after: Duration,
 }
 
 /// A route's `live`: what becomes of a live exchange when its session ends.

@@ -398,9 +398,16 @@ impl<'r, 't> Checker<'r, 't> {
             );
             let max_lifetime =
                 self.optional_duration(&sub(&entry, "max_lifetime"), f.max_lifetime.as_deref());
+            let live_after = self.duration(
+                &sub(&entry, "live_after"),
+                f.live_after.as_deref(),
+                Duration::from_secs(1),
+                true,
+            );
             for (key, set) in [
                 ("live", f.live.is_some()),
                 ("max_lifetime", f.max_lifetime.is_some()),
+                ("live_after", f.live_after.is_some()),
             ] {
                 if set && access == Some(Access::Public) {
                     self.error(
@@ -463,6 +470,7 @@ impl<'r, 't> Checker<'r, 't> {
                     show_error_details,
                     live: live?,
                     max_lifetime,
+                    live_after,
                 })
             })());
         }

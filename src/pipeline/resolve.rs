@@ -4,7 +4,10 @@
 //! token key must exist. Every Redis failure is a refusal, never "no session".
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
+
+use quick_cache::sync::Cache;
+use sha2::{Digest, Sha256};
 
 use crate::config::{Config, JwtSettings, KeyTemplate, Sliding, StoreErrorPolicy, ValueFormat};
 use crate::credential::jwt::JwtRejected;
@@ -46,6 +49,9 @@ pub(super) struct Resolver {
     session_key: KeyTemplate,
     bearer_key: Option<KeyTemplate>,
     jwt: Option<JwtSettings>,
+    /// Bearer JWTs verified before, by their SHA-256: their token key, where
+    /// the cache keeps the principal verified from exactly that token.
+    token_keys: Option<Cache<[u8; 32], Arc<str>>>,
     sliding: Option<Sliding>,
     /// The access log or `requests_per_user` reads a session's user.
     reads_user: bool,
@@ -76,6 +82,9 @@ impl Resolver {
             .routes
             .iter()
             .any(|r| r.on_store_error == StoreErrorPolicy::Stale);
+        let token_keys = (config.jwt.is_some() && cache.enabled()).then(|| {
+            Cache::new(usize::try_from(config.cache.max_entries.max(1)).unwrap_or(usize::MAX))
+        });
         Resolver {
             needs_ttl: cache.enabled() || session.sliding.is_some() || keep_last_good,
             keep_last_good,
@@ -88,6 +97,7 @@ impl Resolver {
             value: session.value,
             session_key: session.key.clone(),
             bearer_key: session.bearer_key.clone(),
+            token_keys,
             jwt: config.jwt.clone(),
             sliding: session.sliding,
         }
@@ -160,8 +170,11 @@ impl Resolver {
     }
 
     /// A bearer JWT: verified against `[jwt]`, then its token key must exist
-    /// in Redis. Not cached: the principal comes from the token's claims as
-    /// well as from the key's value, and two tokens may share a token id.
+    /// in Redis. The principal (from the token's claims and the key's value)
+    /// is cached under the token key for exactly this token, until the
+    /// earliest of its `exp`, the key's TTL and `max_age`, and evicted by any
+    /// change of the key like a session; a token seen again skips the
+    /// signature check and Redis.
     pub async fn token<T: Trace>(&self, token: &str, route: &str, trace: &mut T) -> Resolved {
         let invalid = |reason| Resolved::Invalid {
             reason,
@@ -170,6 +183,17 @@ impl Resolver {
         let Some(jwt) = &self.jwt else {
             return invalid(AuthFailure::BadCredential);
         };
+        let digest: [u8; 32] = match &self.token_keys {
+            Some(_) if !T::DRY_RUN => Sha256::digest(token.as_bytes()).into(),
+            _ => [0; 32],
+        };
+        if let Some(principal) = self.cached_token(&digest).filter(|_| !T::DRY_RUN) {
+            metrics::session_lookup(LookupSource::Cache, LookupResult::Hit);
+            return Resolved::Found {
+                principal,
+                stale: false,
+            };
+        }
         let verified = jwt.verifier.verify(token);
         trace.credential(CredentialSeen {
             source: "bearer",
@@ -190,6 +214,7 @@ impl Resolver {
             }
         };
         let key = jwt.key.render(verified.id.as_str());
+        let before = self.cache.lookup_version(&key);
         let ttl = self.needs_ttl || T::DRY_RUN;
         let mut fetched = self.store.fetch(&key, ValueFormat::Json, ttl).await;
         if let Err(StoreError::WrongType) = fetched {
@@ -204,8 +229,16 @@ impl Resolver {
         match fetched {
             Ok(Some(raw)) => {
                 let session = Session::from_token(verified.claims, raw);
+                let principal = self.principal(&key, &session);
+                let ends_at = instant_of(verified.valid_until.saturating_add(1));
+                let principal = Arc::new(self.cache.token_principal(principal, digest, ends_at));
+                if let (Some(token_keys), false) = (&self.token_keys, T::DRY_RUN) {
+                    metrics::session_lookup(LookupSource::Cache, LookupResult::Miss);
+                    self.cache.fill(&key, &principal, before);
+                    token_keys.insert(digest, key.into());
+                }
                 Resolved::Found {
-                    principal: Arc::new(self.principal(&key, &session)),
+                    principal,
                     stale: false,
                 }
             }
@@ -216,6 +249,17 @@ impl Resolver {
                 Resolved::Unavailable
             }
         }
+    }
+
+    /// The principal cached for the token whose SHA-256 is `digest`, while
+    /// its `exp` has not passed.
+    fn cached_token(&self, digest: &[u8; 32]) -> Option<Arc<Principal>> {
+        let key = self.token_keys.as_ref()?.get(digest)?;
+        let principal = self.cache.token_hit(&key, digest)?;
+        principal
+            .ends_at
+            .is_some_and(|at| at > Instant::now())
+            .then_some(principal)
     }
 
     /// The session at `key`: from the cache when it holds it, else from
@@ -331,4 +375,12 @@ impl Resolver {
         let roles = fields.take_texts(self.wanted.slot(headers));
         self.cache.principal(key, identity, roles, user, ttl)
     }
+}
+
+/// The instant Unix time `secs` comes (now, if it has passed).
+fn instant_of(secs: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::now() + Duration::from_secs(secs).saturating_sub(now)
 }

@@ -396,6 +396,7 @@ where
                     shutdown,
                     started,
                     reuses_remaining,
+                    after.is_empty(),
                 )),
             )
             .await;

@@ -4,8 +4,9 @@
 //! engine: no channels and no tasks per request, and upstream connections
 //! kept per worker thread, handed back without a task.
 //!
-//! It takes the common request: HTTP/1.x, origin-form, no body, no upgrade,
-//! no `Expect`, and no hop-by-hop fields but `Connection: keep-alive|close`.
+//! It takes the common request: HTTP/1.x, origin-form, no body, no upgrade
+//! but a WebSocket's (relayed by [`tunnel`]), no `Expect`, and no hop-by-hop
+//! fields but `Connection: keep-alive|close`.
 //! Anything else goes to the full proxy ([`Lane::Full`]), which shares every
 //! security decision: both ask [`Pipeline::decide_from`], both build the
 //! upstream request with [`request::prepare`], relay the response head under
@@ -37,6 +38,7 @@ use crate::proxy::access::{self, Finished};
 use crate::proxy::answer::{self, rendered_head, upstream_error};
 use crate::proxy::request::{self, is_idempotent};
 use crate::proxy::response;
+use crate::proxy::tunnel;
 use crate::proxy::verdict::{Next, Verdict};
 use crate::reject::Rendered;
 use crate::tls::upstream::UpstreamTlsFiles;
@@ -63,8 +65,8 @@ pub enum Lane {
 /// Serves one request whose whole head (and nothing after it) is in `head`
 /// on the lean path, or hands it back untouched for the full proxy.
 /// `reuses_remaining`: how many more requests the connection may carry after
-/// this one (`None`: no limit); `keep`: whether it may carry any (false when
-/// bytes of a next request are already waiting and cannot be kept apart).
+/// this one (`None`: no limit); `alone`: nothing the client sent follows the
+/// head yet (a WebSocket's first frames would: the full proxy takes those).
 pub async fn serve(
     stream: Stream,
     head: BytesMut,
@@ -72,6 +74,7 @@ pub async fn serve(
     shutdown: &ShutdownWatch,
     started: Instant,
     reuses_remaining: Option<u32>,
+    alone: bool,
 ) -> Lane {
     // HTTP/2 to an upstream is the full proxy's: with such an upstream
     // configured, it serves every request (the route is not known yet).
@@ -94,7 +97,13 @@ pub async fn serve(
         _ => return Lane::Full(down.into_inner(), prefix, None),
     }
     let body_empty = down.is_body_empty();
-    if !takes(down.req_header()) || !body_empty {
+    let req = down.req_header();
+    let takes = if is_websocket(req) {
+        alone
+    } else {
+        takes(req)
+    };
+    if !takes || !body_empty {
         let body = body_length(down.req_header(), body_empty);
         return Lane::Full(down.into_inner(), prefix, body);
     }
@@ -147,6 +156,55 @@ fn body_length(req: &RequestHeader, body_empty: bool) -> Option<usize> {
     // Pingora's parser accepted the head, so its lengths agree.
     let length = req.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?;
     length.split(',').next()?.trim().parse().ok()
+}
+
+/// Whether the request opens a WebSocket the lean path relays: `GET`
+/// over HTTP/1.1, `Upgrade: websocket` alone, `Connection` saying only
+/// `upgrade` (and maybe `keep-alive`), none of the fields [`takes`] leaves
+/// to the full proxy.
+fn is_websocket(req: &RequestHeader) -> bool {
+    let headers = &req.headers;
+    let mut upgrade = headers.get_all(header::UPGRADE).iter();
+    let (Some(upgrade), None) = (upgrade.next(), upgrade.next()) else {
+        return false;
+    };
+    if req.version != Version::HTTP_11
+        || req.method != Method::GET
+        || !upgrade.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+        || req.raw_path().first() != Some(&b'/')
+    {
+        return false;
+    }
+    for name in [
+        header::EXPECT,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        if headers.contains_key(name) {
+            return false;
+        }
+    }
+    if headers.contains_key("keep-alive")
+        || headers.contains_key("proxy-connection")
+        || headers.contains_key("http2-settings")
+    {
+        return false;
+    }
+    let mut says_upgrade = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"upgrade") {
+                says_upgrade = true;
+            } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                return false;
+            }
+        }
+    }
+    says_upgrade
 }
 
 /// Whether the lean path takes this request (its body is checked apart).
@@ -243,6 +301,13 @@ impl Exchange<'_> {
         parts.version = Version::HTTP_11;
         // Hop-by-hop: the upstream connection's own is not the client's.
         parts.headers.remove(header::CONNECTION);
+        if is_websocket(req) {
+            // `Upgrade: websocket` stays; the upstream connection is asked
+            // to switch too.
+            parts
+                .headers
+                .insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        }
         // Edited as plain parts, before they become Pingora's head.
         request::prepare(
             &mut parts,
@@ -335,7 +400,10 @@ impl Exchange<'_> {
                 return Err(upstream_error("no response status"));
             };
             if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                return Err(upstream_error("101 to a request that asked for no upgrade"));
+                if !is_websocket(down.req_header()) {
+                    return Err(upstream_error("101 to a request that asked for no upgrade"));
+                }
+                return self.upgraded(down, client, route, arrival).await;
             }
             if !status.is_informational() {
                 break;
@@ -399,6 +467,51 @@ impl Exchange<'_> {
             checkin(Kept::of(addr, settings), stream);
         }
         Ok(())
+    }
+
+    /// Relays a WebSocket the upstream accepted (its `101` read by `client`).
+    async fn upgraded(
+        &mut self,
+        down: &mut DownstreamSession,
+        mut client: UpstreamSession,
+        route: usize,
+        arrival: &Arrival,
+    ) -> Result<()> {
+        // The connection is the WebSocket's from now on.
+        self.reusable = false;
+        let head = client
+            .resp_header()
+            .ok_or_else(|| upstream_error("no response header"))?;
+        let switches_to_websocket = head
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+        if !switches_to_websocket {
+            return Err(upstream_error("101 to something other than the WebSocket asked for"));
+        }
+        let mut resp = Box::new(head.clone());
+        self.verdict.observed.upstream_answered(101);
+        response::prepare(&mut resp).map_err(|why| upstream_error(why.as_str()))?;
+        live::relaying(
+            101,
+            &resp.headers,
+            self.verdict.principal.as_deref(),
+            self.pipeline.route(route),
+            down.req_header(),
+            arrival,
+        );
+        down.write_response_header(resp).await.map_err(downstream)?;
+        if !down.was_upgraded() || !client.was_upgraded() {
+            return Err(upstream_error("the upgrade did not take"));
+        }
+        client.maybe_upgrade_body_writer();
+        let settings = &self.pipeline.config.upstreams[self.pipeline.route(route).upstream];
+        let idle = settings
+            .read_timeout
+            .max(self.pipeline.config.server.body_idle_timeout);
+        let relayed = tunnel::relay(down, &mut client, live::closer(), idle).await;
+        client.shutdown().await;
+        relayed
     }
 
     /// Answers a request whose forwarding failed, as the full proxy does.

@@ -27,4 +27,5 @@ pub mod reload;
 mod request;
 mod response;
 pub mod service;
+mod tunnel;
 mod verdict;

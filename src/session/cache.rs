@@ -36,6 +36,13 @@ pub struct Principal {
     /// invalidation that leaves the value as it was (a TTL change) may then
     /// put the entry back instead of leaving it evicted.
     fingerprint: AtomicU64,
+    /// For a bearer JWT: the SHA-256 of the token it was verified from. A
+    /// cached entry answers only that token (two tokens may share a token
+    /// id, and only the one whose signature was checked may skip the check).
+    token: Option<[u8; 32]>,
+    /// For a bearer JWT: when its `exp` (with the leeway) passes. The cache
+    /// serves it no longer, and a live exchange it admitted ends then.
+    pub ends_at: Option<Instant>,
 }
 
 /// A lookup's result as cached: a principal, or a known-invalid id.
@@ -127,6 +134,14 @@ struct Entry {
     until_ms: u64,
 }
 
+impl Entry {
+    /// Whether it was filled from a bearer JWT: it answers only that token
+    /// (`token_hit`), never a cookie or opaque id that names the same key.
+    fn is_token(&self) -> bool {
+        matches!(&self.lookup, Lookup::Found(p) if p.token.is_some())
+    }
+}
+
 impl SessionCache {
     pub fn new(settings: CacheSettings) -> Arc<SessionCache> {
         let base = Instant::now();
@@ -182,6 +197,61 @@ impl SessionCache {
             key: key.into(),
             expires_at_ms: AtomicU64::new(expires_at_ms),
             fingerprint: AtomicU64::new(0),
+            token: None,
+            ends_at: None,
+        }
+    }
+
+    /// Marks `principal` as verified from the bearer JWT whose SHA-256 is
+    /// `token`, valid until `ends_at` whatever its key's TTL says.
+    pub fn token_principal(&self, mut principal: Principal, token: [u8; 32], ends_at: Instant) -> Principal {
+        let until_ms = self
+            .now_ms()
+            .saturating_add(ends_at.saturating_duration_since(Instant::now()).as_millis() as u64);
+        let at = principal.expires_at_ms.get_mut();
+        *at = (*at).min(until_ms);
+        principal.token = Some(token);
+        principal.ends_at = Some(ends_at);
+        principal
+    }
+
+    /// The principal cached for the token key `key`, if it was verified from
+    /// the token whose SHA-256 is `token` (compared in constant time).
+    pub fn token_hit(&self, key: &str, token: &[u8; 32]) -> Option<Arc<Principal>> {
+        if !self.is_live() || !self.watched(key) {
+            return None;
+        }
+        let hit = self.entries.get(key)?;
+        if hit.until_ms <= self.now_ms() {
+            return None;
+        }
+        let Lookup::Found(principal) = hit.lookup else {
+            return None;
+        };
+        let same = principal
+            .token
+            .as_ref()
+            .is_some_and(|t| bool::from(subtle::ConstantTimeEq::ct_eq(&t[..], &token[..])));
+        same.then_some(principal)
+    }
+
+    /// Caches `principal` for `key` as read when the key's version was
+    /// `before` (`lookup_version`), unless the key changed since or the
+    /// channel is down.
+    pub fn fill(&self, key: &str, principal: &Arc<Principal>, before: (u64, u64)) {
+        let lookup = Lookup::Found(principal.clone());
+        let Some(until_ms) = self.until_ms(&lookup) else {
+            return;
+        };
+        if !self.is_live() || !self.watched(key) || self.version(key) != before {
+            return;
+        }
+        self.entries.insert(key.to_owned(), Entry { lookup, until_ms });
+        // An invalidation that landed meanwhile wins.
+        if self.version(key) != before || !self.is_live() {
+            self.entries.remove(key);
+        } else {
+            self.announce(key, before, principal);
         }
     }
 
@@ -230,7 +300,7 @@ impl SessionCache {
         }
         let now = self.now_ms();
         match self.entries.get(key) {
-            Some(hit) if hit.until_ms > now => {
+            Some(hit) if hit.until_ms > now && !hit.is_token() => {
                 metrics::session_lookup(LookupSource::Cache, LookupResult::Hit);
                 return Ok((hit.lookup, LookupSource::Cache));
             }
@@ -243,7 +313,7 @@ impl SessionCache {
         let before = self.version(key);
         // Concurrent misses for one key wait on the first one's guard.
         let guard = match self.entries.get_value_or_guard_async(key).await {
-            Ok(entry) if entry.until_ms > self.now_ms() => {
+            Ok(entry) if entry.until_ms > self.now_ms() && !entry.is_token() => {
                 return Ok((entry.lookup, LookupSource::Cache));
             }
             Ok(_) => None,

@@ -132,6 +132,8 @@ pub struct JwtVerifier {
     id_claim: String,
     typ: Option<String>,
     claims: Vec<ClaimRule>,
+    /// Seconds past `exp` a token is still accepted.
+    leeway: u64,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -158,6 +160,9 @@ pub struct VerifiedToken {
     pub id: SessionId,
     /// Every claim of the payload.
     pub claims: Map<String, Value>,
+    /// The last second (Unix time) the token is accepted: its `exp` plus
+    /// the leeway.
+    pub valid_until: u64,
 }
 
 impl fmt::Debug for VerifiedToken {
@@ -219,6 +224,7 @@ impl JwtVerifier {
             id_claim: options.id_claim,
             typ: options.typ,
             claims: options.claims,
+            leeway,
         }
     }
 
@@ -289,9 +295,18 @@ impl JwtVerifier {
         {
             return Err(JwtRejected::NoTokenId);
         }
+        // jsonwebtoken required `exp` and checked it, so it is a number.
+        let exp = match claims.get("exp") {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
+                .unwrap_or(0),
+            _ => 0,
+        };
         Ok(VerifiedToken {
             id: SessionId::new(id),
             claims,
+            valid_until: exp.saturating_add(self.leeway),
         })
     }
 }
