@@ -334,3 +334,129 @@ fn when_the_invalidation_channel_drops_the_cache_is_not_trusted() {
         .unwrap();
     wait_until_live(&s);
 }
+
+const JWT_SECRET: &str = "cache-test-secret-of-thirty-two-bytes!";
+
+/// `setup` with bearer JWTs (HS256, no leeway) beside the cookie.
+fn jwt_setup() -> Setup {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let text = config(&redis, &upstream, "")
+        .replace(
+            "key = \"sess:{id}\"\n",
+            "key = \"sess:{id}\"\nbearer = \"jwt\"\n",
+        )
+        .replace(
+            "\"X-User-Role\" = \"user.role\"\n",
+            "\"X-User-Role\" = \"user.role\"\n\"X-Token-User\" = \"claims.sub\"\n\"X-Token-Plan\" = \"session.plan\"\n",
+        )
+        + &format!("\n[jwt]\nalgorithms = [\"HS256\"]\nsecret = \"{JWT_SECRET}\"\nleeway = \"0s\"\n");
+    let gateway = TestGateway::start(&text);
+    let s = Setup {
+        redis,
+        _upstream: upstream,
+        gateway,
+    };
+    wait_until_live(&s);
+    s
+}
+
+fn hs256(claims: &serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn with_token(s: &Setup, token: &str) -> support::Response {
+    get(
+        s.gateway.addr,
+        "/",
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+}
+
+#[test]
+fn a_verified_jwt_is_cached_for_that_token_and_revoked_like_a_session() {
+    let s = jwt_setup();
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({"tokenId": "t1", "sub": "42", "exp": now + 600});
+    let token = hs256(&claims, JWT_SECRET);
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex("token:t1", r#"{"plan":"pro"}"#, 60)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let first = with_token(&s, &token);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.echoed("X-Token-User"), ["42"]);
+    assert_eq!(first.echoed("X-Token-Plan"), ["pro"]);
+    let before = gets(&s.redis);
+    for _ in 0..20 {
+        let resp = with_token(&s, &token);
+        assert_eq!(resp.echoed("X-Token-User"), ["42"]);
+        assert_eq!(resp.echoed("X-Token-Plan"), ["pro"]);
+    }
+    assert_eq!(
+        gets(&s.redis),
+        before,
+        "a cached token must not reach redis"
+    );
+
+    // The cache answers only the token it verified: the same claims under
+    // another key's signature are refused, and another valid token with the
+    // same token id gets its own claims.
+    let forged = hs256(&claims, "another-secret-of-thirty-two-bytes-long");
+    assert_eq!(with_token(&s, &forged).status, 401);
+    let sibling = hs256(
+        &serde_json::json!({"tokenId": "t1", "sub": "43", "exp": now + 600}),
+        JWT_SECRET,
+    );
+    assert_eq!(with_token(&s, &sibling).echoed("X-Token-User"), ["43"]);
+    assert_eq!(with_token(&s, &token).echoed("X-Token-User"), ["42"]);
+    // A cookie naming the token key's id never gets the token's principal.
+    assert_eq!(status(&s, "t1"), 401);
+
+    // Any change of the token key reaches the cached token.
+    let _: () = s
+        .redis
+        .conn()
+        .set_ex("token:t1", r#"{"plan":"free"}"#, 60)
+        .unwrap();
+    let started = Instant::now();
+    while with_token(&s, &token).echoed("X-Token-Plan") != ["free"] {
+        assert!(
+            started.elapsed() < SOON,
+            "the overwrite did not reach the cache"
+        );
+    }
+    let _: () = s.redis.conn().del("token:t1").unwrap();
+    let started = Instant::now();
+    while with_token(&s, &token).status != 401 {
+        assert!(started.elapsed() < SOON, "the DEL did not reach the cache");
+    }
+    println!("DEL refused the cached token in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_cached_jwt_is_refused_once_its_exp_passes() {
+    let s = jwt_setup();
+    let now = jsonwebtoken::get_current_timestamp();
+    let token = hs256(
+        &serde_json::json!({"tokenId": "t2", "sub": "7", "exp": now + 2}),
+        JWT_SECRET,
+    );
+    let _: () = s.redis.conn().set_ex("token:t2", "1", 60).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(with_token(&s, &token).status, 200);
+    let before = gets(&s.redis);
+    assert_eq!(with_token(&s, &token).status, 200);
+    assert_eq!(gets(&s.redis), before, "served from the cache");
+    // `exp` is the last second it is valid (jsonwebtoken's rule, no leeway).
+    let past = Duration::from_secs(now + 3) - std::time::UNIX_EPOCH.elapsed().unwrap();
+    std::thread::sleep(past + Duration::from_millis(100));
+    assert_eq!(with_token(&s, &token).status, 401);
+}

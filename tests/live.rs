@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex};
 
 use redis::Commands;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
 use support::h2raw::{self, RawH2};
 use support::tls::{certificate, CertFiles};
 use support::{RedisServer, TestGateway};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
 
 /// What the upstream saw of the WebSockets that closed: the request path
 /// and the close code each one received.
@@ -55,6 +55,7 @@ fn live_upstream() -> (SocketAddr, Closes) {
     (addr, closes)
 }
 
+#[allow(clippy::result_large_err)] // tungstenite's callback type
 fn serve_websocket(stream: TcpStream, closes: &Closes) {
     let mut path = String::new();
     let callback = |req: &tungstenite::handshake::server::Request,
@@ -90,11 +91,18 @@ fn serve_events(stream: TcpStream) {
         return;
     };
     let mut reader = BufReader::new(stream);
-    if support::http::read_head_lowercase(&mut reader).is_none() {
+    let Some(head) = support::http::read_head_lowercase(&mut reader) else {
         return;
-    }
-    let _ = writer.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
+    };
+    // `/poll`: a long poll, a chunked JSON response that trickles.
+    let content_type = if head.starts_with("get /poll") {
+        "application/json"
+    } else {
+        "text/event-stream"
+    };
+    let _ = write!(
+        writer,
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
     for i in 0..400 {
         let event = format!("data: {i}\n\n");
@@ -148,6 +156,13 @@ cookie = "sid"
 cookie_format = "plain"
 key = "sess:{{id}}"
 role_field = "user.role"
+user_sessions_key = "user:{{user}}:sessions"
+bearer = "jwt"
+
+[jwt]
+algorithms = ["HS256"]
+secret = "{JWT_SECRET}"
+leeway = "0s"
 
 [identity.headers]
 "X-User-Id" = "user.id"
@@ -173,6 +188,12 @@ name = "short"
 path_prefix = "/short/"
 upstream = "app"
 max_lifetime = "600ms"
+
+[[route]]
+name = "poll"
+path_prefix = "/poll"
+upstream = "app"
+live_after = "300ms"
 
 [[route]]
 name = "app"
@@ -225,9 +246,7 @@ fn websocket(addr: SocketAddr, path: &str, sid: &str) -> Ws {
         Some(_) => ("authorization", sid.to_owned()),
         None => ("cookie", format!("sid={sid}")),
     };
-    request
-        .headers_mut()
-        .insert(name, value.parse().unwrap());
+    request.headers_mut().insert(name, value.parse().unwrap());
     let stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -274,7 +293,8 @@ fn ws_closed_within(ws: &mut Ws, limit: Duration) -> Option<(Duration, Option<u1
 /// Waits for the WebSocket to be ended by the gateway with a close frame
 /// 1008 (policy violation); how long that took.
 fn ended_1008(ws: &mut Ws, why: &str) -> Duration {
-    let (took, code) = ws_closed_within(ws, SOON).unwrap_or_else(|| panic!("the WebSocket outlived {why}"));
+    let (took, code) =
+        ws_closed_within(ws, SOON).unwrap_or_else(|| panic!("the WebSocket outlived {why}"));
     assert_eq!(code, Some(1008), "{why}: no close frame 1008");
     took
 }
@@ -527,4 +547,408 @@ fn with_max_unverified_exchanges_end_when_the_channel_stays_down() {
         assert!(Instant::now() < deadline, "{}", live.gateway.log());
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+const JWT_SECRET: &str = "live-test-secret-of-thirty-two-bytes!";
+
+/// A bearer JWT (HS256) whose token key is `token:<id>`, valid `for_secs`.
+fn jwt(id: &str, for_secs: u64) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + for_secs;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"tokenId": id, "sub": id, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    format!("Bearer {token}")
+}
+
+/// When an exchange ended, and the close code it got.
+type Ended = Arc<Mutex<Option<(Instant, Option<u16>)>>>;
+
+/// An exchange followed by a thread of its own: how many messages (echoes
+/// or events) it got, and when it ended with which close code.
+struct Followed {
+    name: String,
+    got: Arc<std::sync::atomic::AtomicUsize>,
+    ended: Ended,
+}
+
+impl Followed {
+    fn got(&self) -> usize {
+        self.got.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn ended(&self) -> Option<(Instant, Option<u16>)> {
+        *self.ended.lock().unwrap()
+    }
+}
+
+/// Follows a WebSocket: a message every 100 ms, echoes counted, the close
+/// frame (or the end of the connection) recorded as soon as it arrives.
+fn follow_ws(name: String, mut ws: Ws) -> Followed {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let got = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(Mutex::new(None));
+    let (g, e) = (got.clone(), ended.clone());
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    }
+    thread::spawn(move || {
+        let mut last = Instant::now() - Duration::from_secs(1);
+        loop {
+            if last.elapsed() >= Duration::from_millis(100) {
+                last = Instant::now();
+                if ws.send(Message::text("ping")).is_err() {
+                    *e.lock().unwrap() = Some((Instant::now(), None));
+                    return;
+                }
+            }
+            match ws.read() {
+                Ok(Message::Text(_)) => {
+                    g.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Message::Close(frame)) => {
+                    *e.lock().unwrap() = Some((Instant::now(), frame.map(|f| u16::from(f.code))));
+                    // Answer the close, then read to the end.
+                    let _ = ws.flush();
+                    while !matches!(
+                        ws.read(),
+                        Err(tungstenite::Error::ConnectionClosed
+                            | tungstenite::Error::AlreadyClosed)
+                    ) && last.elapsed() < SOON
+                    {}
+                    return;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(err))
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => {
+                    *e.lock().unwrap() = Some((Instant::now(), None));
+                    return;
+                }
+            }
+        }
+    });
+    Followed { name, got, ended }
+}
+
+/// Follows an event stream opened with `cookie`: events counted, its end recorded.
+fn follow_events(name: String, addr: SocketAddr, cookie: &str) -> Followed {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let got = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(Mutex::new(None));
+    let (g, e) = (got.clone(), ended.clone());
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /events HTTP/1.1\r\nHost: app.test\r\nCookie: {cookie}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    *e.lock().unwrap() = Some((Instant::now(), None));
+                    return;
+                }
+                Ok(n) => {
+                    let events = String::from_utf8_lossy(&buf[..n]).matches("data: ").count();
+                    g.fetch_add(events, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    Followed { name, got, ended }
+}
+
+/// The gateway's `session` command on this gateway's config.
+fn cli(live: &Live, args: &[&str]) {
+    let out = std::process::Command::new(support::gateway::binary())
+        .arg("session")
+        .args(args)
+        .arg("-c")
+        .arg(&live.gateway.config_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// The issue's scene: 50 WebSockets of 5 users (two sessions each) and 20
+/// event streams, plus WebSockets of bearer JWTs. One session revoked by the
+/// CLI, another user revoked by the CLI, one session left to expire, one
+/// losing the route's role, one JWT's token key deleted, one JWT reaching its
+/// `exp`: exactly those exchanges end (close frame 1008 at the client, the
+/// upstream sees the close), every other one keeps exchanging messages.
+#[test]
+fn fifty_websockets_and_twenty_event_streams_end_exactly_with_their_sessions() {
+    let live = start();
+    let mut conn = live.redis.conn();
+    let mut followed = Vec::new();
+    for u in 0..5 {
+        for s in ["a", "b"] {
+            let id = format!("u{u}{s}");
+            let value = format!(r#"{{"user":{{"id":"u{u}","role":"admin"}}}}"#);
+            let _: () = conn.set_ex(format!("sess:{id}"), value, 600).unwrap();
+            let _: () = conn.sadd(format!("user:u{u}:sessions"), &id).unwrap();
+        }
+    }
+    for u in 0..5 {
+        for s in ["a", "b"] {
+            let id = format!("u{u}{s}");
+            let path = if id == "u3a" { "/admin/ws" } else { "/ws" };
+            for n in 0..5 {
+                let ws = websocket(live.gateway.addr, path, &id);
+                followed.push(follow_ws(format!("{id}/ws{n}"), ws));
+            }
+            for n in 0..2 {
+                let cookie = format!("sid={id}");
+                followed.push(follow_events(
+                    format!("{id}/sse{n}"),
+                    live.gateway.addr,
+                    &cookie,
+                ));
+            }
+        }
+    }
+    let jc_minted = jsonwebtoken::get_current_timestamp();
+    for (id, secs) in [("ja", 600), ("jb", 600), ("jc", 3)] {
+        let _: () = conn.set_ex(format!("token:{id}"), "1", 600).unwrap();
+        let ws = websocket(live.gateway.addr, "/ws", &jwt(id, secs));
+        followed.push(follow_ws(format!("{id}/ws"), ws));
+    }
+    assert_eq!(
+        followed.iter().filter(|f| f.name.contains("/ws")).count(),
+        53
+    );
+    assert_eq!(
+        followed.iter().filter(|f| f.name.contains("/sse")).count(),
+        20
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while followed.iter().any(|f| f.got() == 0) {
+        assert!(Instant::now() < deadline, "not every exchange got going");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // (what was done, when, the exchanges it must end)
+    let mut actions: Vec<(&str, Instant, Vec<&str>)> = Vec::new();
+    let started = Instant::now();
+    cli(&live, &["revoke", "u0a"]);
+    actions.push(("session revoke", started, vec!["u0a/"]));
+    let started = Instant::now();
+    cli(&live, &["revoke-user", "u1"]);
+    actions.push(("revoke-user", started, vec!["u1a/", "u1b/"]));
+    let _: () = redis::cmd("PEXPIRE")
+        .arg("sess:u2a")
+        .arg(300)
+        .query(&mut conn)
+        .unwrap();
+    actions.push((
+        "expiry",
+        Instant::now() + Duration::from_millis(300),
+        vec!["u2a/"],
+    ));
+    let started = Instant::now();
+    let _: () = conn
+        .set_ex("sess:u3a", r#"{"user":{"id":"u3","role":"viewer"}}"#, 600)
+        .unwrap();
+    // Only the WebSockets on the admin route lose it; u3a's event streams
+    // are on a route without roles and stay.
+    actions.push(("role removed", started, vec!["u3a/ws"]));
+    let started = Instant::now();
+    let _: () = conn.del("token:ja").unwrap();
+    actions.push(("token key deleted", started, vec!["ja/"]));
+    // jc's `exp` is 3 s after it was minted: its last valid second; it
+    // ends when the next one begins.
+    let minted_exp = jc_minted + 3;
+    let since_epoch = std::time::UNIX_EPOCH.elapsed().unwrap();
+    let exp = Instant::now() + Duration::from_secs(minted_exp + 1).saturating_sub(since_epoch);
+    actions.push(("JWT exp", exp, vec!["jc/"]));
+
+    let affected = |f: &Followed| {
+        actions
+            .iter()
+            .any(|(_, _, names)| names.iter().any(|n| f.name.starts_with(n)))
+    };
+    let deadline = exp + SOON;
+    while followed.iter().any(|f| affected(f) && f.ended().is_none()) {
+        let left: Vec<_> = followed
+            .iter()
+            .filter(|f| affected(f) && f.ended().is_none())
+            .map(|f| f.name.as_str())
+            .collect();
+        assert!(Instant::now() < deadline, "still running: {left:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut latencies = Vec::new();
+    for (what, at, names) in &actions {
+        let mut took: Vec<Duration> = followed
+            .iter()
+            .filter(|f| names.iter().any(|n| f.name.starts_with(n)))
+            .map(|f| {
+                let (ended, code) = f.ended().unwrap();
+                if f.name.contains("/ws") {
+                    assert_eq!(code, Some(1008), "{}: {what}", f.name);
+                }
+                ended.saturating_duration_since(*at)
+            })
+            .collect();
+        took.sort();
+        println!(
+            "{what}: {} exchanges ended, {:?} .. {:?} after it",
+            took.len(),
+            took[0],
+            took[took.len() - 1]
+        );
+        if !matches!(
+            *what,
+            "expiry" | "JWT exp" | "session revoke" | "revoke-user"
+        ) {
+            latencies.extend(took);
+        }
+    }
+    latencies.sort();
+    println!(
+        "from the Redis command to the close frame: p50 {:?}, p99 {:?} ({} exchanges)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.len()
+    );
+
+    // Every other exchange is still running and exchanging.
+    let others: Vec<&Followed> = followed.iter().filter(|f| !affected(f)).collect();
+    assert_eq!(others.len(), 73 - 7 - 14 - 7 - 5 - 1 - 1);
+    let before: Vec<usize> = others.iter().map(|f| f.got()).collect();
+    thread::sleep(Duration::from_millis(600));
+    for (f, before) in others.iter().zip(before) {
+        assert!(f.ended().is_none(), "{} was ended", f.name);
+        assert!(f.got() > before, "{} stopped exchanging", f.name);
+    }
+    // The upstream saw a close frame 1008 from each ended WebSocket.
+    let ended_ws = followed
+        .iter()
+        .filter(|f| affected(f) && f.name.contains("/ws"))
+        .count();
+    assert_eq!(ended_ws, 5 + 10 + 5 + 5 + 1 + 1);
+    let deadline = Instant::now() + SOON;
+    loop {
+        let closes = live.closes.lock().unwrap().clone();
+        let by_1008 = closes.iter().filter(|(_, c)| *c == Some(1008)).count();
+        if by_1008 == ended_ws {
+            assert_eq!(closes.len(), ended_ws, "{closes:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upstream saw {closes:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = live.gateway.log();
+    for reason in ["revoked", "expired", "role_changed"] {
+        assert!(log.contains(reason), "no {reason} in the log");
+    }
+}
+
+/// Redis is killed while exchanges run and comes back with its data; one
+/// session is deleted right away: its exchange ends once the channel is
+/// back, and the others (whose sessions still exist) keep running.
+#[test]
+fn after_redis_comes_back_only_the_exchanges_of_vanished_sessions_end() {
+    let mut live = start();
+    live.session("back1", "admin");
+    live.session("back2", "admin");
+    let mut gone = websocket(live.gateway.addr, "/ws", "back1");
+    let mut kept = websocket(live.gateway.addr, "/ws", "back2");
+    let events = follow_events("sse".into(), live.gateway.addr, "sid=back2");
+    assert!(echoes(&mut gone) && echoes(&mut kept));
+    let _: () = redis::cmd("SAVE").query(&mut live.redis.conn()).unwrap();
+    live.redis.stop();
+    thread::sleep(Duration::from_millis(300));
+    // Nothing is ended for the outage itself.
+    assert!(echoes(&mut gone) && echoes(&mut kept));
+    live.redis.restart();
+    let started = Instant::now();
+    live.run(&["DEL", "sess:back1"]);
+    let took = ended_1008(&mut gone, "its session");
+    println!(
+        "deleted just after Redis came back: ended {:?} after the DEL ({took:?} waiting)",
+        started.elapsed()
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert!(echoes(&mut kept), "a session that still exists was ended");
+    assert!(events.ended().is_none(), "its event stream was ended");
+}
+
+/// A response of no announced length (a long poll) becomes a live exchange
+/// once it has streamed past the route's `live_after`.
+#[test]
+fn a_long_poll_is_tied_to_its_session_once_it_has_streamed_past_live_after() {
+    let live = start();
+    live.session("lp", "admin");
+    let mut poll = TcpStream::connect(live.gateway.addr).unwrap();
+    poll.write_all(b"GET /poll HTTP/1.1\r\nHost: app.test\r\nCookie: sid=lp\r\n\r\n")
+        .unwrap();
+    poll.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = poll.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("application/json"));
+    thread::sleep(Duration::from_millis(500));
+    live.run(&["DEL", "sess:lp"]);
+    let took = closed_within(&mut poll, SOON).expect("the long poll outlived its session");
+    println!("DEL ended the long poll in {took:?}");
+    let deadline = Instant::now() + SOON;
+    while !live.gateway.log().contains("\"poll\"") {
+        assert!(Instant::now() < deadline, "{}", live.gateway.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A WebSocket the full proxy relays (its first frame came with the
+/// handshake, which the lean path leaves to it) is ended too: without a
+/// close frame, its connections are closed.
+#[test]
+fn the_full_proxy_ends_a_websocket_by_closing_it() {
+    let live = start();
+    live.session("full", "admin");
+    let mut stream = TcpStream::connect(live.gateway.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x84];
+    frame.extend(mask);
+    frame.extend(b"ping".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut request = b"GET /ws HTTP/1.1\r\nHost: app.test\r\nCookie: sid=full\r\n\
+        Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    request.extend(&frame);
+    stream.write_all(&request).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(6).any(|w| w == b"\x81\x04ping") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 101"));
+    live.run(&["DEL", "sess:full"]);
+    let took = closed_within(&mut stream, SOON).expect("the WebSocket outlived its session");
+    println!("DEL ended a WebSocket on the full proxy in {took:?}");
 }

@@ -136,10 +136,11 @@ impl Checker<'_, '_> {
         let default_mode = self.rollout();
         let routes = self.routes(names.as_deref(), default_mode);
         let mut cache = self.cache();
-        if let (Some(cache), Some(session)) = (&mut cache, &session) {
-            cache.tracked_prefixes = crate::session::tracking::prefixes(session);
-        }
         let jwt = self.jwt();
+        if let (Some(cache), Some(session)) = (&mut cache, &session) {
+            let token_key = jwt.as_ref().and_then(|j| j.as_ref()).map(|j| &j.key);
+            cache.tracked_prefixes = crate::session::tracking::prefixes(session, token_key);
+        }
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         let rate_limit = self.rate_limit();
         let tls = self.tls(server.as_ref().is_some_and(|s| !s.listen_tls.is_empty()));

@@ -98,11 +98,7 @@ pub async fn serve(
     }
     let body_empty = down.is_body_empty();
     let req = down.req_header();
-    let takes = if is_websocket(req) {
-        alone
-    } else {
-        takes(req)
-    };
+    let takes = if is_websocket(req) { alone } else { takes(req) };
     if !takes || !body_empty {
         let body = body_length(down.req_header(), body_empty);
         return Lane::Full(down.into_inner(), prefix, body);
@@ -170,7 +166,10 @@ fn is_websocket(req: &RequestHeader) -> bool {
     };
     if req.version != Version::HTTP_11
         || req.method != Method::GET
-        || !upgrade.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+        || !upgrade
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"websocket")
         || req.raw_path().first() != Some(&b'/')
     {
         return false;
@@ -304,9 +303,10 @@ impl Exchange<'_> {
         if is_websocket(req) {
             // `Upgrade: websocket` stays; the upstream connection is asked
             // to switch too.
-            parts
-                .headers
-                .insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+            parts.headers.insert(
+                header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
         }
         // Edited as plain parts, before they become Pingora's head.
         request::prepare(
@@ -487,7 +487,9 @@ impl Exchange<'_> {
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
         if !switches_to_websocket {
-            return Err(upstream_error("101 to something other than the WebSocket asked for"));
+            return Err(upstream_error(
+                "101 to something other than the WebSocket asked for",
+            ));
         }
         let mut resp = Box::new(head.clone());
         self.verdict.observed.upstream_answered(101);

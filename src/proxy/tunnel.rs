@@ -196,7 +196,10 @@ impl Frames {
                 if self.have < 4 {
                     return None;
                 }
-                (2, u64::from(u16::from_be_bytes([self.header[2], self.header[3]])))
+                (
+                    2,
+                    u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                )
             }
             127 => {
                 if self.have < 10 {

@@ -204,10 +204,17 @@ impl SessionCache {
 
     /// Marks `principal` as verified from the bearer JWT whose SHA-256 is
     /// `token`, valid until `ends_at` whatever its key's TTL says.
-    pub fn token_principal(&self, mut principal: Principal, token: [u8; 32], ends_at: Instant) -> Principal {
-        let until_ms = self
-            .now_ms()
-            .saturating_add(ends_at.saturating_duration_since(Instant::now()).as_millis() as u64);
+    pub fn token_principal(
+        &self,
+        mut principal: Principal,
+        token: [u8; 32],
+        ends_at: Instant,
+    ) -> Principal {
+        let until_ms = self.now_ms().saturating_add(
+            ends_at
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+        );
         let at = principal.expires_at_ms.get_mut();
         *at = (*at).min(until_ms);
         principal.token = Some(token);
@@ -246,7 +253,8 @@ impl SessionCache {
         if !self.is_live() || !self.watched(key) || self.version(key) != before {
             return;
         }
-        self.entries.insert(key.to_owned(), Entry { lookup, until_ms });
+        self.entries
+            .insert(key.to_owned(), Entry { lookup, until_ms });
         // An invalidation that landed meanwhile wins.
         if self.version(key) != before || !self.is_live() {
             self.entries.remove(key);
