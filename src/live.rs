@@ -514,6 +514,11 @@ mod tests {
     fn upgrades_and_event_streams_live_on() {
         let mut headers = http::HeaderMap::new();
         assert_eq!(Kind::of(101, &headers), Some(Kind::Upgrade));
+        // No announced length: a long poll, once it has streamed a while.
+        assert_eq!(Kind::of(200, &headers), Some(Kind::Poll));
+        assert_eq!(Kind::of(204, &headers), None);
+        assert_eq!(Kind::of(304, &headers), None);
+        headers.insert(http::header::CONTENT_LENGTH, "12".parse().unwrap());
         assert_eq!(Kind::of(200, &headers), None);
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -522,6 +527,8 @@ mod tests {
         assert_eq!(Kind::of(200, &headers), Some(Kind::Stream));
         headers.insert(http::header::CONTENT_TYPE, "text/html".parse().unwrap());
         assert_eq!(Kind::of(200, &headers), None);
+        headers.remove(http::header::CONTENT_LENGTH);
+        assert_eq!(Kind::of(200, &headers), Some(Kind::Poll));
     }
 }
 
