@@ -688,25 +688,62 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
     );
 }
 
-/// Instructions per request of one target (`--target public|cache|nocache`),
+/// Instructions per request of one target (`--target public|cache|nocache|jwt|jwt-nocache`),
 /// counted by callgrind: repeatable where wall-clock figures drift. The
 /// gateway runs under `valgrind --tool=callgrind`; after a warm-up the
 /// counters are zeroed, `--trials` requests are sent on 8 keep-alive
 /// connections, and the counters are dumped.
+/// The `jwt` targets' secret and token key.
+const JWT_SECRET: &str = "bench-jwt-secret-of-thirty-two-bytes!";
+
+/// `config` with bearer JWTs (HS256) in place of opaque API tokens.
+fn with_jwt(config: String) -> String {
+    config.replace(
+        "bearer = \"opaque\"\nbearer_key = \"api:{id}\"\n",
+        "bearer = \"jwt\"\n",
+    ) + &format!("\n[jwt]\nalgorithms = [\"HS256\"]\nsecret = \"{JWT_SECRET}\"\n")
+}
+
+/// A bearer JWT for the `jwt` targets, its token key set in Redis.
+fn bench_token(redis_url: &str) -> String {
+    let mut conn = redis::Client::open(redis_url)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = conn
+        .set_ex("token:bench", r#"{"user":{"id":"1001","role":"admin"}}"#, 3600)
+        .unwrap();
+    let claims = serde_json::json!({
+        "tokenId": "bench",
+        "sub": "1001",
+        "email": "alice@example.test",
+        "exp": jsonwebtoken::get_current_timestamp() + 3600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 fn instructions(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstream: SocketAddr) {
-    let cache = o.target != "nocache";
+    let cache = !o.target.ends_with("nocache");
+    let jwt = o.target.starts_with("jwt");
+    let mut config = gateway_config(redis_url, upstream, cache, 100_000, dir, "counted");
+    let credential = if jwt {
+        config = with_jwt(config);
+        format!("Authorization: Bearer {}", bench_token(redis_url))
+    } else {
+        format!("Cookie: {COOKIE}")
+    };
     let out = dir.join("callgrind.out");
     let mut valgrind = Command::new("valgrind");
     valgrind
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(bin);
-    let gw = launch(
-        valgrind,
-        &gateway_config(redis_url, upstream, cache, 100_000, dir, "counted"),
-        dir,
-        "counted",
-    );
+    let gw = launch(valgrind, &config, dir, "counted");
     let (addr, pid) = (gw.addr, gw.proc.0.id());
     let url_path = if o.target == "public" {
         "/public/x"
@@ -717,7 +754,7 @@ fn instructions(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, ups
     let mut send = |n: usize| {
         for i in 0..n {
             let n_conns = conns.len();
-            let status = conns[i % n_conns].get(url_path, COOKIE);
+            let status = conns[i % n_conns].request(url_path, &credential);
             assert_eq!(status, 200, "request {i} was not forwarded");
         }
     };
@@ -860,7 +897,12 @@ impl Conn {
         }
     }
     fn get(&mut self, path: &str, cookie: &str) -> u16 {
-        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: b\r\nAccept: application/json\r\nCookie: {cookie}\r\n\r\n").unwrap();
+        self.request(path, &format!("Cookie: {cookie}"))
+    }
+
+    /// A GET with one more header line (`Name: value`).
+    fn request(&mut self, path: &str, header: &str) -> u16 {
+        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: b\r\nAccept: application/json\r\n{header}\r\n\r\n").unwrap();
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
         let status = line
