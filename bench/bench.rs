@@ -711,7 +711,11 @@ fn bench_token(redis_url: &str) -> String {
         .get_connection()
         .unwrap();
     let _: () = conn
-        .set_ex("token:bench", r#"{"user":{"id":"1001","role":"admin"}}"#, 3600)
+        .set_ex(
+            "token:bench",
+            r#"{"user":{"id":"1001","role":"admin"}}"#,
+            3600,
+        )
         .unwrap();
     let claims = serde_json::json!({
         "tokenId": "bench",
@@ -902,7 +906,11 @@ impl Conn {
 
     /// A GET with one more header line (`Name: value`).
     fn request(&mut self, path: &str, header: &str) -> u16 {
-        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: b\r\nAccept: application/json\r\n{header}\r\n\r\n").unwrap();
+        write!(
+            self.writer,
+            "GET {path} HTTP/1.1\r\nHost: b\r\nAccept: application/json\r\n{header}\r\n\r\n"
+        )
+        .unwrap();
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
         let status = line

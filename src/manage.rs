@@ -13,7 +13,7 @@ use redis::Commands;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Config, CookieFormat, KeyTemplate, ValueFormat};
-use crate::credential::cookie::express_sign;
+use crate::credential::cookie::{express_sign, fastify_sign};
 use crate::session::codec::Session;
 use crate::session::store::{RawSession, RawValue};
 
@@ -215,6 +215,7 @@ impl<'c> Manager<'c> {
         let () = pipe.query(&mut self.conn).map_err(|e| self.fail(e))?;
         let value = match (session.cookie_format, session.secrets.first()) {
             (CookieFormat::Express, Some(secret)) => express_sign(&id, secret),
+            (CookieFormat::Fastify, Some(secret)) => fastify_sign(&id, secret),
             _ => id.clone(),
         };
         Ok(Created {
@@ -225,13 +226,40 @@ impl<'c> Manager<'c> {
 
     /// The stored session and its remaining lifetime in seconds (-1: no expiry).
     pub fn show(&mut self, id: &str) -> Result<(Value, i64), ManageError> {
-        let key = self.config.session.key.render(id);
+        let key = self
+            .config
+            .session
+            .session_key(id)
+            .ok_or(ManageError::NotFound)?;
         let ttl: i64 = self.conn.ttl(&key).map_err(|e| self.fail(e))?;
         let doc = match self.config.session.value {
             ValueFormat::Json => {
                 let text: Option<String> = self.conn.get(&key).map_err(|e| self.fail(e))?;
                 let text = text.ok_or(ManageError::NotFound)?;
                 serde_json::from_str(&text).unwrap_or(Value::String(text))
+            }
+            ValueFormat::Exists => {
+                if ttl == -2 {
+                    return Err(ManageError::NotFound);
+                }
+                Value::Null
+            }
+            format @ (ValueFormat::Msgpack
+            | ValueFormat::Pickle
+            | ValueFormat::Php
+            | ValueFormat::PhpSerialize
+            | ValueFormat::Flask
+            | ValueFormat::Django) => {
+                let bytes: Option<Vec<u8>> = self.conn.get(&key).map_err(|e| self.fail(e))?;
+                let bytes = bytes.ok_or(ManageError::NotFound)?;
+                Session::decode(
+                    RawSession {
+                        value: RawValue::String(bytes),
+                        ttl_ms: None,
+                    },
+                    format,
+                )
+                .map_or(Value::String("(unreadable)".into()), |s| s.doc)
             }
             ValueFormat::Hash => {
                 let fields: Vec<(String, String)> =
@@ -254,7 +282,7 @@ impl<'c> Manager<'c> {
     /// With `user_sessions_key`, its id also leaves its user's set.
     pub fn revoke(&mut self, id: &str) -> Result<(), ManageError> {
         let session = &self.config.session;
-        let key = session.key.render(id);
+        let key = session.session_key(id).ok_or(ManageError::NotFound)?;
         let user = match &session.user_sessions_key {
             Some(_) => self.user_of(&key)?,
             None => None,
@@ -276,14 +304,15 @@ impl<'c> Manager<'c> {
     fn user_of(&mut self, key: &str) -> Result<Option<String>, ManageError> {
         let format = self.config.session.value;
         let value = match format {
-            ValueFormat::Json => {
-                let bytes: Option<Vec<u8>> = self.conn.get(key).map_err(|e| self.fail(e))?;
-                bytes.map(RawValue::String)
-            }
+            ValueFormat::Exists => None,
             ValueFormat::Hash => {
                 let fields: Vec<(String, String)> =
                     self.conn.hgetall(key).map_err(|e| self.fail(e))?;
                 (!fields.is_empty()).then_some(RawValue::Hash(fields))
+            }
+            _ => {
+                let bytes: Option<Vec<u8>> = self.conn.get(key).map_err(|e| self.fail(e))?;
+                bytes.map(RawValue::String)
             }
         };
         Ok(value

@@ -250,7 +250,7 @@ fn build() -> Metrics {
     );
     let auth_failures = counter_vec(
         "sessiongate_auth_failures_total",
-        "Requests refused with 401, by reason (no_credential, bad_signature, unknown_session, unreadable, expired, revoked, claim_mismatch).",
+        "Requests refused with 401, by reason (no_credential, bad_signature, unknown_session, unreadable, anonymous, expired, revoked, claim_mismatch).",
         &["reason"],
     );
     let would_deny = counter_vec(

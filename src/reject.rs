@@ -25,6 +25,9 @@ pub enum AuthFailure {
     /// A genuinely signed bearer JWT that fails a `[jwt.claims]` rule or the
     /// required `typ` (e.g. a refresh token where access tokens are expected).
     ClaimMismatch,
+    /// The key exists but holds no logged-in user (`require_user`): a
+    /// framework's session for an anonymous visitor.
+    Anonymous,
 }
 
 impl AuthFailure {
@@ -37,6 +40,7 @@ impl AuthFailure {
             AuthFailure::Expired => "expired",
             AuthFailure::Revoked => "revoked",
             AuthFailure::ClaimMismatch => "claim_mismatch",
+            AuthFailure::Anonymous => "anonymous",
         }
     }
 }
@@ -202,7 +206,7 @@ fn detailed_body(reason: &'static str) -> &'static str {
     }
     bodies! {
         "unauthenticated", "a valid session is required":
-            "no_credential" | "bad_signature" | "unknown_session" | "unreadable" | "expired"
+            "no_credential" | "bad_signature" | "unknown_session" | "unreadable" | "anonymous" | "expired"
             | "revoked" | "claim_mismatch";
         "forbidden", "this session may not access this resource": "role_missing" | "identity_invalid";
     }

@@ -140,6 +140,10 @@ pub struct Session {
     pub user_tokens_key: Option<String>,
     pub cookie_path: Option<String>,
     pub cookie_domain: Option<String>,
+    pub preset: Option<String>,
+    pub require_user: Option<bool>,
+    pub id_transform: Option<String>,
+    pub expires_field: Option<String>,
 }
 
 /// `[identity]`

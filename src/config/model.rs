@@ -270,6 +270,65 @@ pub enum CookieFormat {
     Plain,
     /// express-session: URL-encoded `s:<id>.<base64 HMAC-SHA256 without padding>`.
     Express,
+    /// @fastify/session: `<id>.<base64 HMAC-SHA256 without padding>`, no `s:`.
+    Fastify,
+    /// Flask-Session's signed ids (`SESSION_USE_SIGNER`): `<id>.<sig>`, an
+    /// itsdangerous HMAC-SHA1 under a key derived from the secret.
+    FlaskSigned,
+}
+
+/// Which session ids a framework issues: anything else is refused before a
+/// key is built from it (so a cookie cannot address other keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdRule {
+    /// Any printable id up to the length limit.
+    #[default]
+    Any,
+    /// Django: at least 8 of `[a-z0-9]`.
+    Django,
+    /// Flask-Session: `[A-Za-z0-9_-]` (URL-safe base64) or a uuid.
+    Flask,
+    /// PHP: `[A-Za-z0-9,-]`, at most 256.
+    Php,
+}
+
+impl IdRule {
+    pub fn allows(self, id: &str) -> bool {
+        let chars = |ok: fn(u8) -> bool| id.bytes().all(ok);
+        match self {
+            IdRule::Any => true,
+            IdRule::Django => {
+                id.len() >= 8 && chars(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            }
+            IdRule::Flask => chars(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            IdRule::Php => {
+                id.len() <= 256 && chars(|b| b.is_ascii_alphanumeric() || b == b',' || b == b'-')
+            }
+        }
+    }
+}
+
+/// How the key's `{id}` is made from the credential's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdTransform {
+    /// As it is.
+    #[default]
+    Identity,
+    /// Standard base64-decoded (Spring Session's `SESSION` cookie).
+    Base64,
+    /// `2::` and the SHA-256 of the id in hex (Rails' server-side stores:
+    /// the key is the session's private id).
+    RailsPrivate,
+}
+
+/// `preset`: a framework whose defaults fill the session table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    Express,
+    Fastify,
+    FlaskSession,
+    Django,
+    Php,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +346,27 @@ pub enum ValueFormat {
     Json,
     /// The key is a Redis hash; each field is a top-level field of the session.
     Hash,
+    /// A msgpack map (Flask-Session's default).
+    Msgpack,
+    /// A pickled dict, read inertly (Django's Redis cache).
+    Pickle,
+    /// PHP's `php` session format (`name|serialized` pairs).
+    Php,
+    /// PHP's `php_serialize` session format (one serialized array).
+    PhpSerialize,
+    /// Flask-Session's values: msgpack, JSON, or a legacy pickle.
+    Flask,
+    /// Django's values: pickle, or JSON (django-redis' JSONSerializer).
+    Django,
+    /// Only the key's existence (and TTL) counts; nothing is read from it.
+    Exists,
+}
+
+impl ValueFormat {
+    /// Whether the key is read with GET (a string value).
+    pub fn is_string(self) -> bool {
+        !matches!(self, ValueFormat::Hash | ValueFormat::Exists)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +405,50 @@ pub struct SessionSettings {
     pub cookie_path: String,
     /// `cookie_domain`: the `Domain` the session cookie is cleared with (default none).
     pub cookie_domain: Option<String>,
+    /// `preset`: the framework whose defaults filled the rest.
+    pub preset: Option<Preset>,
+    /// `require_user`: a session admits only when its `user_field` holds a
+    /// value (frameworks store sessions for anonymous visitors too).
+    pub require_user: bool,
+    /// The ids the framework issues (set by the preset).
+    pub id_rule: IdRule,
+    /// `id_transform`: how the key's `{id}` is made from the cookie's id.
+    pub id_transform: IdTransform,
+    /// `expires_field`: a date in the value after which the session is
+    /// over whatever its TTL (@fastify/session's `cookie.expires`).
+    pub expires_field: Option<FieldPath>,
+}
+
+impl SessionSettings {
+    /// The Redis key of the session whose cookie id is `id` (`None`: an id
+    /// the transform cannot take, which names no session).
+    pub fn session_key(&self, id: &str) -> Option<String> {
+        use base64::Engine;
+        match self.id_transform {
+            IdTransform::Identity => Some(self.key.render(id)),
+            IdTransform::Base64 => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(id)
+                    .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(id))
+                    .ok()?;
+                let inner = String::from_utf8(bytes).ok()?;
+                if inner.is_empty() || inner.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return None;
+                }
+                Some(self.key.render(&inner))
+            }
+            IdTransform::RailsPrivate => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(id.as_bytes());
+                let mut hex = String::with_capacity(3 + 64);
+                hex.push_str("2::");
+                for b in digest {
+                    hex.push_str(&format!("{b:02x}"));
+                }
+                Some(self.key.render(&hex))
+            }
+        }
+    }
 }
 
 /// Sliding expiry: a session in use is kept alive for `ttl` after its last use.

@@ -8,9 +8,70 @@ use super::checker::Checker;
 use super::file;
 use super::keypath::{idx, sub, Seg};
 use super::model::{
-    BearerMode, CookieFormat, FieldPath, IdentityHeader, KeyTemplate, SessionSettings, Sliding,
-    ValueFormat,
+    BearerMode, CookieFormat, FieldPath, IdRule, IdTransform, IdentityHeader, KeyTemplate, Preset,
+    SessionSettings, Sliding, ValueFormat,
 };
+
+/// What a `preset` fills in: the framework's cookie, cookie format, key,
+/// value format, user field, the ids it issues and an expiry date kept in
+/// the value.
+struct PresetDefaults {
+    cookie: &'static str,
+    cookie_format: &'static str,
+    key: &'static str,
+    value: &'static str,
+    user_field: &'static str,
+    id_rule: IdRule,
+    expires_field: Option<&'static str>,
+}
+
+fn preset_defaults(preset: Option<Preset>) -> PresetDefaults {
+    let express = PresetDefaults {
+        cookie: "connect.sid",
+        cookie_format: "express",
+        key: "sess:{id}",
+        value: "json",
+        user_field: "user.id",
+        id_rule: IdRule::Any,
+        expires_field: None,
+    };
+    match preset {
+        None | Some(Preset::Express) => express,
+        Some(Preset::Fastify) => PresetDefaults {
+            cookie: "sessionId",
+            cookie_format: "fastify",
+            expires_field: Some("cookie.expires"),
+            ..express
+        },
+        Some(Preset::FlaskSession) => PresetDefaults {
+            cookie: "session",
+            cookie_format: "plain",
+            key: "session:{id}",
+            value: "flask",
+            user_field: "_user_id",
+            id_rule: IdRule::Flask,
+            expires_field: None,
+        },
+        Some(Preset::Django) => PresetDefaults {
+            cookie: "sessionid",
+            cookie_format: "plain",
+            key: ":1:django.contrib.sessions.cache{id}",
+            value: "django",
+            user_field: "_auth_user_id",
+            id_rule: IdRule::Django,
+            expires_field: None,
+        },
+        Some(Preset::Php) => PresetDefaults {
+            cookie: "PHPSESSID",
+            cookie_format: "plain",
+            key: "PHPREDIS_SESSION:{id}",
+            value: "php",
+            user_field: "user.id",
+            id_rule: IdRule::Php,
+            expires_field: None,
+        },
+    }
+}
 use super::values::is_valid_redirect;
 
 impl<'r, 't> Checker<'r, 't> {
@@ -21,8 +82,39 @@ impl<'r, 't> Checker<'r, 't> {
             return None;
         }
         let f: file::Session = self.section(&path)?;
+        self.session_table(&path, f)
+    }
 
-        let cookie = f.cookie.unwrap_or_else(|| "connect.sid".to_owned());
+    /// One session table (`[session]`, or a profile's).
+    pub(super) fn session_table(
+        &mut self,
+        path: &[Seg],
+        mut f: file::Session,
+    ) -> Option<SessionSettings> {
+        let path = path.to_vec();
+        let preset = self.choice(
+            &sub(&path, "preset"),
+            f.preset.as_deref(),
+            None,
+            &[
+                ("express", Some(Preset::Express)),
+                ("fastify", Some(Preset::Fastify)),
+                ("flask-session", Some(Preset::FlaskSession)),
+                ("django", Some(Preset::Django)),
+                ("php", Some(Preset::Php)),
+            ],
+        );
+        let defaults = preset_defaults(preset.flatten());
+        let defaults_cookie_format = defaults.cookie_format.to_owned();
+        let cookie_format_text = f.cookie_format.take().or(Some(defaults_cookie_format));
+        f.key = f.key.take().or_else(|| Some(defaults.key.to_owned()));
+        f.value = f.value.take().or_else(|| Some(defaults.value.to_owned()));
+        f.user_field = f
+            .user_field
+            .take()
+            .or_else(|| Some(defaults.user_field.to_owned()));
+
+        let cookie = f.cookie.unwrap_or_else(|| defaults.cookie.to_owned());
         if !is_cookie_name(&cookie) {
             self.error(
                 &sub(&path, "cookie"),
@@ -31,21 +123,23 @@ impl<'r, 't> Checker<'r, 't> {
         }
         let cookie_format = self.choice(
             &sub(&path, "cookie_format"),
-            f.cookie_format.as_deref(),
+            cookie_format_text.as_deref(),
             CookieFormat::Express,
             &[
                 ("express", CookieFormat::Express),
                 ("plain", CookieFormat::Plain),
+                ("fastify", CookieFormat::Fastify),
+                ("flask_signed", CookieFormat::FlaskSigned),
             ],
         );
         // Secrets are never echoed.
         let secrets_path = sub(&path, "secrets");
-        if cookie_format == Some(CookieFormat::Express) {
+        if cookie_format.is_some_and(|f| f != CookieFormat::Plain) {
             match f.secrets.as_deref() {
                 None => self.missing(
                     &secrets_path,
-                    "missing required key `secrets` (cookie_format = \"express\" needs the \
-                     express-session secrets)",
+                    "missing required key `secrets` (a signed cookie_format needs the \
+                     app's signing secrets)",
                 ),
                 Some([]) => self.error(&secrets_path, "must list at least one secret"),
                 Some(_) => {}
@@ -88,8 +182,54 @@ impl<'r, 't> Checker<'r, 't> {
             &sub(&path, "value"),
             f.value.as_deref(),
             ValueFormat::Json,
-            &[("json", ValueFormat::Json), ("hash", ValueFormat::Hash)],
+            &[
+                ("json", ValueFormat::Json),
+                ("hash", ValueFormat::Hash),
+                ("msgpack", ValueFormat::Msgpack),
+                ("pickle", ValueFormat::Pickle),
+                ("php", ValueFormat::Php),
+                ("php_serialize", ValueFormat::PhpSerialize),
+                ("flask", ValueFormat::Flask),
+                ("django", ValueFormat::Django),
+                ("exists", ValueFormat::Exists),
+            ],
         );
+        // A key that exists is not a login: with a preset, by default, only
+        // a session whose user field holds a value admits.
+        let require_user = f.require_user.unwrap_or(preset.flatten().is_some());
+        if require_user && value == Some(ValueFormat::Exists) {
+            self.error(
+                &sub(&path, "require_user"),
+                "value = \"exists\" reads no user from the session; set require_user = false",
+            );
+        }
+        let id_transform = self.choice(
+            &sub(&path, "id_transform"),
+            f.id_transform.as_deref(),
+            IdTransform::Identity,
+            &[
+                ("none", IdTransform::Identity),
+                ("base64", IdTransform::Base64),
+                ("rails", IdTransform::RailsPrivate),
+            ],
+        );
+        let expires_text = f
+            .expires_field
+            .clone()
+            .or(defaults.expires_field.map(str::to_owned));
+        let expires_field = match expires_text {
+            None => Some(None),
+            Some(text) => match FieldPath::parse(&text) {
+                Some(p) => Some(Some(p)),
+                None => {
+                    self.error(
+                        &sub(&path, "expires_field"),
+                        format!("{text:?} is not a dotted field path (e.g. \"cookie.expires\")"),
+                    );
+                    None
+                }
+            },
+        };
         let role_text = f.role_field.unwrap_or_else(|| "user.role".to_owned());
         let role_field = FieldPath::parse(&role_text);
         if role_field.is_none() {
@@ -129,6 +269,11 @@ impl<'r, 't> Checker<'r, 't> {
             key: key?,
             value: value?,
             role_field: role_field?,
+            preset: preset?,
+            require_user,
+            id_rule: defaults.id_rule,
+            id_transform: id_transform?,
+            expires_field: expires_field?,
         })
     }
 
@@ -185,7 +330,7 @@ impl<'r, 't> Checker<'r, 't> {
         };
         let template = template?;
         let cookie_key = cookie_key?;
-        let signed = cookie_format? == CookieFormat::Express;
+        let signed = cookie_format? != CookieFormat::Plain;
         if signed && allow_unsigned != Some(true) && template.overlaps(cookie_key) {
             let why = if same {
                 "\"same_as_cookie\" lets a bare session id, sent as a bearer token, in without \

@@ -1047,7 +1047,7 @@ on_unauthenticated = { redirect = "//evil.example", colour = "red" }
                 "2:10 server.listen: expected a list of strings, found a string",
                 "3:11 server.threads: expected an integer, found a string",
                 "6:7 redis.url: must start with redis://, rediss://, unix:// or redis+unix://",
-                "9:17 session.cookie_format: unknown value \"expres\", expected one of \"express\", \"plain\"",
+                "9:17 session.cookie_format: unknown value \"expres\", expected one of \"express\", \"plain\", \"fastify\", \"flask_signed\"",
                 "10:10 session.bearer: bearer = \"jwt\" needs a [jwt] table (its `algorithms`, and a `secret`, `public_key_file` or `jwks_file`)",
                 "14:10 upstream[0].addrs[0]: \"127.0.0.1\" has no port (expected host:port)",
                 "17:15 route[0].path_prefix: \"api\" must start with \"/\"",

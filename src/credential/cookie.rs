@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use sha1::Sha1;
 use sha2::Sha256;
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -95,7 +96,10 @@ pub fn plain_id(raw: &str) -> Option<SessionId> {
 /// verifier's question: Redis and the session cache still decide it on
 /// every request.
 pub struct ExpressVerifier {
+    scheme: Scheme,
     keyed: Vec<Hmac<Sha256>>,
+    /// Flask-Session's keys (HMAC-SHA1, derived from each secret).
+    flask: Vec<Hmac<Sha1>>,
     accepted: ThreadLocal<RefCell<Accepted>>,
     /// Keyed per process, so a client cannot choose values that share a slot.
     hasher: foldhash::fast::RandomState,
@@ -117,8 +121,18 @@ impl ExpressVerifier {
 
     /// Like [`ExpressVerifier::new`], for secrets given as bytes or strings.
     pub fn from_keys<S: AsRef<[u8]>>(secrets: &[S]) -> Self {
+        Self::with_scheme(Scheme::Express, secrets)
+    }
+
+    /// A verifier of cookies signed the way `scheme` says.
+    pub fn with_scheme<S: AsRef<[u8]>>(scheme: Scheme, secrets: &[S]) -> Self {
         ExpressVerifier {
+            scheme,
             keyed: secrets.iter().map(|s| keyed_mac(s.as_ref())).collect(),
+            flask: match scheme {
+                Scheme::Flask => secrets.iter().map(|s| flask_key(s.as_ref())).collect(),
+                _ => Vec::new(),
+            },
             accepted: ThreadLocal::new(),
             hasher: Default::default(),
         }
@@ -154,7 +168,16 @@ impl ExpressVerifier {
         let mut decoded = Vec::with_capacity(raw.len());
         decoded.extend(percent_decode_str(raw));
         let decoded = String::from_utf8(decoded).map_err(|_| SignedCookieRejected::Malformed)?;
-        let (id, sig) = split_signed(&decoded).ok_or(SignedCookieRejected::Malformed)?;
+        if self.scheme == Scheme::Flask {
+            return self.check_flask(&decoded);
+        }
+        let rest = match self.scheme {
+            Scheme::Express => decoded.strip_prefix("s:"),
+            _ => Some(decoded.as_str()),
+        };
+        let (id, sig) = rest
+            .and_then(split_signed)
+            .ok_or(SignedCookieRejected::Malformed)?;
         // Each comparison is constant time. Stopping at the first matching
         // secret only tells a client which secret signed its own valid cookie
         // (the current one, almost always), and saves an HMAC per request.
@@ -171,6 +194,61 @@ impl ExpressVerifier {
             None => Err(SignedCookieRejected::BadSignature),
         }
     }
+}
+
+impl ExpressVerifier {
+    /// Flask-Session's `<id>.<sig>`: itsdangerous, HMAC-SHA1 under a key
+    /// derived from the secret, the tag in URL-safe base64 without padding.
+    fn check_flask(&self, decoded: &str) -> Result<(SessionId, usize), SignedCookieRejected> {
+        let (id, sig_b64) = decoded
+            .rsplit_once('.')
+            .ok_or(SignedCookieRejected::Malformed)?;
+        if id.is_empty() || id.len() > MAX_ID_LEN || sig_b64.len() != 27 {
+            return Err(SignedCookieRejected::Malformed);
+        }
+        let mut sig = [0u8; 21];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(sig_b64, &mut sig)
+            .map_err(|_| SignedCookieRejected::Malformed)?;
+        if n != 20 {
+            return Err(SignedCookieRejected::Malformed);
+        }
+        let index = self.flask.iter().position(|mac| {
+            let tag = mac
+                .clone()
+                .chain_update(id.as_bytes())
+                .finalize()
+                .into_bytes();
+            bool::from(tag.as_slice().ct_eq(&sig[..20]))
+        });
+        match index {
+            Some(index) => Ok((SessionId::new(id.to_owned()), index)),
+            None => Err(SignedCookieRejected::BadSignature),
+        }
+    }
+}
+
+/// How a signed cookie is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// express-session: `s:<id>.<sig>`, percent-encoded.
+    Express,
+    /// @fastify/session: `<id>.<sig>` (express's signature without the
+    /// `s:`, percent-decoded only when it holds a `%`, which is the same).
+    Fastify,
+    /// Flask-Session with `SESSION_USE_SIGNER`: `<id>.<sig>`, itsdangerous.
+    Flask,
+}
+
+/// itsdangerous' `Signer(secret, salt="flask-session", key_derivation="hmac")`:
+/// the key is HMAC-SHA1(secret, salt), the signature HMAC-SHA1(key, id).
+fn flask_key(secret: &[u8]) -> Hmac<Sha1> {
+    let derived = <Hmac<Sha1> as Mac>::new_from_slice(secret)
+        .expect("HMAC accepts keys of any length")
+        .chain_update(b"flask-session")
+        .finalize()
+        .into_bytes();
+    <Hmac<Sha1> as Mac>::new_from_slice(&derived).expect("HMAC accepts keys of any length")
 }
 
 /// Slots in one thread's memo of accepted cookie values (a power of two).
@@ -257,8 +335,7 @@ impl SignedCookieRejected {
 }
 
 /// Splits a decoded `s:<id>.<sig>` value into the id and the decoded signature.
-fn split_signed(decoded: &str) -> Option<(&str, [u8; TAG_LEN])> {
-    let rest = decoded.strip_prefix("s:")?;
+fn split_signed(rest: &str) -> Option<(&str, [u8; TAG_LEN])> {
     let (id, sig_b64) = rest.rsplit_once('.')?;
     if id.is_empty() || id.len() > MAX_ID_LEN || sig_b64.len() != TAG_B64_LEN {
         return None;
@@ -301,6 +378,16 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The cookie value express-session sets for session `id` signed with `secret`:
 /// `encodeURIComponent("s:" + id + "." + sig)`, e.g. `s%3A<id>.<sig>` with `+`
 /// and `/` in the signature written as `%2B` and `%2F`.
+/// Signs `id` the way @fastify/session does: `<id>.<sig>`, no `s:`, not
+/// percent-encoded.
+pub fn fastify_sign(id: &str, secret: &str) -> String {
+    let tag = keyed_mac(secret.as_bytes())
+        .chain_update(id.as_bytes())
+        .finalize()
+        .into_bytes();
+    format!("{id}.{}", STANDARD_NO_PAD.encode(tag))
+}
+
 pub fn express_sign(id: &str, secret: &str) -> String {
     let tag = keyed_mac(secret.as_bytes())
         .chain_update(id.as_bytes())

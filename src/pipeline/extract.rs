@@ -7,7 +7,7 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::request::Parts;
 use http::HeaderValue;
 
-use crate::config::{BearerMode, JwtSettings, SessionSettings};
+use crate::config::{BearerMode, CookieFormat, JwtSettings, SessionSettings};
 use crate::credential::bearer::bearer_token;
 use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
 use crate::credential::{Credential, CredentialSource};
@@ -40,7 +40,7 @@ pub(super) fn extract<T: Trace>(
     let mut reason = AuthFailure::Missing;
     let mut reported = false;
     if let Some(raw) = find_cookie(cookies, &session.cookie) {
-        let (id, check, secret_index) = match verifier {
+        let (mut id, mut check, secret_index) = match verifier {
             Some(verifier) => match verifier.check(raw) {
                 Ok((id, index)) => (Some(id), "ok", Some(index)),
                 Err(e) => (None, e.as_str(), None),
@@ -50,12 +50,21 @@ pub(super) fn extract<T: Trace>(
                 None => (None, "malformed", None),
             },
         };
+        // Only ids the framework issues name a key (a cookie cannot address
+        // other keys through the template).
+        if id
+            .as_ref()
+            .is_some_and(|id| !session.id_rule.allows(id.as_str()))
+        {
+            (id, check) = (None, "malformed");
+        }
         trace.credential(CredentialSeen {
             source: "cookie",
-            format: Some(if verifier.is_some() {
-                "express"
-            } else {
-                "plain"
+            format: Some(match session.cookie_format {
+                CookieFormat::Plain => "plain",
+                CookieFormat::Express => "express",
+                CookieFormat::Fastify => "fastify",
+                CookieFormat::FlaskSigned => "flask_signed",
             }),
             check,
             secret_index,

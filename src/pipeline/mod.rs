@@ -70,8 +70,7 @@ impl Pipeline {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Pipeline {
         let identity = IdentityPlan::new(&config.identity);
         Pipeline {
-            verifier: (config.session.cookie_format == CookieFormat::Express)
-                .then(|| ExpressVerifier::new(&config.session.secrets)),
+            verifier: verifier_for(&config.session),
             resolver: Resolver::new(&config, &identity, store.clone(), cache.clone()),
             identity,
             cursors: config
@@ -432,6 +431,18 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The signed-cookie verifier a session table needs (`None`: plain ids).
+fn verifier_for(session: &crate::config::SessionSettings) -> Option<ExpressVerifier> {
+    use crate::credential::cookie::Scheme;
+    let scheme = match session.cookie_format {
+        CookieFormat::Plain => return None,
+        CookieFormat::Express => Scheme::Express,
+        CookieFormat::Fastify => Scheme::Fastify,
+        CookieFormat::FlaskSigned => Scheme::Flask,
+    };
+    Some(ExpressVerifier::with_scheme(scheme, &session.secrets))
 }
 
 /// The request line and headers, as sent (near enough: `METHOD target HTTP/1.1`).

@@ -49,6 +49,10 @@ pub(super) struct Resolver {
     session_key: KeyTemplate,
     bearer_key: Option<KeyTemplate>,
     jwt: Option<JwtSettings>,
+    /// The session table (key transform, `require_user`).
+    session: crate::config::SessionSettings,
+    /// Where `expires_field` is among the wanted fields, when set.
+    expires_slot: Option<usize>,
     /// Bearer JWTs verified before, by their SHA-256: their token key, where
     /// the cache keeps the principal verified from exactly that token.
     token_keys: Option<Cache<[u8; 32], Arc<str>>>,
@@ -76,8 +80,13 @@ impl Resolver {
         let wanted = Wanted::new(
             identity
                 .fields()
-                .chain([&session.role_field, &session.user_field]),
+                .chain([&session.role_field, &session.user_field])
+                .chain(session.expires_field.as_ref()),
         );
+        let expires_slot = session
+            .expires_field
+            .as_ref()
+            .map(|_| wanted.slot(identity.len() + 2));
         let keep_last_good = config
             .routes
             .iter()
@@ -99,6 +108,8 @@ impl Resolver {
             bearer_key: session.bearer_key.clone(),
             token_keys,
             jwt: config.jwt.clone(),
+            session: session.clone(),
+            expires_slot,
             sliding: session.sliding,
         }
     }
@@ -119,7 +130,21 @@ impl Resolver {
             (Some(bearer_key), CredentialSource::Bearer) => bearer_key,
             _ => &self.session_key,
         };
-        let key = template.render(credential.id.as_str());
+        let key = match (&self.bearer_key, credential.source) {
+            (Some(bearer_key), CredentialSource::Bearer) => {
+                bearer_key.render(credential.id.as_str())
+            }
+            // The cookie's id, through the table's `id_transform`.
+            _ => match self.session.session_key(credential.id.as_str()) {
+                Some(key) => key,
+                None => {
+                    return Resolved::Invalid {
+                        reason: AuthFailure::BadCredential,
+                        bearer,
+                    }
+                }
+            },
+        };
         let resolved = self.lookup(&key, T::DRY_RUN).await;
         trace.lookup(LookupSeen::Session {
             template,
@@ -328,6 +353,7 @@ impl Resolver {
         };
         let fields = match (raw.value, format) {
             (RawValue::String(bytes), ValueFormat::Json) => self.wanted.decode_json(&bytes),
+            (_, ValueFormat::Exists) => Ok(self.wanted.read(&Session::exists(None))),
             (value, format) => Session::decode(
                 RawSession {
                     value,
@@ -338,13 +364,31 @@ impl Resolver {
             .map(|session| self.wanted.read(&session)),
         };
         Ok(match fields {
-            Ok(fields) => Lookup::Found(Arc::new(self.principal_from(
-                key,
-                fields,
-                raw.ttl_ms.map(Duration::from_millis),
-            ))),
+            Ok(fields) => self.admit(key, fields, raw.ttl_ms.map(Duration::from_millis)),
             Err(_) => Lookup::Invalid(AuthFailure::Unreadable),
         })
+    }
+
+    /// A session read from Redis, unless it is one the app would not take
+    /// as a login: no user (`require_user`), or past the expiry date kept
+    /// in its value (`expires_field`), which also bounds how long it is cached.
+    fn admit(&self, key: &str, fields: Fields, ttl: Option<Duration>) -> Lookup {
+        let user = fields.text(self.wanted.slot(self.identity.len() + 1));
+        if self.session.require_user && user.is_none_or(str::is_empty) {
+            return Lookup::Invalid(AuthFailure::Anonymous);
+        }
+        let mut ttl = ttl;
+        if let Some(at) = self
+            .expires_slot
+            .and_then(|slot| fields.text(slot))
+            .and_then(stored_date)
+        {
+            match at.duration_since(SystemTime::now()) {
+                Ok(left) if !left.is_zero() => ttl = Some(ttl.map_or(left, |t| t.min(left))),
+                _ => return Lookup::Invalid(AuthFailure::Expired),
+            }
+        }
+        Lookup::Found(Arc::new(self.principal_from(key, fields, ttl)))
     }
 
     /// Extracts what requests need from a session document.
@@ -383,4 +427,12 @@ fn instant_of(secs: u64) -> Instant {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     Instant::now() + Duration::from_secs(secs).saturating_sub(now)
+}
+
+/// A date as JavaScript's `Date#toJSON` writes it (RFC 3339, e.g.
+/// `2026-11-23T06:09:29.370Z`).
+fn stored_date(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(text)
+        .or_else(|_| humantime::parse_rfc3339_weak(text))
+        .ok()
 }

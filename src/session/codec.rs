@@ -17,6 +17,35 @@ pub struct Session {
     pub ttl_ms: Option<u64>,
 }
 
+/// A string value in `format`, as a JSON document (an object).
+fn decode_string(bytes: &[u8], format: ValueFormat) -> Result<Value, &'static str> {
+    use crate::session::formats;
+    match format {
+        ValueFormat::Json => match serde_json::from_slice::<Value>(bytes) {
+            Ok(doc) if doc.is_object() => Ok(doc),
+            Ok(_) => Err("JSON object"),
+            Err(_) => Err("JSON"),
+        },
+        ValueFormat::Msgpack => formats::msgpack(bytes),
+        ValueFormat::Pickle => formats::pickle(bytes),
+        ValueFormat::Php => formats::php(bytes),
+        ValueFormat::PhpSerialize => formats::php_serialize(bytes),
+        // Flask-Session 0.8 reads msgpack, JSON, and still old pickles.
+        ValueFormat::Flask => match bytes.first() {
+            Some(b'{') => decode_string(bytes, ValueFormat::Json),
+            Some(0x80) => formats::pickle(bytes),
+            _ => formats::msgpack(bytes),
+        },
+        // Django's built-in serializer pickles; django-redis can write JSON.
+        ValueFormat::Django => match bytes.first() {
+            Some(b'{') => decode_string(bytes, ValueFormat::Json),
+            _ => formats::pickle(bytes),
+        },
+        ValueFormat::Exists => Ok(Value::Object(Map::new())),
+        ValueFormat::Hash => Err("hash"),
+    }
+}
+
 /// The stored value could not be read as a session (e.g. not JSON).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the stored session is not valid {0}")]
@@ -39,13 +68,25 @@ impl Session {
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect::<Map<String, Value>>(),
             ),
-            (_, ValueFormat::Json) => return Err(SessionUnreadable("JSON")),
-            (_, ValueFormat::Hash) => return Err(SessionUnreadable("hash")),
+            (crate::session::store::RawValue::String(bytes), format) => {
+                decode_string(&bytes, format).map_err(SessionUnreadable)?
+            }
+            (crate::session::store::RawValue::Hash(_), _) => {
+                return Err(SessionUnreadable("string value"))
+            }
         };
         Ok(Session {
             doc,
             ttl_ms: raw.ttl_ms,
         })
+    }
+
+    /// The session an existence-only profile sees: nothing but its TTL.
+    pub fn exists(ttl_ms: Option<u64>) -> Session {
+        Session {
+            doc: Value::Object(Map::new()),
+            ttl_ms,
+        }
     }
 
     /// The session of a verified bearer JWT: `{"claims": {...}, "session": v}`,

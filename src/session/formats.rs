@@ -257,7 +257,10 @@ impl Php<'_> {
     /// The bytes up to `end`, which is consumed too.
     fn until(&mut self, end: u8) -> Result<&[u8], Unreadable> {
         let rest = &self.bytes[self.at..];
-        let n = rest.iter().position(|&b| b == end).ok_or("php: truncated")?;
+        let n = rest
+            .iter()
+            .position(|&b| b == end)
+            .ok_or("php: truncated")?;
         self.at += n + 1;
         Ok(&rest[..n])
     }
@@ -276,17 +279,20 @@ mod tests {
             v,
             json!({"user": {"id": 1001, "email": "alice@example.test", "role": "admin"}, "n": 3})
         );
-        let v = php_serialize(br#"a:1:{s:4:"user";a:2:{s:2:"id";i:1002;s:5:"roles";a:2:{i:0;s:1:"a";i:1;s:1:"b";}}}"#).unwrap();
+        let v = php_serialize(
+            br#"a:1:{s:4:"user";a:2:{s:2:"id";i:1002;s:5:"roles";a:2:{i:0;s:1:"a";i:1;s:1:"b";}}}"#,
+        )
+        .unwrap();
         assert_eq!(v, json!({"user": {"id": 1002, "roles": ["a", "b"]}}));
         // An anonymous session: empty.
         assert_eq!(php(b"").unwrap(), json!({}));
         assert_eq!(php_serialize(b"a:0:{}").unwrap(), json!({}));
         // Lengths count bytes.
+        assert_eq!(php("x|s:2:\"é\";".as_bytes()).unwrap(), json!({"x": "é"}));
         assert_eq!(
-            php("x|s:2:\"é\";".as_bytes()).unwrap(),
-            json!({"x": "é"})
+            php(b"f|d:1.5;b|b:1;z|N;").unwrap(),
+            json!({"f": 1.5, "b": true, "z": null})
         );
-        assert_eq!(php(b"f|d:1.5;b|b:1;z|N;").unwrap(), json!({"f": 1.5, "b": true, "z": null}));
     }
 
     #[test]
@@ -325,7 +331,10 @@ mod tests {
     #[test]
     fn msgpack_maps_are_read_and_nothing_else() {
         let bytes = rmp_serde::to_vec_named(&json!({"_user_id": "1001", "_fresh": true})).unwrap();
-        assert_eq!(msgpack(&bytes).unwrap(), json!({"_user_id": "1001", "_fresh": true}));
+        assert_eq!(
+            msgpack(&bytes).unwrap(),
+            json!({"_user_id": "1001", "_fresh": true})
+        );
         assert!(msgpack(&rmp_serde::to_vec(&json!([1, 2])).unwrap()).is_err());
         // 100 nested one-element arrays: deeper than allowed.
         let mut deep = vec![0x91u8; 100];

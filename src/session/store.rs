@@ -203,8 +203,10 @@ impl RedisStore {
         ttl: bool,
     ) -> Result<Option<RawSession>, StoreError> {
         let command = match format {
-            ValueFormat::Json => "GET",
             ValueFormat::Hash => "HGETALL",
+            // Any type: only whether it exists counts.
+            ValueFormat::Exists => "PTTL",
+            _ => "GET",
         };
         let (value, ttl_ms) = if ttl {
             let mut pipe = redis::pipe();
@@ -232,12 +234,14 @@ impl RedisStore {
             (value, None)
         };
         let value = match format {
-            ValueFormat::Json => match redis::from_redis_value::<Option<Vec<u8>>>(value)
-                .map_err(|e| StoreError::from_redis(e.into()))?
-            {
-                Some(bytes) => RawValue::String(bytes),
-                None => return Ok(None),
-            },
+            ValueFormat::Exists => {
+                let pttl: i64 =
+                    redis::from_redis_value(value).map_err(|e| StoreError::from_redis(e.into()))?;
+                if pttl == -2 {
+                    return Ok(None);
+                }
+                RawValue::String(Vec::new())
+            }
             ValueFormat::Hash => {
                 let fields: Vec<(String, String)> =
                     redis::from_redis_value(value).map_err(|e| StoreError::from_redis(e.into()))?;
@@ -246,6 +250,12 @@ impl RedisStore {
                 }
                 RawValue::Hash(fields)
             }
+            _ => match redis::from_redis_value::<Option<Vec<u8>>>(value)
+                .map_err(|e| StoreError::from_redis(e.into()))?
+            {
+                Some(bytes) => RawValue::String(bytes),
+                None => return Ok(None),
+            },
         };
         Ok(Some(RawSession { value, ttl_ms }))
     }
