@@ -316,7 +316,7 @@ fn build() -> Metrics {
     let live_exchanges = defined(IntGaugeVec::new(
         Opts::new(
             "sessiongate_live_exchanges",
-            "Live exchanges tied to the session that admitted them, by kind (upgrade: WebSocket and other 101s; stream: text/event-stream).",
+            "Live exchanges tied to the session that admitted them, by kind (upgrade: WebSocket and other 101s; stream: text/event-stream; poll: a response of no announced length streaming past live_after).",
         ),
         &["kind"],
     ));
@@ -327,7 +327,7 @@ fn build() -> Metrics {
         &["reason"],
     );
     // Exported from the start, so that dashboards and alerts see zeros.
-    for kind in ["upgrade", "stream"] {
+    for kind in ["upgrade", "stream", "poll"] {
         live_exchanges.with_label_values(&[kind]).set(0);
     }
     for reason in [
