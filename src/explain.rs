@@ -114,6 +114,8 @@ pub struct RequestStage {
 pub struct RouteStage {
     /// The route of the exact reading: it serves the request.
     pub name: String,
+    /// The session profile its credential is checked under.
+    pub profile: String,
     /// Every reading with the route it chose.
     pub readings: Vec<ReadingRoute>,
     /// The route whose authentication settings apply (the first

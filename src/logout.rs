@@ -21,7 +21,7 @@ use http::header::ORIGIN;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 
-use crate::config::{Config, FieldPath, KeyTemplate, SessionSettings, ValueFormat};
+use crate::config::{FieldPath, KeyTemplate, SessionSettings, ValueFormat};
 use crate::credential::SessionId;
 use crate::reject::Rendered;
 use crate::route::target::normalise_host;
@@ -89,8 +89,10 @@ impl Logout {
     /// `None` when neither `logout_path` nor `logout_all_path` is configured.
     /// `token_key` is the Redis key of a bearer JWT's id (`[jwt] key`), when
     /// JWTs are accepted.
-    pub fn new(config: &Config, token_key: Option<KeyTemplate>) -> Option<Logout> {
-        let session = &config.session;
+    pub fn for_session(
+        session: &SessionSettings,
+        token_key: Option<KeyTemplate>,
+    ) -> Option<Logout> {
         if session.logout_path.is_none() && session.logout_all_path.is_none() {
             return None;
         }
@@ -514,7 +516,7 @@ mod tests {
         }
     }
 
-    fn config(session_extra: &str) -> Config {
+    fn config(session_extra: &str) -> crate::config::Config {
         let text = format!(
             r#"[server]
 listen = ["127.0.0.1:0"]
@@ -540,7 +542,7 @@ upstream = "app"
     }
 
     fn logout(session_extra: &str) -> Logout {
-        Logout::new(&config(session_extra), None).unwrap()
+        Logout::for_session(&config(session_extra).session, None).unwrap()
     }
 
     fn cache() -> std::sync::Arc<SessionCache> {
@@ -557,7 +559,7 @@ user_sessions_key = "user:{user}:sessions""#;
 
     #[test]
     fn no_logout_paths_no_logout() {
-        assert!(Logout::new(&config(""), None).is_none());
+        assert!(Logout::for_session(&config("").session, None).is_none());
     }
 
     #[test]
@@ -673,7 +675,7 @@ user_sessions_key = "user:{user}:sessions""#;
         // As `user_tokens_key` with a `[jwt]` table would set it.
         config.session.user_tokens_key = KeyTemplate::parse("user:{user}:tokens", "{user}");
         let token_key = KeyTemplate::parse("token:{id}", "{id}");
-        let l = Logout::new(&config, token_key).unwrap();
+        let l = Logout::for_session(&config.session, token_key).unwrap();
         let store = MemStore::default();
         let cache = cache();
         store.put("token:t1", "{}");

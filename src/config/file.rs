@@ -29,6 +29,8 @@ pub struct File {
     pub rollout: Option<Rollout>,
     /// `[tls]`: the certificates of the TLS listeners.
     pub tls: Option<Tls>,
+    /// `[profiles.<name>]`: session tables of other apps (read by name).
+    pub profiles: Option<serde::de::IgnoredAny>,
 }
 
 /// `[tls]`
@@ -141,6 +143,8 @@ pub struct Session {
     pub cookie_path: Option<String>,
     pub cookie_domain: Option<String>,
     pub preset: Option<String>,
+    /// A profile's `[profiles.<name>.identity]` (not read in `[session]`).
+    pub identity: Option<Identity>,
     pub require_user: Option<bool>,
     pub id_transform: Option<String>,
     pub expires_field: Option<String>,
@@ -207,6 +211,7 @@ pub struct Route {
     pub live: Option<String>,
     pub max_lifetime: Option<String>,
     pub live_after: Option<String>,
+    pub profile: Option<String>,
 }
 
 /// `on_unauthenticated = { redirect = "/login" }`

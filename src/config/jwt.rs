@@ -16,13 +16,14 @@ impl<'r, 't> Checker<'r, 't> {
         use jsonwebtoken::AlgorithmFamily;
 
         let path = [Seg::Key("jwt".to_owned())];
-        let bearer_path = [
-            Seg::Key("session".to_owned()),
-            Seg::Key("bearer".to_owned()),
-        ];
-        let wants_jwt = self
-            .lookup(&bearer_path)
-            .is_some_and(|v| v.get_ref().as_str() == Some("jwt"));
+        let jwt_bearer = self.jwt_bearer_path();
+        let wants_jwt = jwt_bearer.is_some();
+        let bearer_path = jwt_bearer.unwrap_or_else(|| {
+            vec![
+                Seg::Key("session".to_owned()),
+                Seg::Key("bearer".to_owned()),
+            ]
+        });
         if self.lookup(&path).is_none() {
             if wants_jwt {
                 self.error(
@@ -39,7 +40,7 @@ impl<'r, 't> Checker<'r, 't> {
             self.error_at(
                 offset,
                 &path,
-                "[jwt] is only used with [session] bearer = \"jwt\"",
+                "[jwt] is only used with bearer = \"jwt\" (in [session] or a profile)",
             );
         }
         let f: file::Jwt = self.section(&path)?;

@@ -14,6 +14,7 @@ pub(crate) mod file;
 mod jwt;
 mod keypath;
 pub mod model;
+mod profile;
 mod rate_limit;
 mod redis;
 mod route;

@@ -15,6 +15,9 @@ pub struct Config {
     pub session: SessionSettings,
     /// `[identity.headers]`, in file order.
     pub identity: Vec<IdentityHeader>,
+    /// The session profiles: `[0]` is `default` (`[session]` and
+    /// `[identity.headers]`), then `[profiles.<name>]` in file order.
+    pub profiles: Vec<Profile>,
     /// `[[upstream]]`, in file order; routes refer to them by index.
     pub upstreams: Vec<Upstream>,
     /// `[[route]]`, in file order; the first match wins.
@@ -32,6 +35,15 @@ pub struct Config {
     /// `[tls] watch_interval`: how often the certificate files are looked at
     /// for a change on disk (default 10s; 0s: only on reload).
     pub tls_watch: Duration,
+}
+
+/// One app's sessions: `[session]` with `[identity.headers]` (the profile
+/// `default`), or a `[profiles.<name>]` table.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub session: SessionSettings,
+    pub identity: Vec<IdentityHeader>,
 }
 
 /// `[rate_limit]`
@@ -647,6 +659,9 @@ pub struct Route {
     /// is still streaming this long after its head becomes a live exchange
     /// (default 1s). Event streams and upgrades are live at once.
     pub live_after: Duration,
+    /// `profile`: the session profile credentials are checked under
+    /// (index into `Config::profiles`; 0 is `default`).
+    pub profile: usize,
 }
 
 /// A route's `live`: what becomes of a live exchange when its session ends.

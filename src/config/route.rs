@@ -164,6 +164,7 @@ impl<'r, 't> Checker<'r, 't> {
         &mut self,
         upstreams: Option<&[Option<String>]>,
         default_mode: Option<RouteMode>,
+        profiles: &[String],
     ) -> Option<Vec<Route>> {
         let path = [Seg::Key("route".to_owned())];
         let Some(value) = self.lookup(&path) else {
@@ -398,6 +399,8 @@ impl<'r, 't> Checker<'r, 't> {
             );
             let max_lifetime =
                 self.optional_duration(&sub(&entry, "max_lifetime"), f.max_lifetime.as_deref());
+            let profile =
+                self.profile_index(&sub(&entry, "profile"), f.profile.as_deref(), profiles);
             let live_after = self.duration(
                 &sub(&entry, "live_after"),
                 f.live_after.as_deref(),
@@ -471,6 +474,7 @@ impl<'r, 't> Checker<'r, 't> {
                     live: live?,
                     max_lifetime,
                     live_after,
+                    profile: profile?,
                 })
             })());
         }

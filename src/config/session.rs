@@ -82,6 +82,13 @@ impl<'r, 't> Checker<'r, 't> {
             return None;
         }
         let f: file::Session = self.section(&path)?;
+        if f.identity.is_some() {
+            self.error(
+                &sub(&path, "identity"),
+                "[session.identity] is not read: the default profile's identity headers are \
+                 [identity.headers]",
+            );
+        }
         self.session_table(&path, f)
     }
 
@@ -551,7 +558,12 @@ impl<'r, 't> Checker<'r, 't> {
     }
 
     pub(super) fn identity(&mut self) -> Option<Vec<IdentityHeader>> {
-        let path = [Seg::Key("identity".to_owned())];
+        self.identity_at(&[Seg::Key("identity".to_owned())])
+    }
+
+    /// An identity table (`[identity]`, or a profile's) at `path`.
+    pub(super) fn identity_at(&mut self, path: &[Seg]) -> Option<Vec<IdentityHeader>> {
+        let path = path.to_vec();
         if self.lookup(&path).is_none() {
             return Some(Vec::new());
         }

@@ -132,14 +132,18 @@ impl Checker<'_, '_> {
         let redis = self.redis();
         let session = self.session();
         let identity = self.identity();
+        let profiles = self.profiles(session.as_ref(), identity.as_ref());
+        let profile_names = self.profile_names();
         let (upstreams, names) = self.upstreams();
         let default_mode = self.rollout();
-        let routes = self.routes(names.as_deref(), default_mode);
+        let routes = self.routes(names.as_deref(), default_mode, &profile_names);
         let mut cache = self.cache();
         let jwt = self.jwt();
-        if let (Some(cache), Some(session)) = (&mut cache, &session) {
+        if let (Some(cache), Some(profiles)) = (&mut cache, &profiles) {
             let token_key = jwt.as_ref().and_then(|j| j.as_ref()).map(|j| &j.key);
-            cache.tracked_prefixes = crate::session::tracking::prefixes(session, token_key);
+            let sessions: Vec<&super::model::SessionSettings> =
+                profiles.iter().map(|p| &p.session).collect();
+            cache.tracked_prefixes = crate::session::tracking::prefixes(&sessions, token_key);
         }
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         let rate_limit = self.rate_limit();
@@ -149,6 +153,7 @@ impl Checker<'_, '_> {
             redis: redis?,
             session: session?,
             identity: identity?,
+            profiles: profiles?,
             upstreams: upstreams?,
             routes: routes?,
             cache: cache?,

@@ -44,18 +44,28 @@ use resolve::{Resolved, Resolver};
 use route::Matched;
 use trace::{NoTrace, Trace};
 
-/// Everything compiled from one configuration that a request needs.
-pub struct Pipeline {
-    pub config: Config,
+/// What one session profile needs to check a credential, compiled.
+pub(crate) struct ProfileRuntime {
+    /// The profile's identity headers (what its principals carry values of).
     pub identity: IdentityPlan,
     verifier: Option<ExpressVerifier>,
     resolver: Resolver,
+}
+
+/// Everything compiled from one configuration that a request needs.
+pub struct Pipeline {
+    pub config: Config,
+    /// Every profile's identity headers together: what is stripped from
+    /// every client request, whichever profile serves it.
+    pub identity: IdentityPlan,
+    /// Per profile (`config.profiles`), in order: 0 is `default`.
+    profiles: Vec<ProfileRuntime>,
     store: Arc<dyn SessionStore>,
     cache: Arc<SessionCache>,
     /// One round-robin cursor per upstream.
     cursors: Vec<AtomicUsize>,
-    /// `logout_path` / `logout_all_path`, when configured.
-    logout: Option<Logout>,
+    /// `logout_path` / `logout_all_path` of each profile that has them.
+    logout: Vec<(usize, Logout)>,
     /// Metric handles for this configuration's routes and upstreams.
     pub metrics: PipelineMetrics,
     /// `[rate_limit]` (its token buckets are emptied by a reload).
@@ -68,17 +78,64 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Pipeline {
-        let identity = IdentityPlan::new(&config.identity);
+        // A config built in code (tests) may carry no profiles: `[session]`
+        // and `[identity.headers]` are the default one.
+        let defaults = [crate::config::Profile {
+            name: "default".to_owned(),
+            session: config.session.clone(),
+            identity: config.identity.clone(),
+        }];
+        let profile_list = if config.profiles.is_empty() {
+            &defaults[..]
+        } else {
+            &config.profiles[..]
+        };
+        let profiles: Vec<ProfileRuntime> = profile_list
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                let identity = IdentityPlan::new(&p.identity);
+                ProfileRuntime {
+                    verifier: verifier_for(&p.session),
+                    resolver: Resolver::new(
+                        &config,
+                        &p.session,
+                        index,
+                        &identity,
+                        store.clone(),
+                        cache.clone(),
+                    ),
+                    identity,
+                }
+            })
+            .collect();
+        let mut every: Vec<crate::config::IdentityHeader> = Vec::new();
+        for p in profile_list {
+            for h in &p.identity {
+                if !every.iter().any(|e| e.name == h.name) {
+                    every.push(h.clone());
+                }
+            }
+        }
+        let logout = profile_list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let token_key = (p.session.bearer == crate::config::BearerMode::Jwt)
+                    .then(|| config.jwt.as_ref().map(|jwt| jwt.key.clone()))
+                    .flatten();
+                Logout::for_session(&p.session, token_key).map(|l| (i, l))
+            })
+            .collect();
         Pipeline {
-            verifier: verifier_for(&config.session),
-            resolver: Resolver::new(&config, &identity, store.clone(), cache.clone()),
-            identity,
+            profiles,
+            identity: IdentityPlan::new(&every),
             cursors: config
                 .upstreams
                 .iter()
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
-            logout: Logout::new(&config, config.jwt.as_ref().map(|jwt| jwt.key.clone())),
+            logout,
             metrics: PipelineMetrics::new(&config),
             limits: limit::Limits::new(&config.rate_limit, store.clone()),
             health: crate::upstream::UpstreamHealth::new(&config.upstreams),
@@ -91,6 +148,19 @@ impl Pipeline {
 
     pub fn route(&self, index: usize) -> &Route {
         &self.config.routes[index]
+    }
+
+    /// The compiled profile at `index` (a route's `profile`, a principal's).
+    pub(crate) fn profile(&self, index: usize) -> &ProfileRuntime {
+        self.profiles.get(index).unwrap_or(&self.profiles[0])
+    }
+
+    /// The session table of profile `index`.
+    fn session_of(&self, index: usize) -> &crate::config::SessionSettings {
+        self.config
+            .profiles
+            .get(index)
+            .map_or(&self.config.session, |p| &p.session)
     }
 
     /// The next address of the route's upstream, round robin, skipping the
@@ -158,7 +228,7 @@ impl Pipeline {
     /// counted, nothing is cached, touched or logged out, no metric moves
     /// (the Redis reads themselves aside).
     pub async fn explain(&self, req: &Parts, raw_target: &[u8]) -> Explanation {
-        let mut recorder = record::Recorder::new(&self.config, &self.identity, &self.cache);
+        let mut recorder = record::Recorder::new(&self.config, &self.profiles, &self.cache);
         let outcome = self
             .decide(req, raw_target, &Arrival::default(), None, &mut recorder)
             .await;
@@ -223,10 +293,10 @@ impl Pipeline {
                 rendered: https_redirect(&target, self.config.server.https_port),
             };
         }
-        if let Some((logout, scope)) = self
+        if let Some((profile, logout, scope)) = self
             .logout
-            .as_ref()
-            .and_then(|l| l.matches(&target.path).map(|scope| (l, scope)))
+            .iter()
+            .find_map(|(p, l)| l.matches(&target.path).map(|scope| (*p, l, scope)))
         {
             if T::DRY_RUN {
                 trace.note("a logout path: answered by the gateway (explain ends nothing)");
@@ -236,7 +306,7 @@ impl Pipeline {
                 };
             }
             let origin = self.origin(req, raw_target, &target, arrival);
-            return self.logout(req, origin, logout, scope).await;
+            return self.logout(req, origin, profile, logout, scope).await;
         }
         let Some(matched) =
             Matched::select(&self.table, &self.config.routes, &target.host, &target.path)
@@ -297,11 +367,26 @@ impl Pipeline {
                 rejection: Rejection::RateLimited { retry_after },
             };
         }
-        let session = &self.config.session;
-        let resolved = match extract::extract(req, session, self.verifier.as_ref(), trace) {
+        // Every route that authenticates this request must check its
+        // credential under the same profile: readings of one path that reach
+        // two apps' routes are not left to pick one.
+        if matched.all().any(|(_, r)| {
+            r.access == crate::config::Access::Authenticated && r.profile != route.profile
+        }) {
+            return Outcome::Reject {
+                route: Some(index),
+                rejection: Rejection::BadTarget(TargetRejected::Path(
+                    crate::route::path::PathRejected::NotCanonical,
+                )),
+            };
+        }
+        let session = self.session_of(route.profile);
+        let profile = self.profile(route.profile);
+        let resolver = &profile.resolver;
+        let resolved = match extract::extract(req, session, profile.verifier.as_ref(), trace) {
             Extracted::Found(credential) => {
                 let stale_allowed = || matched.stale_allowed();
-                self.resolver
+                resolver
                     .credential(&credential, stale_allowed, &route.name, trace)
                     .await
             }
@@ -320,7 +405,7 @@ impl Pipeline {
                         bearer: true,
                     }
                 }
-                Some(Some(token)) => self.resolver.token(token, &route.name, trace).await,
+                Some(Some(token)) => resolver.token(token, &route.name, trace).await,
             },
         };
         match resolved {
@@ -392,6 +477,7 @@ impl Pipeline {
         &self,
         req: &Parts,
         origin: RequestOrigin<'_>,
+        profile: usize,
         logout: &Logout,
         scope: LogoutScope,
     ) -> Outcome {
@@ -413,8 +499,8 @@ impl Pipeline {
         }
         let caller = extract::caller(
             req,
-            &self.config.session,
-            self.verifier.as_ref(),
+            self.session_of(profile),
+            self.profile(profile).verifier.as_ref(),
             self.config.jwt.as_ref(),
         );
         match logout.end(scope, caller, &*self.store, &self.cache).await {

@@ -22,7 +22,9 @@ use super::trace::{CredentialSeen, LookupSeen, Trace};
 /// Builds an [`Explanation`] from a dry run of the pipeline.
 pub(super) struct Recorder<'p> {
     config: &'p Config,
-    identity: &'p IdentityPlan,
+    profiles: &'p [super::ProfileRuntime],
+    /// The profile of the route that authenticates the request.
+    profile: usize,
     cache: &'p SessionCache,
     explained: Explanation,
     /// The whole id of the credential last reported, kept only to recognise
@@ -31,10 +33,15 @@ pub(super) struct Recorder<'p> {
 }
 
 impl<'p> Recorder<'p> {
-    pub fn new(config: &'p Config, identity: &'p IdentityPlan, cache: &'p SessionCache) -> Self {
+    pub fn new(
+        config: &'p Config,
+        profiles: &'p [super::ProfileRuntime],
+        cache: &'p SessionCache,
+    ) -> Self {
         Recorder {
             config,
-            identity,
+            profiles,
+            profile: 0,
             cache,
             explained: Explanation::default(),
             id: None,
@@ -106,15 +113,19 @@ impl<'p> Recorder<'p> {
 
     /// The session stage: the fields the decision read.
     fn session_stage(&self, principal: &Principal) -> explain::SessionStage {
+        let plan: &IdentityPlan =
+            &self.profiles[self.profile.min(self.profiles.len() - 1)].identity;
         let sent: Vec<(&http::HeaderName, HeaderValue)> =
-            self.identity.headers(&principal.identity).collect();
+            plan.headers(&principal.identity).collect();
+        let (session, identity) = match self.config.profiles.get(self.profile) {
+            Some(p) => (&p.session, &p.identity),
+            None => (&self.config.session, &self.config.identity),
+        };
         explain::SessionStage {
             user: principal.user.clone(),
             roles: principal.roles.clone(),
-            role_field: self.config.session.role_field.to_string(),
-            identity: self
-                .config
-                .identity
+            role_field: session.role_field.to_string(),
+            identity: identity
                 .iter()
                 .map(|h| explain::IdentityField {
                     header: h.name.as_str().to_owned(),
@@ -155,7 +166,15 @@ impl Trace for Recorder<'_> {
     fn routed(&mut self, matched: &Matched<'_>) {
         let routes = matched.routes;
         let strict = matched.strict();
+        self.profile = routes[strict.unwrap_or(matched.index())].profile;
+        let profile = self
+            .config
+            .profiles
+            .get(self.profile)
+            .map_or("default", |p| p.name.as_str())
+            .to_owned();
         self.explained.route = Some(explain::RouteStage {
+            profile,
             name: routes[matched.index()].name.clone(),
             readings: matched
                 .selection

@@ -53,6 +53,8 @@ pub(super) struct Resolver {
     session: crate::config::SessionSettings,
     /// Where `expires_field` is among the wanted fields, when set.
     expires_slot: Option<usize>,
+    /// The profile (index) this resolver checks credentials for.
+    profile: usize,
     /// Bearer JWTs verified before, by their SHA-256: their token key, where
     /// the cache keeps the principal verified from exactly that token.
     token_keys: Option<Cache<[u8; 32], Arc<str>>>,
@@ -70,11 +72,12 @@ pub(super) struct Resolver {
 impl Resolver {
     pub fn new(
         config: &Config,
+        session: &crate::config::SessionSettings,
+        profile: usize,
         identity: &IdentityPlan,
         store: Arc<dyn SessionStore>,
         cache: Arc<SessionCache>,
     ) -> Resolver {
-        let session = &config.session;
         // Identity fields first, then roles, then the user: `principal_from`
         // reads the slots in this order.
         let wanted = Wanted::new(
@@ -110,6 +113,7 @@ impl Resolver {
             jwt: config.jwt.clone(),
             session: session.clone(),
             expires_slot,
+            profile,
             sliding: session.sliding,
         }
     }
@@ -417,7 +421,9 @@ impl Resolver {
             })
             .flatten();
         let roles = fields.take_texts(self.wanted.slot(headers));
-        self.cache.principal(key, identity, roles, user, ttl)
+        let mut principal = self.cache.principal(key, identity, roles, user, ttl);
+        principal.profile = self.profile;
+        principal
     }
 }
 

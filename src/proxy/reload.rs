@@ -131,7 +131,11 @@ fn cache_keys_changed(old: &Config, new: &Config) -> Option<&'static str> {
         return Some("session.key");
     }
     let jwt_key = |c: &Config| c.jwt.as_ref().map(|j| j.key.clone());
-    (jwt_key(old) != jwt_key(new)).then_some("jwt.key")
+    if jwt_key(old) != jwt_key(new) {
+        return Some("jwt.key");
+    }
+    // A profile's key (or bearer key) added, removed or changed.
+    (old.cache.tracked_prefixes != new.cache.tracked_prefixes).then_some("a profile's key")
 }
 
 /// Reloads on every SIGHUP, on a thread of its own with a small runtime.

@@ -62,6 +62,7 @@ pub(crate) fn prepare(
     )?;
     join_cookies(upstream_request)?;
     if let Some(principal) = &principal {
+        let plan = &pipeline.profile(principal.profile).identity;
         for (name, value) in plan.headers(&principal.identity) {
             upstream_request.insert(name.clone(), value)?;
         }

@@ -43,6 +43,9 @@ pub struct Principal {
     /// For a bearer JWT: when its `exp` (with the leeway) passes. The cache
     /// serves it no longer, and a live exchange it admitted ends then.
     pub ends_at: Option<Instant>,
+    /// The session profile it was read under (its identity values are that
+    /// profile's headers).
+    pub profile: usize,
 }
 
 /// A lookup's result as cached: a principal, or a known-invalid id.
@@ -199,6 +202,7 @@ impl SessionCache {
             fingerprint: AtomicU64::new(0),
             token: None,
             ends_at: None,
+            profile: 0,
         }
     }
 

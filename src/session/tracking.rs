@@ -58,10 +58,13 @@ const BATCH: usize = 256;
 /// The key prefixes the cache may hold, from the session and opaque bearer
 /// key templates, without any that another covers (Redis refuses
 /// overlapping prefixes). Empty: every key.
-pub fn prefixes(session: &SessionSettings, token_key: Option<&KeyTemplate>) -> Vec<String> {
-    let mut all = vec![session.key.prefix().to_owned()];
-    if let Some(bearer) = &session.bearer_key {
-        all.push(bearer.prefix().to_owned());
+pub fn prefixes(sessions: &[&SessionSettings], token_key: Option<&KeyTemplate>) -> Vec<String> {
+    let mut all = Vec::new();
+    for session in sessions {
+        all.push(session.key.prefix().to_owned());
+        if let Some(bearer) = &session.bearer_key {
+            all.push(bearer.prefix().to_owned());
+        }
     }
     if let Some(token_key) = token_key {
         all.push(token_key.prefix().to_owned());

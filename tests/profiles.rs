@@ -1,0 +1,351 @@
+//! Several apps behind one gateway: a Node shop (express-session, the
+//! `default` profile), a Django back office and a PHP admin, each with its
+//! own cookie, key layout, value format and identity headers, routed by
+//! path, on one Redis. A credential is only ever checked under its route's
+//! profile; logout acts on that profile only; `check` refuses profiles whose
+//! keys could meet; `explain` names the profile.
+
+mod support;
+
+use std::process::Command;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use redis::Commands;
+use serde_json::Value;
+use support::{fixture, get, request, EchoUpstream, RedisServer, TestGateway};
+
+const EXPRESS_SECRET: &str = "profiles-test-express-secret";
+
+fn config(redis: &RedisServer, upstream: &EchoUpstream) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{url}"
+
+[session]
+secrets = ["{EXPRESS_SECRET}"]
+
+[identity.headers]
+"X-User-Id" = "user.id"
+
+[profiles.backoffice]
+preset = "django"
+logout_path = "/backoffice/logout"
+cookie_path = "/backoffice"
+
+[profiles.backoffice.identity.headers]
+"X-User-Id" = "_auth_user_id"
+"X-Staff-Email" = "email"
+
+[profiles.admin]
+preset = "php"
+
+[profiles.admin.identity.headers]
+"X-User-Id" = "user.id"
+"X-Admin-Role" = "user.role"
+
+[profiles.plain]
+cookie = "sid"
+cookie_format = "plain"
+key = "plain:{{id}}"
+
+[profiles.plain.identity.headers]
+"X-User-Id" = "user.id"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+name = "backoffice"
+path_prefix = "/backoffice/"
+upstream = "app"
+profile = "backoffice"
+show_error_details = true
+
+[[route]]
+name = "admin"
+path_prefix = "/admin/"
+upstream = "app"
+profile = "admin"
+show_error_details = true
+
+[[route]]
+name = "plain"
+path_prefix = "/plain/"
+upstream = "app"
+profile = "plain"
+
+[[route]]
+name = "shop"
+path_prefix = "/"
+upstream = "app"
+show_error_details = true
+"#,
+        url = redis.url(),
+        upstream = upstream.addr,
+    )
+}
+
+struct Edge {
+    redis: RedisServer,
+    _upstream: EchoUpstream,
+    gateway: TestGateway,
+}
+
+fn edge() -> Edge {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gateway = TestGateway::start(&config(&redis, &upstream));
+    Edge {
+        redis,
+        _upstream: upstream,
+        gateway,
+    }
+}
+
+/// The three apps' live sessions, as each framework stored them; their cookies.
+struct Cookies {
+    shop: String,
+    backoffice: String,
+    admin: String,
+}
+
+fn sessions(e: &Edge) -> Cookies {
+    let mut conn = e.redis.conn();
+    let _: () = conn
+        .set_ex(
+            "sess:shopper01",
+            r#"{"cookie":{},"user":{"id":"c-7"}}"#,
+            600,
+        )
+        .unwrap();
+    let shop = format!(
+        "connect.sid={}",
+        sessiongate::credential::cookie::express_sign("shopper01", EXPRESS_SECRET)
+    );
+    let django = fixture("frameworks/django.json");
+    let valid = &django["variants"][0]["valid"];
+    let bytes = STANDARD
+        .decode(valid["redis_value_base64"].as_str().unwrap())
+        .unwrap();
+    let _: () = conn
+        .set_ex(valid["redis_key"].as_str().unwrap(), bytes, 600)
+        .unwrap();
+    let php = fixture("frameworks/php-redis.json");
+    let pvalid = &php["variants"][0]["valid"];
+    let _: () = conn
+        .set_ex(
+            pvalid["redis_key"].as_str().unwrap(),
+            pvalid["redis_value_text"].as_str().unwrap(),
+            600,
+        )
+        .unwrap();
+    Cookies {
+        shop,
+        backoffice: valid["cookie_header"].as_str().unwrap().to_owned(),
+        admin: pvalid["cookie_header"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn at(e: &Edge, path: &str, headers: &[(&str, &str)]) -> support::Response {
+    get(e.gateway.addr, path, headers)
+}
+
+#[test]
+fn each_app_gets_its_own_sessions_and_identity_headers() {
+    let e = edge();
+    let c = sessions(&e);
+    let shop = at(&e, "/cart", &[("Cookie", &c.shop)]);
+    assert_eq!(shop.status, 200);
+    assert_eq!(shop.echoed("X-User-Id"), ["c-7"]);
+    let back = at(&e, "/backoffice/users", &[("Cookie", &c.backoffice)]);
+    assert_eq!(back.status, 200);
+    assert_eq!(back.echoed("X-User-Id"), ["1001"]);
+    assert_eq!(back.echoed("X-Staff-Email"), ["alice@example.test"]);
+    let admin = at(&e, "/admin/", &[("Cookie", &c.admin)]);
+    assert_eq!(admin.status, 200);
+    assert_eq!(admin.echoed("X-User-Id"), ["1001"]);
+    assert_eq!(admin.echoed("X-Admin-Role"), ["admin"]);
+    // Every profile's identity headers are the gateway's own: a client's
+    // copies never reach any app, whichever profile serves the request.
+    let forged = at(
+        &e,
+        "/cart",
+        &[
+            ("Cookie", &c.shop),
+            ("X-Staff-Email", "ceo@example.test"),
+            ("X-Admin-Role", "admin"),
+            ("x_admin_role", "admin"),
+        ],
+    );
+    assert_eq!(forged.status, 200);
+    assert!(forged.echoed("X-Staff-Email").is_empty());
+    assert!(forged.echoed("X-Admin-Role").is_empty());
+}
+
+#[test]
+fn a_cookie_of_one_app_never_admits_another() {
+    let e = edge();
+    let c = sessions(&e);
+    let all = format!("{}; {}; {}", c.shop, c.backoffice, c.admin);
+    // Each route reads only its own profile's cookie, even with all three.
+    for (path, who) in [
+        ("/cart", "c-7"),
+        ("/backoffice/x", "1001"),
+        ("/admin/x", "1001"),
+    ] {
+        let resp = at(&e, path, &[("Cookie", &all)]);
+        assert_eq!(resp.echoed("X-User-Id"), [who], "{path}");
+    }
+    for (path, cookie) in [
+        ("/cart", &c.backoffice),
+        ("/cart", &c.admin),
+        ("/backoffice/x", &c.shop),
+        ("/backoffice/x", &c.admin),
+        ("/admin/x", &c.shop),
+        ("/admin/x", &c.backoffice),
+    ] {
+        let resp = at(
+            &e,
+            path,
+            &[("Cookie", cookie), ("Accept", "application/json")],
+        );
+        assert_eq!(resp.status, 401, "{cookie} let in on {path}");
+    }
+    // The same id under two apps' cookies: found only under the route's own
+    // key template. `plain:` and `sess:` both hold "shared01"; the shop's
+    // signed cookie and the plain profile's cookie each admit only their own.
+    let _: () = e
+        .redis
+        .conn()
+        .set_ex("plain:shared01", r#"{"user":{"id":"p-1"}}"#, 600)
+        .unwrap();
+    let _: () = e
+        .redis
+        .conn()
+        .set_ex("sess:shared01", r#"{"user":{"id":"s-1"}}"#, 600)
+        .unwrap();
+    let plain = at(&e, "/plain/x", &[("Cookie", "sid=shared01")]);
+    assert_eq!(plain.echoed("X-User-Id"), ["p-1"]);
+    // The shop's cookie must be signed: the plain id is nothing there.
+    let shop = at(
+        &e,
+        "/cart",
+        &[
+            ("Cookie", "connect.sid=shared01"),
+            ("Accept", "application/json"),
+        ],
+    );
+    assert_eq!(shop.status, 401);
+    let _: () = e.redis.conn().del("plain:shared01").unwrap();
+    let plain = at(
+        &e,
+        "/plain/x",
+        &[("Cookie", "sid=shared01"), ("Accept", "application/json")],
+    );
+    assert_eq!(plain.status, 401, "found under the other app's key");
+}
+
+#[test]
+fn logout_ends_the_session_of_the_routes_profile_only() {
+    let e = edge();
+    let c = sessions(&e);
+    let all = format!("{}; {}", c.shop, c.backoffice);
+    let resp = request(
+        e.gateway.addr,
+        "POST",
+        "/backoffice/logout",
+        &[("Cookie", &all), ("Content-Length", "0")],
+    );
+    assert!(
+        resp.status == 204 || resp.status == 303,
+        "{} {}",
+        resp.status,
+        resp.body
+    );
+    // Django's key is gone and its cookie cleared on its path; the shop's
+    // session stands.
+    let set_cookie = resp.header("set-cookie").unwrap_or_default().to_owned();
+    assert!(set_cookie.starts_with("sessionid="), "{set_cookie}");
+    assert!(set_cookie.contains("Path=/backoffice"), "{set_cookie}");
+    assert_eq!(
+        at(&e, "/backoffice/x", &[("Cookie", &c.backoffice)]).status,
+        401
+    );
+    assert_eq!(at(&e, "/cart", &[("Cookie", &c.shop)]).status, 200);
+}
+
+#[test]
+fn explain_names_the_profile() {
+    let e = edge();
+    let c = sessions(&e);
+    let out = Command::new(support::gateway::binary())
+        .args(["explain", "-c"])
+        .arg(&e.gateway.config_path)
+        .args([
+            "--url",
+            "http://app.test/backoffice/users",
+            "--cookie",
+            &c.backoffice,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let end = stdout.rfind("\n}").expect("JSON") + 2;
+    let doc: Value = serde_json::from_str(&stdout[..end]).unwrap();
+    assert_eq!(doc["route"]["profile"], "backoffice");
+    assert_eq!(doc["decision"]["decision"], "forwarded", "{doc}");
+    assert_eq!(
+        doc["session"]["identity"][1]["header"], "x-staff-email",
+        "{doc}"
+    );
+}
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(support::gateway::binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_refuses_profiles_whose_keys_could_meet() {
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let good = config(&redis, &upstream);
+    assert!(check(&good).0, "{}", check(&good).1);
+    // The plain profile's keys inside the shop's.
+    let bad = good.replace("key = \"plain:{id}\"", "key = \"sess:plain-{id}\"");
+    let (ok, stderr) = check(&bad);
+    assert!(!ok);
+    assert!(
+        stderr.contains("profiles.plain.key") && stderr.contains("can name the same Redis keys"),
+        "{stderr}"
+    );
+    // A route naming a profile that does not exist.
+    let (ok, stderr) = check(&good.replace("profile = \"admin\"", "profile = \"admn\""));
+    assert!(!ok);
+    assert!(
+        stderr.contains("route[1].profile") && stderr.contains("unknown profile \"admn\""),
+        "{stderr}"
+    );
+    // A profile key the session table does not know, with its line.
+    let (ok, stderr) = check(&good.replace("preset = \"php\"", "preset = \"php\"\ncookei = \"x\""));
+    assert!(!ok);
+    assert!(stderr.contains("profiles.admin.cookei"), "{stderr}");
+}
