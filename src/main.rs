@@ -288,10 +288,12 @@ fn explain_command(
         .map_err(anyhow::Error::msg)?;
     let store = sessiongate::session::RedisStore::new(&cfg.redis)?;
     let cache = sessiongate::session::cache::SessionCache::new(cfg.cache.clone());
-    let pipeline = sessiongate::pipeline::Pipeline::new(
+    let profile_stores = sessiongate::proxy::service::profile_stores(&cfg, false)?;
+    let pipeline = sessiongate::pipeline::Pipeline::with_profile_stores(
         cfg,
         store as Arc<dyn sessiongate::session::SessionStore>,
         cache,
+        &profile_stores,
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -349,3 +349,101 @@ fn check_refuses_profiles_whose_keys_could_meet() {
     assert!(!ok);
     assert!(stderr.contains("profiles.admin.cookei"), "{stderr}");
 }
+
+/// A profile whose sessions are in a Redis of its own: found only there,
+/// cached with that Redis's own invalidation channel (a DEL there is heard),
+/// and free to use the same key template as a profile on another Redis.
+#[test]
+fn a_profile_with_its_own_redis_reads_and_hears_only_that_redis() {
+    let main = RedisServer::start();
+    let own = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gateway = TestGateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{main}"
+
+[session]
+cookie = "sid"
+cookie_format = "plain"
+
+[identity.headers]
+"X-User-Id" = "user.id"
+
+[profiles.other]
+cookie = "osid"
+cookie_format = "plain"
+
+[profiles.other.identity.headers]
+"X-Other-User" = "user.id"
+
+[profiles.other.redis]
+url = "{own}"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/other/"
+upstream = "app"
+profile = "other"
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#,
+        main = main.url(),
+        own = own.url(),
+        upstream = upstream.addr,
+    ));
+    let _: () = own
+        .conn()
+        .set_ex("sess:o1", r#"{"user":{"id":"o-1"}}"#, 600)
+        .unwrap();
+    let _: () = main
+        .conn()
+        .set_ex("sess:m1", r#"{"user":{"id":"m-1"}}"#, 600)
+        .unwrap();
+    let at = |path: &str, cookie: &str| {
+        get(
+            gateway.addr,
+            path,
+            &[("Cookie", cookie), ("Accept", "application/json")],
+        )
+    };
+    assert_eq!(at("/other/x", "osid=o1").echoed("X-Other-User"), ["o-1"]);
+    assert_eq!(at("/x", "sid=m1").echoed("X-User-Id"), ["m-1"]);
+    // Each id is found only in its profile's Redis.
+    assert_eq!(at("/other/x", "osid=m1").status, 401);
+    assert_eq!(at("/x", "sid=o1").status, 401);
+    // Served from the cache once that Redis's channel is up...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        at("/other/x", "osid=o1");
+        let before = own.calls("get");
+        at("/other/x", "osid=o1");
+        if own.calls("get") == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the profile's cache never went live"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // ... and a DEL there is heard at once.
+    let _: () = own.conn().del("sess:o1").unwrap();
+    let started = std::time::Instant::now();
+    while at("/other/x", "osid=o1").status != 401 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "the profile's Redis's DEL went unheard"
+        );
+    }
+    assert_eq!(at("/x", "sid=m1").status, 200);
+}

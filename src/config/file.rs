@@ -145,6 +145,8 @@ pub struct Session {
     pub preset: Option<String>,
     /// A profile's `[profiles.<name>.identity]` (not read in `[session]`).
     pub identity: Option<Identity>,
+    /// A profile's `[profiles.<name>.redis]` (not read in `[session]`).
+    pub redis: Option<Redis>,
     pub require_user: Option<bool>,
     pub id_transform: Option<String>,
     pub expires_field: Option<String>,

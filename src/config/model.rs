@@ -44,6 +44,9 @@ pub struct Profile {
     pub name: String,
     pub session: SessionSettings,
     pub identity: Vec<IdentityHeader>,
+    /// `[profiles.<name>.redis]`: where this app's sessions are (`None`:
+    /// `[redis]`).
+    pub redis: Option<RedisSettings>,
 }
 
 /// `[rate_limit]`
@@ -227,7 +230,7 @@ pub struct ServerSettings {
     pub hsts: Option<http::HeaderValue>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     /// `url`: `redis://` or `rediss://`, with optional user, password and db.
     pub url: String,

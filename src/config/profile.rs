@@ -23,6 +23,7 @@ impl Checker<'_, '_> {
             name: DEFAULT_PROFILE.to_owned(),
             session: session?.clone(),
             identity: identity?.clone(),
+            redis: None,
         }];
         let path = [Seg::Key("profiles".to_owned())];
         let Some(value) = self.lookup(&path) else {
@@ -64,17 +65,24 @@ impl Checker<'_, '_> {
                 continue;
             };
             let has_identity = f.identity.is_some();
+            let has_redis = f.redis.is_some();
             let session = self.session_table(&entry, f);
             let identity = if has_identity {
                 self.identity_at(&sub(&entry, "identity"))
             } else {
                 Some(Vec::new())
             };
-            match (session, identity) {
-                (Some(session), Some(identity)) => out.push(Profile {
+            let redis = if has_redis {
+                self.redis_at(&sub(&entry, "redis")).map(Some)
+            } else {
+                Some(None)
+            };
+            match (session, identity, redis) {
+                (Some(session), Some(identity), Some(redis)) => out.push(Profile {
                     name,
                     session,
                     identity,
+                    redis,
                 }),
                 _ => ok = false,
             }
@@ -87,7 +95,7 @@ impl Checker<'_, '_> {
     }
 
     /// A credential is only ever checked under its route's profile; two
-    /// profiles whose keys could meet (on the one Redis they share) would
+    /// profiles whose keys could meet (on a Redis they share) would
     /// let a session of one app be found under the other's template.
     /// Refused, naming both. So is a second profile with bearer JWTs (one
     /// `[jwt]`, one token key space).
@@ -111,7 +119,8 @@ impl Checker<'_, '_> {
             t
         };
         for (i, a) in profiles.iter().enumerate() {
-            for b in &profiles[i + 1..] {
+            // Only profiles on one Redis can meet.
+            for b in profiles[i + 1..].iter().filter(|b| b.redis == a.redis) {
                 for (a_key, a_template) in templates(a) {
                     for (b_key, b_template) in templates(b) {
                         if a_template.overlaps(&b_template) {

@@ -9,7 +9,12 @@ use super::model::{RedisSettings, RedisTopology};
 
 impl<'r, 't> Checker<'r, 't> {
     pub(super) fn redis(&mut self) -> Option<RedisSettings> {
-        let path = [Seg::Key("redis".to_owned())];
+        self.redis_at(&[Seg::Key("redis".to_owned())])
+    }
+
+    /// A Redis table (`[redis]`, or a profile's) at `path`.
+    pub(super) fn redis_at(&mut self, path: &[Seg]) -> Option<RedisSettings> {
+        let path = path.to_vec();
         if self.lookup(&path).is_none() {
             self.missing(&path, "missing required table [redis]");
             return None;

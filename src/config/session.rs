@@ -89,6 +89,12 @@ impl<'r, 't> Checker<'r, 't> {
                  [identity.headers]",
             );
         }
+        if f.redis.is_some() {
+            self.error(
+                &sub(&path, "redis"),
+                "[session.redis] is not read: the default profile's Redis is [redis]",
+            );
+        }
         self.session_table(&path, f)
     }
 

@@ -50,7 +50,15 @@ pub(crate) struct ProfileRuntime {
     pub identity: IdentityPlan,
     verifier: Option<ExpressVerifier>,
     resolver: Resolver,
+    /// Where its sessions are: `[redis]`, or the profile's own.
+    store: Arc<dyn SessionStore>,
+    cache: Arc<SessionCache>,
 }
+
+/// The stores and caches of profiles with a `[profiles.<name>.redis]` of
+/// their own, by profile name; made once at start and kept across reloads.
+pub type ProfileStores =
+    std::collections::HashMap<String, (Arc<dyn SessionStore>, Arc<SessionCache>)>;
 
 /// Everything compiled from one configuration that a request needs.
 pub struct Pipeline {
@@ -60,7 +68,6 @@ pub struct Pipeline {
     pub identity: IdentityPlan,
     /// Per profile (`config.profiles`), in order: 0 is `default`.
     profiles: Vec<ProfileRuntime>,
-    store: Arc<dyn SessionStore>,
     cache: Arc<SessionCache>,
     /// One round-robin cursor per upstream.
     cursors: Vec<AtomicUsize>,
@@ -78,12 +85,25 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, cache: Arc<SessionCache>) -> Pipeline {
+        Self::with_profile_stores(config, store, cache, &ProfileStores::new())
+    }
+
+    /// [`Pipeline::new`], with the stores of profiles that keep their
+    /// sessions in a Redis of their own (a profile missing from `extra`
+    /// uses `store`).
+    pub fn with_profile_stores(
+        config: Config,
+        store: Arc<dyn SessionStore>,
+        cache: Arc<SessionCache>,
+        extra: &ProfileStores,
+    ) -> Pipeline {
         // A config built in code (tests) may carry no profiles: `[session]`
         // and `[identity.headers]` are the default one.
         let defaults = [crate::config::Profile {
             name: "default".to_owned(),
             session: config.session.clone(),
             identity: config.identity.clone(),
+            redis: None,
         }];
         let profile_list = if config.profiles.is_empty() {
             &defaults[..]
@@ -95,6 +115,10 @@ impl Pipeline {
             .enumerate()
             .map(|(index, p)| {
                 let identity = IdentityPlan::new(&p.identity);
+                let (store, cache) = match extra.get(&p.name).filter(|_| p.redis.is_some()) {
+                    Some((store, cache)) => (store.clone(), cache.clone()),
+                    None => (store.clone(), cache.clone()),
+                };
                 ProfileRuntime {
                     verifier: verifier_for(&p.session),
                     resolver: Resolver::new(
@@ -106,6 +130,8 @@ impl Pipeline {
                         cache.clone(),
                     ),
                     identity,
+                    store,
+                    cache,
                 }
             })
             .collect();
@@ -140,7 +166,6 @@ impl Pipeline {
             limits: limit::Limits::new(&config.rate_limit, store.clone()),
             health: crate::upstream::UpstreamHealth::new(&config.upstreams),
             table: RouteTable::new(&config.routes),
-            store,
             cache,
             config,
         }
@@ -503,7 +528,11 @@ impl Pipeline {
             self.profile(profile).verifier.as_ref(),
             self.config.jwt.as_ref(),
         );
-        match logout.end(scope, caller, &*self.store, &self.cache).await {
+        let runtime = self.profile(profile);
+        match logout
+            .end(scope, caller, &*runtime.store, &runtime.cache)
+            .await
+        {
             Ok(_) => Outcome::Respond {
                 decision: Decision::LoggedOut,
                 rendered: logout.done(),

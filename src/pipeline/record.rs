@@ -95,6 +95,13 @@ impl<'p> Recorder<'p> {
         explained
     }
 
+    /// The cache of the profile being explained.
+    fn profile_cache(&self) -> &SessionCache {
+        self.profiles
+            .get(self.profile)
+            .map_or(self.cache, |p| &p.cache)
+    }
+
     /// Whether the identity value `value`, read from `field`, carries a
     /// session or token id: the field is the JWT's `id_claim`, or the value
     /// holds the id of the credential presented.
@@ -220,7 +227,9 @@ impl Trace for Recorder<'_> {
                     Ok((Lookup::Found(principal), source)) => (
                         *source,
                         "found",
-                        self.cache.remaining(principal).map(|d| d.as_secs()),
+                        self.profile_cache()
+                            .remaining(principal)
+                            .map(|d| d.as_secs()),
                     ),
                     Ok((Lookup::Invalid(reason), source)) => (*source, reason.as_str(), None),
                     Err(_) => (LookupSource::Redis, "store_unavailable", None),
@@ -229,7 +238,7 @@ impl Trace for Recorder<'_> {
                     key: template.render(&redact(id)),
                     cache: Some(match source {
                         LookupSource::Cache => "hit",
-                        _ if self.cache.is_live() => "miss",
+                        _ if self.profile_cache().is_live() => "miss",
                         _ => "bypassed",
                     }),
                     source: match source {

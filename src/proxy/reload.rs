@@ -21,7 +21,7 @@ pub struct Reloader {
     pipeline: Arc<ArcSwap<Pipeline>>,
     build: Build,
     /// Emptied after a swap: cached principals were built by the old configuration.
-    cache: Option<Arc<SessionCache>>,
+    caches: Vec<Arc<SessionCache>>,
 }
 
 impl Reloader {
@@ -29,13 +29,13 @@ impl Reloader {
         path: PathBuf,
         pipeline: Arc<ArcSwap<Pipeline>>,
         build: Build,
-        cache: Option<Arc<SessionCache>>,
+        caches: Vec<Arc<SessionCache>>,
     ) -> Reloader {
         Reloader {
             path,
             pipeline,
             build,
-            cache,
+            caches,
         }
     }
 
@@ -76,7 +76,7 @@ impl Reloader {
         let routes = config.routes.len();
         let pipeline = (self.build)(config);
         self.pipeline.store(Arc::new(pipeline));
-        if let Some(cache) = &self.cache {
+        for cache in &self.caches {
             cache.clear();
         }
         metrics::config_reload(true);
@@ -135,7 +135,24 @@ fn cache_keys_changed(old: &Config, new: &Config) -> Option<&'static str> {
         return Some("jwt.key");
     }
     // A profile's key (or bearer key) added, removed or changed.
-    (old.cache.tracked_prefixes != new.cache.tracked_prefixes).then_some("a profile's key")
+    if old.cache.tracked_prefixes != new.cache.tracked_prefixes {
+        return Some("a profile's key");
+    }
+    // A profile's own Redis (its store and channel were made at start).
+    let own = |c: &Config| -> Vec<(String, Option<crate::config::RedisSettings>, String)> {
+        c.profiles
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.redis.clone(),
+                    format!("{:?}", p.session.key),
+                )
+            })
+            .filter(|(_, redis, _)| redis.is_some())
+            .collect()
+    };
+    (own(old) != own(new)).then_some("a profile's [redis]")
 }
 
 /// Reloads on every SIGHUP, on a thread of its own with a small runtime.

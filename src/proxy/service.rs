@@ -85,12 +85,16 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
 
     let cache = SessionCache::new(config.cache.clone());
     crate::session::tracking::spawn(cache.clone(), config.redis.clone())?;
+    // Profiles that keep their sessions in a Redis of their own: a store, a
+    // cache and an invalidation channel each, kept across reloads.
+    let profile_stores = profile_stores(&config, true)?;
     let index = crate::tls::CertIndex::load(&tls_files)
         .map_err(|why| anyhow::anyhow!("[[tls.certificates]]: {why}"))?;
     index.publish();
     let resolver = crate::tls::SniResolver::new(index);
     let build: Build = {
         let (store, cache) = (store.clone() as Arc<dyn SessionStore>, cache.clone());
+        let profile_stores = profile_stores.clone();
         let resolver = resolver.clone();
         Box::new(move |config| {
             // A reload serves the certificate files anew to every new
@@ -103,7 +107,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
                 }
                 Err(why) => tracing::error!(%why, "TLS certificates not reloaded"),
             }
-            Pipeline::new(config, store.clone(), cache.clone())
+            Pipeline::with_profile_stores(config, store.clone(), cache.clone(), &profile_stores)
         })
     };
     let (admin_settings, redis_settings) = (config.admin.clone(), config.redis.clone());
@@ -117,7 +121,9 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         })?;
     }
     crate::metrics::config_loaded();
-    let reloader = Reloader::new(config_path.to_owned(), pipeline.clone(), build, Some(cache));
+    let mut caches = vec![cache];
+    caches.extend(profile_stores.values().map(|(_, cache)| cache.clone()));
+    let reloader = Reloader::new(config_path.to_owned(), pipeline.clone(), build, caches);
     reload::watch_sighup(reloader)?;
     let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(pipeline.clone()));
     let mut service = Service::new(
@@ -189,7 +195,76 @@ fn startup_check(config: &Config) -> anyhow::Result<()> {
         .build()?;
     let store = RedisStore::new(&config.redis)?;
     runtime.block_on(async { store.ping().await })?;
+    for profile in &config.profiles {
+        if let Some(redis) = &profile.redis {
+            let store = RedisStore::new(redis)?;
+            runtime
+                .block_on(async { store.ping().await })
+                .with_context(|| {
+                    format!(
+                        "profile {:?}: its redis at {} did not answer PING",
+                        profile.name,
+                        redact_url(&redis.url)
+                    )
+                })?;
+        }
+    }
     Ok(())
+}
+
+/// The stores and caches of the profiles with a `[profiles.<name>.redis]`
+/// (with `track`, each cache listens to its Redis's invalidation channel;
+/// without, as for `explain`, it serves nothing).
+pub fn profile_stores(
+    config: &crate::config::Config,
+    track: bool,
+) -> anyhow::Result<crate::pipeline::ProfileStores> {
+    let mut out = crate::pipeline::ProfileStores::new();
+    for profile in &config.profiles {
+        let Some(redis) = &profile.redis else {
+            continue;
+        };
+        let store = RedisStore::new(redis)?;
+        let mut settings = config.cache.clone();
+        settings.tracked_prefixes = tracked_prefixes(config, Some(redis));
+        let cache = SessionCache::new(settings);
+        if track {
+            crate::session::tracking::spawn(cache.clone(), redis.clone())?;
+        }
+        out.insert(
+            profile.name.clone(),
+            (store as Arc<dyn SessionStore>, cache),
+        );
+    }
+    Ok(out)
+}
+
+/// The prefixes of the keys of every profile whose sessions are in `redis`
+/// (`None`: `[redis]`), and of `[jwt] key` when its profile is there: what
+/// that Redis's invalidation channel watches.
+fn tracked_prefixes(
+    config: &crate::config::Config,
+    redis: Option<&crate::config::RedisSettings>,
+) -> Vec<String> {
+    let here = |p: &&crate::config::Profile| p.redis.as_ref() == redis;
+    let sessions: Vec<&crate::config::SessionSettings> = config
+        .profiles
+        .iter()
+        .filter(here)
+        .map(|p| &p.session)
+        .collect();
+    let token_key = config
+        .jwt
+        .as_ref()
+        .filter(|_| {
+            config
+                .profiles
+                .iter()
+                .filter(here)
+                .any(|p| p.session.bearer == crate::config::BearerMode::Jwt)
+        })
+        .map(|j| &j.key);
+    crate::session::tracking::prefixes(&sessions, token_key)
 }
 
 #[cfg(test)]
