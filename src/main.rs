@@ -85,6 +85,9 @@ enum Command {
     Session {
         #[arg(short, long, default_value = "proxy.toml", global = true)]
         config: PathBuf,
+        /// The session profile to act on (`[profiles.<name>]`; default: `[session]`).
+        #[arg(long, global = true)]
+        profile: Option<String>,
         #[command(subcommand)]
         action: SessionAction,
     },
@@ -220,14 +223,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Session { config, action } => {
-            let cfg = match config::load(&config) {
+        Command::Session {
+            config,
+            profile,
+            action,
+        } => {
+            let mut cfg = match config::load(&config) {
                 Ok(cfg) => cfg,
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::from(2);
                 }
             };
+            // A profile's sessions: its table, in its Redis.
+            if let Some(name) = profile {
+                let Some(p) = cfg.profiles.iter().find(|p| p.name == name).cloned() else {
+                    let known: Vec<&str> = cfg.profiles.iter().map(|p| p.name.as_str()).collect();
+                    eprintln!(
+                        "sessiongate: no profile {name:?} (the config has {})",
+                        known.join(", ")
+                    );
+                    return ExitCode::from(2);
+                };
+                cfg.session = p.session;
+                if let Some(redis) = p.redis {
+                    cfg.redis = redis;
+                }
+            }
             match session_command(&cfg, action) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -447,3 +447,48 @@ upstream = "app"
     }
     assert_eq!(at("/x", "sid=m1").status, 200);
 }
+
+/// `session` commands act on the profile named by `--profile`: its key
+/// template, its value format, its Redis.
+#[test]
+fn the_session_cli_acts_on_a_named_profile() {
+    let e = edge();
+    let c = sessions(&e);
+    let cli = |args: &[&str]| {
+        Command::new(support::gateway::binary())
+            .arg("session")
+            .args(args)
+            .arg("-c")
+            .arg(&e.gateway.config_path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let php_id = c.admin.split('=').nth(1).unwrap();
+    let out = cli(&["show", "--profile", "admin", php_id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("alice@example.test"), "{stdout}");
+    let django_id = c.backoffice.split('=').nth(1).unwrap();
+    // Not a session of the default profile.
+    assert!(!cli(&["revoke", django_id]).status.success());
+    assert_eq!(
+        at(&e, "/backoffice/x", &[("Cookie", &c.backoffice)]).status,
+        200
+    );
+    let out = cli(&["revoke", "--profile", "backoffice", django_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = std::time::Instant::now();
+    while at(&e, "/backoffice/x", &[("Cookie", &c.backoffice)]).status != 401 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+    assert!(!cli(&["show", "--profile", "nope", "x"]).status.success());
+}
