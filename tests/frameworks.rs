@@ -273,23 +273,44 @@ fn php_sessions_in_both_serialize_handlers() {
     }
 }
 
-/// A PHP value that would make objects is not read: no identity comes of
-/// it, and it is not a login.
+/// A value that would need code to decode (a PHP object, a pickle naming a
+/// global) is never decoded: a session with no identity fields. With a
+/// preset it is no login (no user); a route that only requires the session
+/// to exist (`require_user = false`) lets it in, with no identity headers.
 #[test]
-fn php_objects_are_never_instantiated() {
-    let app = app("preset = \"php\"", "user.id", "user.email");
-    let _: () = app
-        .redis
-        .conn()
-        .set_ex(
+fn values_that_need_code_are_sessions_without_fields() {
+    let php_object = r#"user|O:8:"stdClass":1:{s:2:"id";i:1001;}"#.as_bytes();
+    // os.system("true") at load time, as a pickle.
+    let pickle_global = b"cos\nsystem\n(S'true'\ntR.";
+    for (session, key, cookie, value) in [
+        (
+            "preset = \"php\"",
             "PHPREDIS_SESSION:gadget0000000000000000000a",
-            r#"user|O:8:"stdClass":1:{s:2:"id";i:1001;}"#,
-            60,
-        )
-        .unwrap();
-    let resp = app.with_cookie("PHPSESSID=gadget0000000000000000000a");
-    assert_eq!(resp.status, 401);
-    assert_eq!(reason(&resp), "unreadable", "{}", resp.body);
+            "PHPSESSID=gadget0000000000000000000a",
+            &php_object[..],
+        ),
+        (
+            "preset = \"django\"",
+            ":1:django.contrib.sessions.cachegadget00000000",
+            "sessionid=gadget00000000",
+            &pickle_global[..],
+        ),
+    ] {
+        for require_user in [true, false] {
+            let table = format!("{session}\nrequire_user = {require_user}");
+            let app = app(&table, "user.id", "_auth_user_id");
+            let _: () = app.redis.conn().set_ex(key, value, 60).unwrap();
+            let resp = app.with_cookie(cookie);
+            if require_user {
+                assert_eq!(resp.status, 401, "{session}");
+                assert_eq!(reason(&resp), "anonymous", "{session}: {}", resp.body);
+            } else {
+                assert_eq!(resp.status, 200, "{session}: {}", resp.body);
+                assert!(resp.echoed("X-User-Id").is_empty(), "{session}");
+                assert!(resp.echoed("X-User-Email").is_empty(), "{session}");
+            }
+        }
+    }
 }
 
 /// Replaces the stored `cookie.expires` of a Fastify session value.

@@ -21,6 +21,11 @@ const MAX_PICKLE_CONTAINERS: usize = 128;
 /// Why a value could not be read.
 pub type Unreadable = &'static str;
 
+/// The reason a value that would need code to decode (a pickle naming a
+/// global, a PHP object or reference) is refused with: it is a session
+/// with no identity fields, not an unreadable one.
+pub const NEEDS_CODE: Unreadable = "needs code to decode";
+
 /// A msgpack map (Flask-Session 0.7+).
 pub fn msgpack(bytes: &[u8]) -> Result<Value, Unreadable> {
     capped(bytes)?;
@@ -45,8 +50,15 @@ pub fn pickle(bytes: &[u8]) -> Result<Value, Unreadable> {
     if nesting > MAX_PICKLE_CONTAINERS {
         return Err("pickle nested too deep");
     }
-    let value = serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new())
-        .map_err(|_| "pickle")?;
+    let value = serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new()).map_err(
+        |e| match e {
+            serde_pickle::Error::Syntax(
+                serde_pickle::error::ErrorCode::UnsupportedGlobal(..)
+                | serde_pickle::error::ErrorCode::UnresolvedGlobal,
+            ) => NEEDS_CODE,
+            _ => "pickle",
+        },
+    )?;
     object(from_pickle(value, 0)?)
 }
 
@@ -212,8 +224,7 @@ impl Php<'_> {
             // Objects (`O:`, `C:`) would run `__wakeup`/`__unserialize` in
             // PHP, enums (`E:`) name classes, references (`r:`, `R:`) make
             // graphs: none is session data a gateway reads.
-            b'O' | b'C' | b'E' => Err("php: an object"),
-            b'r' | b'R' => Err("php: a reference"),
+            b'O' | b'C' | b'E' | b'r' | b'R' => Err(NEEDS_CODE),
             _ => Err("php: unknown type"),
         }
     }
@@ -297,13 +308,17 @@ mod tests {
 
     #[test]
     fn php_objects_references_and_lies_are_refused() {
-        for bad in [
+        for code in [
             &br#"x|O:8:"stdClass":0:{}"#[..],
             br#"x|C:3:"Foo":0:{}"#,
             br#"x|E:7:"Foo:Bar";"#,
             br#"x|a:1:{i:0;r:1;}"#,
             br#"x|R:1;"#,
-            br#"x|s:99:"short";"#,
+        ] {
+            assert_eq!(php(code), Err(NEEDS_CODE), "{}", String::from_utf8_lossy(code));
+        }
+        for bad in [
+            &br#"x|s:99:"short";"#[..],
             br#"x|a:99999:{}"#,
             br#"x|i:12"#,
             br#"x|s:-1:"";"#,
@@ -323,7 +338,7 @@ mod tests {
         assert_eq!(pickle(dict).unwrap(), json!({"_auth_user_id": "1001"}));
         // The classic: os.system("true") at load time.
         let evil = b"cos\nsystem\n(S'true'\ntR.";
-        assert!(pickle(evil).is_err());
+        assert_eq!(pickle(evil), Err(NEEDS_CODE));
         // A list is not a session.
         assert!(pickle(b"\x80\x04]\x94.").is_err());
     }
