@@ -503,3 +503,159 @@ fn the_session_cli_acts_on_a_named_profile() {
     }
     assert!(!cli(&["show", "--profile", "nope", "x"]).status.success());
 }
+
+/// The README's three-app `proxy.toml` is a valid configuration.
+#[test]
+fn the_readmes_three_app_config_checks() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Apps behind one gateway")
+        .nth(1)
+        .expect("the README's section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its proxy.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(support::gateway::binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("SESSION_SECRET", "readme-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Three profiles on two Redis servers: each app's cookie admits only its
+/// own routes, even with the same id planted under every other template;
+/// `revoke-user` on one profile leaves the others' sessions of that user.
+#[test]
+fn three_profiles_on_two_redis_servers() {
+    let main = RedisServer::start();
+    let own = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gateway = TestGateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{main}"
+
+[session]
+cookie = "asid"
+cookie_format = "plain"
+key = "a:{{id}}"
+user_sessions_key = "au:{{user}}"
+
+[identity.headers]
+"X-User-Id" = "user.id"
+
+[profiles.b]
+cookie = "bsid"
+cookie_format = "plain"
+key = "b:{{id}}"
+user_sessions_key = "bu:{{user}}"
+
+[profiles.b.identity.headers]
+"X-User-Id" = "user.id"
+
+[profiles.c]
+cookie = "csid"
+cookie_format = "plain"
+key = "c:{{id}}"
+user_sessions_key = "cu:{{user}}"
+
+[profiles.c.identity.headers]
+"X-User-Id" = "user.id"
+
+[profiles.c.redis]
+url = "{own}"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/b/"
+upstream = "app"
+profile = "b"
+
+[[route]]
+path_prefix = "/c/"
+upstream = "app"
+profile = "c"
+
+[[route]]
+path_prefix = "/a/"
+upstream = "app"
+"#,
+        main = main.url(),
+        own = own.url(),
+        upstream = upstream.addr,
+    ));
+    let value = r#"{"user":{"id":"u1"}}"#;
+    // The id k1 under every template, in both servers; u1's sets list it.
+    for redis in [&main, &own] {
+        let mut conn = redis.conn();
+        for p in ["a", "b", "c"] {
+            let _: () = conn.set_ex(format!("{p}:k1"), value, 600).unwrap();
+            let _: () = conn.sadd(format!("{p}u:u1"), "k1").unwrap();
+        }
+    }
+    let status = |path: &str, cookie: &str| {
+        get(
+            gateway.addr,
+            path,
+            &[("Cookie", cookie), ("Accept", "application/json")],
+        )
+        .status
+    };
+    for (route, own_cookie) in [("/a/x", "asid"), ("/b/x", "bsid"), ("/c/x", "csid")] {
+        for cookie in ["asid", "bsid", "csid"] {
+            let want = if cookie == own_cookie { 200 } else { 401 };
+            assert_eq!(
+                status(route, &format!("{cookie}=k1")),
+                want,
+                "{cookie} on {route}"
+            );
+        }
+    }
+    // An id that exists only under another profile's template (or in the
+    // other Redis) is nothing here.
+    let _: () = main.conn().set_ex("a:k2", value, 600).unwrap();
+    let _: () = main.conn().set_ex("c:k3", value, 600).unwrap();
+    assert_eq!(status("/b/x", "bsid=k2"), 401);
+    assert_eq!(
+        status("/c/x", "csid=k3"),
+        401,
+        "read c's key from the wrong Redis"
+    );
+    assert_eq!(status("/a/x", "asid=k2"), 200);
+    // revoke-user on profile b: b's sessions of u1 end, a's and c's stay.
+    let out = Command::new(support::gateway::binary())
+        .args(["session", "revoke-user", "--profile", "b", "u1", "-c"])
+        .arg(&gateway.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = std::time::Instant::now();
+    while status("/b/x", "bsid=k1") != 401 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+    assert_eq!(status("/a/x", "asid=k1"), 200);
+    assert_eq!(status("/c/x", "csid=k1"), 200);
+}

@@ -222,3 +222,42 @@ impl Checker<'_, '_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What `check` accepts (no overlap) can never meet: for any ids,
+        /// a key of profile A is never a key of profile B. Small alphabets
+        /// make near misses common.
+        #[test]
+        fn accepted_profiles_never_share_a_key(
+            pa in "[ab:]{0,4}", sa in "[ab:]{0,3}",
+            pb in "[ab:]{0,4}", sb in "[ab:]{0,3}",
+            x in "[ab:]{1,6}", y in "[ab:]{1,6}",
+        ) {
+            let a = KeyTemplate::parse(&format!("{pa}{{id}}{sa}"), "{id}").unwrap();
+            let b = KeyTemplate::parse(&format!("{pb}{{id}}{sb}"), "{id}").unwrap();
+            prop_assume!(!a.overlaps(&b));
+            prop_assert_ne!(a.render(&x), b.render(&y));
+        }
+    }
+
+    #[test]
+    fn the_presets_keys_are_disjoint_but_express_and_fastify() {
+        let t = |s: &str| KeyTemplate::parse(s, "{id}").unwrap();
+        let keys = [
+            t("session:{id}"),
+            t(":1:django.contrib.sessions.cache{id}"),
+            t("PHPREDIS_SESSION:{id}"),
+            t("sess:{id}"),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert!(!a.overlaps(b), "{a:?} {b:?}");
+            }
+        }
+    }
+}

@@ -315,7 +315,12 @@ mod tests {
             br#"x|a:1:{i:0;r:1;}"#,
             br#"x|R:1;"#,
         ] {
-            assert_eq!(php(code), Err(NEEDS_CODE), "{}", String::from_utf8_lossy(code));
+            assert_eq!(
+                php(code),
+                Err(NEEDS_CODE),
+                "{}",
+                String::from_utf8_lossy(code)
+            );
         }
         for bad in [
             &br#"x|s:99:"short";"#[..],

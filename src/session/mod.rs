@@ -3,7 +3,7 @@
 
 pub mod cache;
 pub(crate) mod codec;
-pub(crate) mod formats;
+pub mod formats;
 pub(crate) mod pipe;
 pub mod store;
 pub(crate) mod topology;
