@@ -287,7 +287,7 @@ fn values_that_need_code_are_sessions_without_fields() {
             "preset = \"php\"",
             "PHPREDIS_SESSION:gadget0000000000000000000a",
             "PHPSESSID=gadget0000000000000000000a",
-            &php_object[..],
+            php_object,
         ),
         (
             "preset = \"django\"",
