@@ -688,7 +688,7 @@ fn throughput(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, upstr
     );
 }
 
-/// Instructions per request of one target (`--target public|cache|nocache|jwt|jwt-nocache`),
+/// Instructions per request of one target (`--target public|cache|nocache|jwt|jwt-nocache|profile`),
 /// counted by callgrind: repeatable where wall-clock figures drift. The
 /// gateway runs under `valgrind --tool=callgrind`; after a warm-up the
 /// counters are zeroed, `--trials` requests are sent on 8 keep-alive
@@ -702,6 +702,29 @@ fn with_jwt(config: String) -> String {
         "bearer = \"opaque\"\nbearer_key = \"api:{id}\"\n",
         "bearer = \"jwt\"\n",
     ) + &format!("\n[jwt]\nalgorithms = [\"HS256\"]\nsecret = \"{JWT_SECRET}\"\n")
+}
+
+/// `config` with a second session profile, `other` (express-session too,
+/// its own cookie and keys), serving `/other/`: the `profile` target.
+fn with_profile(config: String) -> String {
+    config.replace(
+        "[[route]]\nname = \"public\"",
+        "[profiles.other]\ncookie = \"other.sid\"\nsecrets = [\"fixture-secret-current\"]\nkey = \"other:{id}\"\n\n[profiles.other.identity.headers]\n\"X-User-Id\" = \"user.id\"\n\"X-User-Email\" = \"user.email\"\n\"X-User-Role\" = \"user.role\"\n\n[[route]]\nname = \"other\"\npath_prefix = \"/other/\"\nupstream = \"app\"\nprofile = \"other\"\n\n[[route]]\nname = \"public\"",
+    )
+}
+
+/// The `profile` target's session (the benchmark's session under the
+/// other profile's key) and its cookie.
+fn profile_cookie(redis_url: &str) -> String {
+    let mut conn = redis::Client::open(redis_url)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let id = SESSION_KEY.strip_prefix("sess:").unwrap();
+    let _: () = conn
+        .set_ex(format!("other:{id}"), SESSION_VALUE, 3600)
+        .unwrap();
+    COOKIE.replacen("connect.sid=", "other.sid=", 1)
 }
 
 /// A bearer JWT for the `jwt` targets, its token key set in Redis.
@@ -735,9 +758,13 @@ fn instructions(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, ups
     let cache = !o.target.ends_with("nocache");
     let jwt = o.target.starts_with("jwt");
     let mut config = gateway_config(redis_url, upstream, cache, 100_000, dir, "counted");
+    let profile = o.target == "profile";
     let credential = if jwt {
         config = with_jwt(config);
         format!("Authorization: Bearer {}", bench_token(redis_url))
+    } else if profile {
+        config = with_profile(config);
+        format!("Cookie: {}", profile_cookie(redis_url))
     } else {
         format!("Cookie: {COOKIE}")
     };
@@ -749,10 +776,10 @@ fn instructions(o: &Opts, bin: &str, dir: &std::path::Path, redis_url: &str, ups
         .arg(bin);
     let gw = launch(valgrind, &config, dir, "counted");
     let (addr, pid) = (gw.addr, gw.proc.0.id());
-    let url_path = if o.target == "public" {
-        "/public/x"
-    } else {
-        "/app"
+    let url_path = match o.target.as_str() {
+        "public" => "/public/x",
+        "profile" => "/other/app",
+        _ => "/app",
     };
     let mut conns: Vec<Conn> = (0..8).map(|_| Conn::open(addr)).collect();
     let mut send = |n: usize| {

@@ -4,7 +4,7 @@
 # Usage: bench/run.sh [--mode all|throughput|revocation|memory|tls] [--duration S]
 #        [--rounds N] [--connections N] [--trials N] [--sessions N] [--idle N]
 #        [--mode profile --target public|cache|nocache]  (needs linux-perf)
-#        [--mode instructions --target public|cache|nocache|jwt|jwt-nocache --trials N]  (callgrind)
+#        [--mode instructions --target public|cache|nocache|jwt|jwt-nocache|profile --trials N]  (callgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
