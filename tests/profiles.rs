@@ -659,3 +659,83 @@ upstream = "app"
     assert_eq!(status("/a/x", "asid=k1"), 200);
     assert_eq!(status("/c/x", "csid=k1"), 200);
 }
+
+/// A reload that adds a profile (with a Redis of its own) serves it at
+/// once, and the sessions the other profiles had cached stay cached.
+#[test]
+fn a_reload_that_adds_a_profile_keeps_the_others_cached_sessions() {
+    let main = RedisServer::start();
+    let own = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let base = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{main}"
+
+[session]
+cookie = "sid"
+cookie_format = "plain"
+
+[identity.headers]
+"X-User-Id" = "user.id"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+"#,
+        main = main.url(),
+        upstream = upstream.addr,
+    );
+    let routes = "\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\n";
+    let gateway = TestGateway::start(&(base.clone() + routes));
+    let _: () = main
+        .conn()
+        .set_ex("sess:kept1", r#"{"user":{"id":"k-1"}}"#, 600)
+        .unwrap();
+    let at = |path: &str, cookie: &str| get(gateway.addr, path, &[("Cookie", cookie)]);
+    // Cached (the channel is up once a second request reads no Redis).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        at("/x", "sid=kept1");
+        let before = main.calls("get");
+        at("/x", "sid=kept1");
+        if main.calls("get") == before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never cached");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _: () = own
+        .conn()
+        .set_ex("sess:new1", r#"{"user":{"id":"n-1"}}"#, 600)
+        .unwrap();
+    let added = format!(
+        "{base}\n[profiles.added]\ncookie = \"nsid\"\ncookie_format = \"plain\"\n\n\
+         [profiles.added.identity.headers]\n\"X-New-User\" = \"user.id\"\n\n\
+         [profiles.added.redis]\nurl = \"{own}\"\n\n\
+         [[route]]\npath_prefix = \"/new/\"\nupstream = \"app\"\nprofile = \"added\"\n{routes}",
+        own = own.url()
+    );
+    std::fs::write(&gateway.config_path, added).unwrap();
+    gateway.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while at("/new/x", "nsid=new1").status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the added profile is not served:\n{}",
+            gateway.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(at("/new/x", "nsid=new1").echoed("X-New-User"), ["n-1"]);
+    // The default profile's session is still served from the cache.
+    let before = main.calls("get");
+    for _ in 0..5 {
+        assert_eq!(at("/x", "sid=kept1").echoed("X-User-Id"), ["k-1"]);
+    }
+    assert_eq!(main.calls("get"), before, "the reload emptied the cache");
+}

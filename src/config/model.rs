@@ -39,7 +39,7 @@ pub struct Config {
 
 /// One app's sessions: `[session]` with `[identity.headers]` (the profile
 /// `default`), or a `[profiles.<name>]` table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub name: String,
     pub session: SessionSettings,
@@ -384,7 +384,7 @@ impl ValueFormat {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSettings {
     /// `cookie`: the session cookie's name (default `connect.sid`).
     pub cookie: String,
@@ -561,7 +561,7 @@ impl std::fmt::Display for FieldPath {
 
 /// One `[identity.headers]` entry: the header is always stripped from client
 /// requests and set from `field` when the session has it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityHeader {
     pub name: HeaderName,
     pub field: FieldPath,

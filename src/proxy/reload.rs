@@ -20,8 +20,9 @@ pub struct Reloader {
     path: PathBuf,
     pipeline: Arc<ArcSwap<Pipeline>>,
     build: Build,
-    /// Emptied after a swap: cached principals were built by the old configuration.
-    caches: Vec<Arc<SessionCache>>,
+    /// After a swap, the caches keep only the principals of profiles the
+    /// reload left as they were (the rest were built by the old configuration).
+    caches: Box<dyn Fn() -> Vec<Arc<SessionCache>> + Send + Sync>,
 }
 
 impl Reloader {
@@ -29,7 +30,7 @@ impl Reloader {
         path: PathBuf,
         pipeline: Arc<ArcSwap<Pipeline>>,
         build: Build,
-        caches: Vec<Arc<SessionCache>>,
+        caches: Box<dyn Fn() -> Vec<Arc<SessionCache>> + Send + Sync>,
     ) -> Reloader {
         Reloader {
             path,
@@ -76,8 +77,16 @@ impl Reloader {
         let routes = config.routes.len();
         let pipeline = (self.build)(config);
         self.pipeline.store(Arc::new(pipeline));
-        for cache in &self.caches {
-            cache.clear();
+        // The sessions of profiles the reload left as they were stay cached.
+        let keep: Vec<bool> = old
+            .config
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.pipeline.load().config.profiles.get(i) == Some(p))
+            .collect();
+        for cache in (self.caches)() {
+            cache.retain_profiles(&keep);
         }
         metrics::config_reload(true);
         tracing::info!(file = %self.path.display(), routes, "configuration reloaded");
@@ -138,21 +147,16 @@ fn cache_keys_changed(old: &Config, new: &Config) -> Option<&'static str> {
     if old.cache.tracked_prefixes != new.cache.tracked_prefixes {
         return Some("a profile's key");
     }
-    // A profile's own Redis (its store and channel were made at start).
-    let own = |c: &Config| -> Vec<(String, Option<crate::config::RedisSettings>, String)> {
-        c.profiles
-            .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    p.redis.clone(),
-                    format!("{:?}", p.session.key),
-                )
-            })
-            .filter(|(_, redis, _)| redis.is_some())
-            .collect()
-    };
-    (own(old) != own(new)).then_some("a profile's [redis]")
+    // A profile's own Redis: its store and channel were made when it first
+    // appeared; a new profile gets its own at the reload, a changed one
+    // needs a restart.
+    let changed = old.profiles.iter().any(|o| {
+        new.profiles.iter().any(|n| {
+            n.name == o.name
+                && (n.redis != o.redis || (n.redis.is_some() && n.session.key != o.session.key))
+        })
+    });
+    changed.then_some("a profile's [redis]")
 }
 
 /// Reloads on every SIGHUP, on a thread of its own with a small runtime.

@@ -87,7 +87,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
     crate::session::tracking::spawn(cache.clone(), config.redis.clone())?;
     // Profiles that keep their sessions in a Redis of their own: a store, a
     // cache and an invalidation channel each, kept across reloads.
-    let profile_stores = profile_stores(&config, true)?;
+    let profile_stores = Arc::new(std::sync::Mutex::new(profile_stores(&config, true)?));
     let index = crate::tls::CertIndex::load(&tls_files)
         .map_err(|why| anyhow::anyhow!("[[tls.certificates]]: {why}"))?;
     index.publish();
@@ -107,7 +107,13 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
                 }
                 Err(why) => tracing::error!(%why, "TLS certificates not reloaded"),
             }
-            Pipeline::with_profile_stores(config, store.clone(), cache.clone(), &profile_stores)
+            // A profile a reload added with a Redis of its own gets its
+            // store, cache and channel now.
+            let mut stores = profile_stores.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = add_profile_stores(&config, &mut stores) {
+                tracing::error!(error = %e, "a new profile's Redis store could not be made");
+            }
+            Pipeline::with_profile_stores(config, store.clone(), cache.clone(), &stores)
         })
     };
     let (admin_settings, redis_settings) = (config.admin.clone(), config.redis.clone());
@@ -121,8 +127,15 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         })?;
     }
     crate::metrics::config_loaded();
-    let mut caches = vec![cache];
-    caches.extend(profile_stores.values().map(|(_, cache)| cache.clone()));
+    let caches = {
+        let stores = profile_stores.clone();
+        Box::new(move || {
+            let mut all = vec![cache.clone()];
+            let stores = stores.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(stores.values().map(|(_, cache)| cache.clone()));
+            all
+        })
+    };
     let reloader = Reloader::new(config_path.to_owned(), pipeline.clone(), build, caches);
     reload::watch_sighup(reloader)?;
     let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(pipeline.clone()));
@@ -220,10 +233,31 @@ pub fn profile_stores(
     track: bool,
 ) -> anyhow::Result<crate::pipeline::ProfileStores> {
     let mut out = crate::pipeline::ProfileStores::new();
+    add_stores(config, &mut out, track)?;
+    Ok(out)
+}
+
+/// [`profile_stores`] for the profiles `stores` has none for yet (a reload
+/// that added one), with their invalidation channels.
+fn add_profile_stores(
+    config: &crate::config::Config,
+    stores: &mut crate::pipeline::ProfileStores,
+) -> anyhow::Result<()> {
+    add_stores(config, stores, true)
+}
+
+fn add_stores(
+    config: &crate::config::Config,
+    out: &mut crate::pipeline::ProfileStores,
+    track: bool,
+) -> anyhow::Result<()> {
     for profile in &config.profiles {
         let Some(redis) = &profile.redis else {
             continue;
         };
+        if out.contains_key(&profile.name) {
+            continue;
+        }
         let store = RedisStore::new(redis)?;
         let mut settings = config.cache.clone();
         settings.tracked_prefixes = tracked_prefixes(config, Some(redis));
@@ -236,7 +270,7 @@ pub fn profile_stores(
             (store as Arc<dyn SessionStore>, cache),
         );
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The prefixes of the keys of every profile whose sessions are in `redis`

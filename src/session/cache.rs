@@ -613,6 +613,24 @@ impl SessionCache {
         }
     }
 
+    /// After a reload: keeps the principals of the profiles `keep` says are
+    /// unchanged (by index), drops every other entry (and every bearer
+    /// JWT's: `[jwt]` may have changed).
+    pub fn retain_profiles(&self, keep: &[bool]) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let kept = |lookup: &Lookup| match lookup {
+            Lookup::Found(p) => p.token.is_none() && keep.get(p.profile).copied().unwrap_or(false),
+            Lookup::Invalid(_) => false,
+        };
+        self.entries.retain(|_, entry| kept(&entry.lookup));
+        if let Some(last_good) = self.last_good.get() {
+            last_good.retain(|_, good| {
+                good.principal.token.is_none()
+                    && keep.get(good.principal.profile).copied().unwrap_or(false)
+            });
+        }
+    }
+
     /// Drops every entry (e.g. after a config reload changed what a principal holds).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -686,6 +704,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((user(&l), src), (Some("e"), LookupSource::Redis));
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_only_the_unchanged_profiles_sessions() {
+        let cache = SessionCache::new(settings());
+        cache.set_live(true);
+        let of = |profile: usize| {
+            let mut p = cache.principal("k", IdentityValues::default(), Vec::new(), None, None);
+            p.profile = profile;
+            Lookup::Found(Arc::new(p))
+        };
+        for (key, profile) in [("a:1", 0), ("b:1", 1)] {
+            cache
+                .get_or_load(key, || async { Ok(of(profile)) })
+                .await
+                .unwrap();
+        }
+        assert!(cache.peek("a:1").is_some() && cache.peek("b:1").is_some());
+        // Profile 1 changed in the reload: its sessions go, profile 0's stay.
+        cache.retain_profiles(&[true, false]);
+        assert!(cache.peek("a:1").is_some());
+        assert!(cache.peek("b:1").is_none());
+        // A profile the new configuration no longer has at that index goes too.
+        cache.retain_profiles(&[]);
+        assert!(cache.peek("a:1").is_none());
     }
 
     #[tokio::test]
