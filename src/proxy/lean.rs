@@ -174,22 +174,7 @@ fn is_websocket(req: &RequestHeader) -> bool {
     {
         return false;
     }
-    for name in [
-        header::EXPECT,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::CONTENT_LENGTH,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        if headers.contains_key(name) {
-            return false;
-        }
-    }
-    if headers.contains_key("keep-alive")
-        || headers.contains_key("proxy-connection")
-        || headers.contains_key("http2-settings")
-    {
+    if headers.contains_key(header::CONTENT_LENGTH) || leaves_to_full_proxy(headers) {
         return false;
     }
     let mut says_upgrade = false;
@@ -206,6 +191,26 @@ fn is_websocket(req: &RequestHeader) -> bool {
     says_upgrade
 }
 
+/// Whether a request carries a field the full proxy handles: an
+/// expectation, transfer codings or trailers, proxy authentication, or a
+/// hop-by-hop field other than `Connection`.
+#[inline]
+fn leaves_to_full_proxy(headers: &http::HeaderMap) -> bool {
+    [
+        header::EXPECT,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ]
+    .into_iter()
+    .any(|name| headers.contains_key(name))
+        || headers.contains_key("keep-alive")
+        || headers.contains_key("proxy-connection")
+        || headers.contains_key("http2-settings")
+}
+
 /// Whether the lean path takes this request (its body is checked apart).
 fn takes(req: &RequestHeader) -> bool {
     if !matches!(req.version, Version::HTTP_11 | Version::HTTP_10)
@@ -215,23 +220,7 @@ fn takes(req: &RequestHeader) -> bool {
         return false;
     }
     let headers = &req.headers;
-    for name in [
-        header::UPGRADE,
-        header::EXPECT,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        if headers.contains_key(name) {
-            return false;
-        }
-    }
-    if headers.contains_key("keep-alive")
-        || headers.contains_key("proxy-connection")
-        || headers.contains_key("http2-settings")
-    {
+    if headers.contains_key(header::UPGRADE) || leaves_to_full_proxy(headers) {
         return false;
     }
     // `Connection` may only say keep-alive or close: any other token
