@@ -11,10 +11,12 @@ pub enum Change<'a> {
     Key(&'a str),
     /// Every key may have changed (FLUSHDB, FLUSHALL, a swapped database).
     All,
-    /// The channel is down: changes go unheard until it is back.
-    Lost,
-    /// The channel is back; what changed meanwhile is unknown.
-    Back,
+    /// The channel (of the cache identified by the number: a gateway with
+    /// profiles on several Redis servers has one per server) is down:
+    /// changes go unheard until it is back.
+    Lost(usize),
+    /// That channel is back; what changed meanwhile is unknown.
+    Back(usize),
 }
 
 static LISTENER: OnceLock<fn(Change<'_>)> = OnceLock::new();

@@ -92,8 +92,8 @@ static PIPELINE: OnceLock<Arc<ArcSwap<Pipeline>>> = OnceLock::new();
 type Registry = HashMap<Box<str>, Vec<Weak<Slot>>>;
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 
-/// Since when the invalidation channel has been down (`None`: it is up).
-static DOWN_SINCE: Mutex<Option<Instant>> = Mutex::new(None);
+/// Since when each invalidation channel that is down (by `SessionCache::channel`) has been.
+static DOWN_SINCE: LazyLock<Mutex<HashMap<usize, Instant>>> = LazyLock::new(Default::default);
 
 /// How long a re-check that could not reach Redis waits before the next try.
 const RETRY: Duration = Duration::from_secs(1);
@@ -109,8 +109,8 @@ fn on_change(change: Change<'_>) {
     match change {
         Change::Key(key) => changed(key),
         Change::All => changed_all(),
-        Change::Lost => channel_lost(),
-        Change::Back => channel_back(),
+        Change::Lost(channel) => channel_lost(channel),
+        Change::Back(channel) => channel_back(channel),
     }
 }
 
@@ -144,6 +144,8 @@ struct Watch {
     indexed: bool,
     /// Set when the engine relaying it can end it cleanly ([`closer`]).
     ending: Option<Arc<Ending>>,
+    /// The invalidation channel that reports its key's changes.
+    channel: usize,
     head: RequestHeader,
     arrival: Arrival,
 }
@@ -351,6 +353,7 @@ pub(crate) fn relaying(
             from: (kind == Kind::Poll).then(|| now + route.live_after),
             indexed: false,
             ending: None,
+            channel: principal.channel,
             head: head.clone(),
             arrival: arrival.clone(),
         });
@@ -403,13 +406,15 @@ fn changed_all() {
 /// The invalidation channel is down: changes of keys go unheard until it is
 /// back (then every exchange re-checks). With `[cache] max_unverified`,
 /// exchanges still running when the channel has been down that long end.
-fn channel_lost() {
+fn channel_lost(channel: usize) {
     let since = {
         let mut down = lock(&DOWN_SINCE);
-        if down.is_some() {
+        if down.contains_key(&channel) {
             return;
         }
-        *down.insert(Instant::now())
+        let now = Instant::now();
+        down.insert(channel, now);
+        now
     };
     let Some(limit) = PIPELINE
         .get()
@@ -422,20 +427,25 @@ fn channel_lost() {
     };
     runtime.spawn(async move {
         tokio::time::sleep(limit).await;
-        if *lock(&DOWN_SINCE) != Some(since) {
+        if lock(&DOWN_SINCE).get(&channel) != Some(&since) {
             return;
         }
+        // Only the exchanges whose keys that channel reports: a profile on
+        // another Redis is still heard.
         let registry = lock(&REGISTRY);
         for slot in registry.values().flatten().filter_map(Weak::upgrade) {
-            slot.unverified.store(true, Ordering::Release);
-            slot.changed.notify_one();
+            let heard_on = lock(&slot.watch).as_ref().map(|w| w.channel);
+            if heard_on == Some(channel) {
+                slot.unverified.store(true, Ordering::Release);
+                slot.changed.notify_one();
+            }
         }
     });
 }
 
-/// The invalidation channel is back: every exchange re-checks.
-fn channel_back() {
-    *lock(&DOWN_SINCE) = None;
+/// An invalidation channel is back: every exchange re-checks.
+fn channel_back(channel: usize) {
+    lock(&DOWN_SINCE).remove(&channel);
     changed_all();
 }
 
@@ -547,6 +557,7 @@ mod registry {
             from: None,
             indexed: false,
             ending: None,
+            channel: 0,
             head: RequestHeader::build("GET", b"/ws", None).unwrap(),
             arrival: Arrival::default(),
         }

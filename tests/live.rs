@@ -952,3 +952,80 @@ fn the_full_proxy_ends_a_websocket_by_closing_it() {
     let took = closed_within(&mut stream, SOON).expect("the WebSocket outlived its session");
     println!("DEL ended a WebSocket on the full proxy in {took:?}");
 }
+
+/// With profiles on two Redis servers, `max_unverified` counts each
+/// channel's outage apart: the exchanges whose sessions the lost Redis
+/// holds end, those of the other Redis run on.
+#[test]
+fn max_unverified_ends_only_the_exchanges_of_the_redis_that_is_gone() {
+    let main = RedisServer::start();
+    let mut other = RedisServer::start();
+    let (upstream, _closes) = live_upstream();
+    let gateway = TestGateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+threads = 1
+
+[redis]
+url = "{main}"
+
+[cache]
+max_unverified = "500ms"
+
+[session]
+cookie = "sid"
+cookie_format = "plain"
+
+[profiles.other]
+cookie = "osid"
+cookie_format = "plain"
+
+[profiles.other.redis]
+url = "{other_url}"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/other/"
+upstream = "app"
+profile = "other"
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#,
+        main = main.url(),
+        other_url = other.url(),
+    ));
+    let value = r#"{"user":{"id":"alice"}}"#;
+    let _: () = main.conn().set_ex("sess:m1", value, 600).unwrap();
+    let _: () = other.conn().set_ex("sess:o1", value, 600).unwrap();
+    let mut stays = websocket(gateway.addr, "/ws", "m1");
+    let mut ends = {
+        let mut request = format!("ws://{}/other/ws", gateway.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("cookie", "osid=o1".parse().unwrap());
+        let stream = TcpStream::connect(gateway.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        tungstenite::client::client(request, MaybeTlsStream::Plain(stream))
+            .unwrap()
+            .0
+    };
+    assert!(echoes(&mut stays) && echoes(&mut ends));
+    other.stop();
+    let took = ended_1008(&mut ends, "max_unverified on its Redis");
+    println!("the other Redis gone: its WebSocket ended after {took:?}");
+    thread::sleep(Duration::from_millis(600));
+    assert!(
+        echoes(&mut stays),
+        "an exchange of the Redis that is up was ended"
+    );
+}

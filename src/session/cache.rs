@@ -46,6 +46,9 @@ pub struct Principal {
     /// The session profile it was read under (its identity values are that
     /// profile's headers).
     pub profile: usize,
+    /// The invalidation channel that reports changes of its key
+    /// ([`SessionCache::channel`]).
+    pub channel: usize,
 }
 
 /// A lookup's result as cached: a principal, or a known-invalid id.
@@ -203,6 +206,7 @@ impl SessionCache {
             token: None,
             ends_at: None,
             profile: 0,
+            channel: self.channel(),
         }
     }
 
@@ -595,12 +599,18 @@ impl SessionCache {
         metrics::set_cache_entries(0);
     }
 
+    /// Which invalidation channel this cache listens to, as `changes` and
+    /// principals name it.
+    pub fn channel(&self) -> usize {
+        self as *const SessionCache as usize
+    }
+
     /// Marks the invalidation channel up or down; either way nothing cached before survives.
     pub fn set_live(&self, live: bool) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         if !live {
             self.live.store(false, Ordering::Release);
-            crate::changes::report(Change::Lost);
+            crate::changes::report(Change::Lost(self.channel()));
         }
         self.entries.clear();
         if !live {
@@ -609,7 +619,7 @@ impl SessionCache {
         if live {
             self.live.store(true, Ordering::Release);
             // Changes made while the channel was down went unheard.
-            crate::changes::report(Change::Back);
+            crate::changes::report(Change::Back(self.channel()));
         }
     }
 
