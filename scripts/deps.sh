@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing sessiongate needs on Debian/Ubuntu:
 # cmake (Pingora builds a C library with it), redis-server (tests and demo),
-# curl and openssl (demo). Rust itself comes from rustup (https://rustup.rs).
+# curl and openssl (demo), pebble (the ACME test server, for tests/acme.rs).
+# Rust itself comes from rustup (https://rustup.rs).
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""

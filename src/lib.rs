@@ -5,6 +5,7 @@
 //! the route's roles, strips every client-sent copy of the identity headers
 //! and sets them from the session before Pingora forwards the request.
 
+pub mod acme;
 mod changes;
 mod client_ip;
 pub mod config;

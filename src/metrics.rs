@@ -193,6 +193,7 @@ struct Metrics {
     tls_expiry: IntGaugeVec,
     live_exchanges: IntGaugeVec,
     live_closed: IntCounterVec,
+    acme_orders: IntCounterVec,
     access_log_dropped: IntCounter,
     /// `[per_ip, total]`
     connections_refused: [IntCounter; 2],
@@ -339,6 +340,14 @@ fn build() -> Metrics {
     ] {
         live_closed.with_label_values(&[reason]);
     }
+    let acme_orders = counter_vec(
+        "sessiongate_acme_orders_total",
+        "ACME certificate orders, by result (issued, failed).",
+        &["result"],
+    );
+    for result in ["issued", "failed"] {
+        acme_orders.with_label_values(&[result]);
+    }
     let build_info = defined(IntGaugeVec::new(
         Opts::new(
             "sessiongate_build_info",
@@ -429,6 +438,7 @@ fn build() -> Metrics {
         tls_expiry,
         live_exchanges,
         live_closed,
+        acme_orders,
         access_log_dropped,
         auth_failures,
         would_deny,
@@ -587,6 +597,11 @@ pub fn h2_stream_refused(reason: &'static str) {
 /// A live exchange started (`delta` 1) or ended (-1).
 pub fn live_exchange(kind: &'static str, delta: i64) {
     METRICS.live_exchanges.with_label_values(&[kind]).add(delta);
+}
+
+/// An ACME order ended (`issued`, `failed`).
+pub fn acme_order(result: &'static str) {
+    METRICS.acme_orders.with_label_values(&[result]).inc();
 }
 
 /// A live exchange was ended by the gateway for `reason`.

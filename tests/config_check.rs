@@ -146,3 +146,38 @@ live = "close"
         "{err}"
     );
 }
+
+#[test]
+fn acme_mistakes_are_reported_with_their_keys() {
+    let text = r#"[server]
+listen = ["127.0.0.1:8080"]
+listen_tls = ["127.0.0.1:8443"]
+
+[redis]
+url = "redis://127.0.0.1:6379/0"
+
+[session]
+secrets = ["s"]
+
+[acme]
+terms_agreed = false
+names = ["app.example.com", "not a name"]
+directory = "http://acme.test/dir"
+storage = "acme"
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#;
+    let (code, _, err) = check(text);
+    assert_ne!(code, 0);
+    for want in ["acme.terms_agreed", "acme.names[1]", "acme.directory"] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // Without [[tls.certificates]]: [acme] serves the TLS listeners.
+    assert!(!err.contains("tls.certificates"), "{err}");
+}

@@ -29,6 +29,8 @@ pub struct File {
     pub rollout: Option<Rollout>,
     /// `[tls]`: the certificates of the TLS listeners.
     pub tls: Option<Tls>,
+    /// `[acme]`: certificates from an ACME server.
+    pub acme: Option<Acme>,
     /// `[profiles.<name>]`: session tables of other apps (read by name).
     pub profiles: Option<serde::de::IgnoredAny>,
 }
@@ -281,4 +283,15 @@ pub struct Admin {
 pub struct BasicAuth {
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// `[acme]`
+#[derive(Debug, Default, Deserialize)]
+pub struct Acme {
+    pub directory: Option<String>,
+    pub contact: Option<Vec<String>>,
+    pub terms_agreed: Option<bool>,
+    pub names: Option<Vec<String>>,
+    pub storage: Option<String>,
+    pub ca: Option<String>,
 }

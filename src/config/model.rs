@@ -35,6 +35,24 @@ pub struct Config {
     /// `[tls] watch_interval`: how often the certificate files are looked at
     /// for a change on disk (default 10s; 0s: only on reload).
     pub tls_watch: Duration,
+    /// `[acme]`: certificates ordered from an ACME server (`None`: off).
+    pub acme: Option<AcmeSettings>,
+}
+
+/// `[acme]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// `directory`: the ACME server's directory URL (default Let's Encrypt).
+    pub directory: String,
+    /// `contact`: `mailto:` addresses for the account.
+    pub contact: Vec<String>,
+    /// `names`: the DNS names to certify (default: the routes' `host`s).
+    pub names: Vec<String>,
+    /// `storage`: where the account and the certificates are kept.
+    pub storage: std::path::PathBuf,
+    /// `ca`: a PEM file of the root the directory's TLS certificate chains
+    /// to, when it is not a public one (a test server).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// One app's sessions: `[session]` with `[identity.headers]` (the profile

@@ -174,3 +174,100 @@ fn dns_host(addrs: &[String]) -> Option<String> {
     }
     host
 }
+
+/// Let's Encrypt's production directory, `[acme] directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Checker<'_, '_> {
+    /// `[acme]`: certificates for the TLS listeners from an ACME server.
+    pub(super) fn acme(
+        &mut self,
+        server: Option<&super::model::ServerSettings>,
+        routes: &[super::model::Route],
+    ) -> Option<Option<super::model::AcmeSettings>> {
+        let path = [Seg::Key("acme".to_owned())];
+        if self.lookup(&path).is_none() {
+            return Some(None);
+        }
+        let f: file::Acme = self.section(&path)?;
+        let mut ok = true;
+        if f.terms_agreed != Some(true) {
+            self.error(
+                &sub(&path, "terms_agreed"),
+                "must be true: ordering certificates accepts the ACME server's terms of service",
+            );
+            ok = false;
+        }
+        let Some(storage) = f.storage else {
+            self.missing_key(&sub(&path, "storage"));
+            return None;
+        };
+        if let Some(server) = server {
+            if server.listen.is_empty() {
+                self.error(
+                    &path,
+                    "[acme] answers HTTP-01 challenges on a plain [server] listen address; add one",
+                );
+                ok = false;
+            }
+            if server.listen_tls.is_empty() {
+                self.error(
+                    &path,
+                    "[acme] certifies the TLS listeners: set [server] listen_tls",
+                );
+                ok = false;
+            }
+        }
+        let names = match f.names {
+            Some(names) => names,
+            None => {
+                let mut names: Vec<String> = routes.iter().filter_map(|r| r.host.clone()).collect();
+                names.sort();
+                names.dedup();
+                names
+            }
+        };
+        if names.is_empty() {
+            self.error(
+                &sub(&path, "names"),
+                "no names to certify: list them, or give routes a `host`",
+            );
+            ok = false;
+        }
+        for (i, name) in names.iter().enumerate() {
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                self.error(
+                    &idx(&sub(&path, "names"), i),
+                    format!("{name:?} is not a DNS name"),
+                );
+                ok = false;
+            }
+        }
+        let directory = f.directory.unwrap_or_else(|| LETS_ENCRYPT.to_owned());
+        if !directory.starts_with("https://") {
+            self.error(&sub(&path, "directory"), "must be an https:// URL");
+            ok = false;
+        }
+        let ca = f.ca.map(|ca| self.base.join(ca));
+        if let Some(ca) = &ca {
+            if std::fs::metadata(ca).is_err() {
+                self.error(&sub(&path, "ca"), format!("cannot read {}", ca.display()));
+                ok = false;
+            }
+        }
+        ok.then(|| {
+            Some(super::model::AcmeSettings {
+                directory,
+                contact: f.contact.unwrap_or_default(),
+                names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                storage: self.base.join(&storage),
+                ca,
+            })
+        })
+    }
+}

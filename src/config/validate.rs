@@ -155,7 +155,12 @@ impl Checker<'_, '_> {
         }
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         let rate_limit = self.rate_limit();
-        let tls = self.tls(server.as_ref().is_some_and(|s| !s.listen_tls.is_empty()));
+        let acme = self.acme(server.as_ref(), routes.as_deref().unwrap_or_default());
+        let tls = self.tls(
+            server.as_ref().is_some_and(|s| !s.listen_tls.is_empty())
+                // `[acme]` (even one with errors) serves the TLS listeners.
+                && matches!(acme, Some(None)),
+        );
         Some(Config {
             server: server?,
             redis: redis?,
@@ -168,6 +173,7 @@ impl Checker<'_, '_> {
             jwt: jwt?,
             admin: admin?,
             rate_limit: rate_limit?,
+            acme: acme?,
             tls: tls.as_ref()?.0.clone(),
             tls_watch: tls?.1,
         })

@@ -97,6 +97,11 @@ pub async fn serve(
         _ => return Lane::Full(down.into_inner(), prefix, None),
     }
     let body_empty = down.is_body_empty();
+    // An ACME server validating a token this gateway waits on: answered
+    // before any routing or session check.
+    if let Some(answer) = crate::acme::http01(down.req_header().raw_path()) {
+        return Lane::Served(acme_answer(down, answer).await);
+    }
     let req = down.req_header();
     let takes = if is_websocket(req) { alone } else { takes(req) };
     if !takes || !body_empty {
@@ -134,6 +139,22 @@ pub async fn serve(
     match down.reuse().await {
         Ok(Some(reused)) => Lane::Served(Some(reused.into_parts().0)),
         _ => Lane::Served(None),
+    }
+}
+
+/// Answers an HTTP-01 validation with its key authorization.
+async fn acme_answer(mut down: DownstreamSession, answer: String) -> Option<Stream> {
+    let mut head = ResponseHeader::build(200, Some(2)).ok()?;
+    head.insert_header(header::CONTENT_TYPE, "application/octet-stream")
+        .ok()?;
+    head.insert_header(header::CONTENT_LENGTH, answer.len())
+        .ok()?;
+    down.write_response_header(Box::new(head)).await.ok()?;
+    down.write_body(answer.as_bytes()).await.ok()?;
+    down.finish_body().await.ok()?;
+    match down.reuse().await {
+        Ok(Some(reused)) => Some(reused.into_parts().0),
+        _ => None,
     }
 }
 

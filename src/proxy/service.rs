@@ -66,7 +66,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         .with_context(|| format!("redis at {redis_url} did not answer PING; refusing to start"))?;
 
     let server_settings = config.server.clone();
-    let tls_files = config.tls.clone();
+    let tls_files = served_certificates(&config);
     let conf = ServerConf {
         threads: server_settings.threads,
         grace_period_seconds: Some(seconds(server_settings.grace_period)),
@@ -100,7 +100,7 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
             // A reload serves the certificate files anew to every new
             // handshake; the files were checked with the rest of the
             // configuration, and open connections keep theirs.
-            match crate::tls::CertIndex::load(&config.tls) {
+            match crate::tls::CertIndex::load(&served_certificates(&config)) {
                 Ok(index) => {
                     index.publish();
                     resolver.swap(index);
@@ -123,8 +123,22 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
     if !server_settings.listen_tls.is_empty() {
         let running = pipeline.clone();
         crate::tls::watch(resolver.clone(), tls_watch, move || {
-            running.load().config.tls.clone()
+            served_certificates(&running.load().config)
         })?;
+    }
+    if let Some(acme) = pipeline.load().config.acme.clone() {
+        // A certificate issued (or renewed) is served from the next handshake.
+        let (running, resolver) = (pipeline.clone(), resolver.clone());
+        let install = Arc::new(move || {
+            match crate::tls::CertIndex::load(&served_certificates(&running.load().config)) {
+                Ok(index) => {
+                    index.publish();
+                    resolver.swap(index);
+                }
+                Err(why) => tracing::error!(%why, "ACME: the new certificate is not served"),
+            }
+        });
+        crate::acme::spawn(acme, install)?;
     }
     crate::metrics::config_loaded();
     let caches = {
@@ -223,6 +237,26 @@ fn startup_check(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The certificates the TLS listeners serve: `[[tls.certificates]]`, and
+/// the one `[acme]` issued when it is stored and valid (and names nothing a
+/// configured one already names).
+fn served_certificates(config: &Config) -> Vec<crate::tls::CertificateFiles> {
+    let mut files = config.tls.clone();
+    if let Some(acme) = &config.acme {
+        let issued = crate::acme::files(acme);
+        if let Ok(loaded) = crate::tls::load(&issued) {
+            let taken = files
+                .iter()
+                .filter_map(|f| crate::tls::load(f).ok())
+                .any(|l| l.names.iter().any(|n| loaded.names.contains(n)));
+            if !taken {
+                files.push(issued);
+            }
+        }
+    }
+    files
 }
 
 /// The stores and caches of the profiles with a `[profiles.<name>.redis]`

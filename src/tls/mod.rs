@@ -38,6 +38,8 @@ pub struct CertificateFiles {
 pub struct Loaded {
     /// Its DNS SAN names, lower case (`*.example.com` for wildcards).
     pub names: Vec<String>,
+    /// When it starts being valid.
+    pub not_before: SystemTime,
     /// When it stops being valid.
     pub not_after: SystemTime,
     key: Arc<CertifiedKey>,
@@ -114,6 +116,7 @@ pub fn load(files: &CertificateFiles) -> Result<Loaded, String> {
     })?;
     Ok(Loaded {
         names,
+        not_before: SystemTime::UNIX_EPOCH + Duration::from_secs(not_before.max(0) as u64),
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64),
         key: Arc::new(key),
     })

@@ -1,0 +1,276 @@
+//! Certificates from ACME, against Debian's `pebble` (the ACME test server)
+//! with `pebble-challtestsrv` answering its DNS queries with 127.0.0.1: the
+//! gateway orders a certificate over HTTP-01 (answered on its plain
+//! listener), serves it on its TLS listener (a client trusting pebble's root
+//! completes the handshake), and after a restart serves the stored one
+//! without ordering again.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::tls::{certificate, curl};
+use support::{EchoUpstream, RedisServer, TestGateway};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed (by PID) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Pebble {
+    _dns: Killed,
+    _pebble: Killed,
+    directory: String,
+    management: u16,
+    /// Pebble's own TLS certificate (what the gateway must trust to reach it).
+    tls_cert: std::path::PathBuf,
+}
+
+/// pebble, validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`
+/// of 127.0.0.1 for every name.
+fn pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+    pebble_with(dir, http_port, tls_port, None)
+}
+
+/// `pebble`, issuing certificates valid for `validity` seconds when given.
+fn pebble_with(dir: &Path, http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
+    let dns = free_port();
+    let dns_server = Command::new("pebble-challtestsrv")
+        .args(["-dns01", &format!("127.0.0.1:{dns}")])
+        .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+        .args(["-management", &format!("127.0.0.1:{}", free_port())])
+        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pebble-challtestsrv (apt-get install -y pebble)");
+    let tls = certificate(dir, "pebble", &["127.0.0.1", "localhost"], false);
+    let (listen, management) = (free_port(), free_port());
+    let mut config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{listen}"),
+        "managementListenAddress": format!("127.0.0.1:{management}"),
+        "certificate": tls.cert,
+        "privateKey": tls.key,
+        "httpPort": http_port,
+        "tlsPort": tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    if let Some(seconds) = validity {
+        config["pebble"]["certificateValidityPeriod"] = seconds.into();
+    }
+    let config_path = dir.join("pebble.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
+    let pebble = Command::new("pebble")
+        .arg("-config")
+        .arg(&config_path)
+        .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("pebble (apt-get install -y pebble)");
+    let pebble = Pebble {
+        _dns: Killed(dns_server),
+        _pebble: Killed(pebble),
+        directory: format!("https://127.0.0.1:{listen}/dir"),
+        management,
+        tls_cert: tls.cert,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
+        assert!(Instant::now() < deadline, "pebble did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pebble
+}
+
+impl Pebble {
+    /// The root pebble's certificates chain to (made at its start).
+    fn root(&self, dir: &Path) -> std::path::PathBuf {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                &format!("https://127.0.0.1:{}/roots/0", self.management),
+            ])
+            .output()
+            .unwrap();
+        let path = dir.join("pebble-root.pem");
+        std::fs::write(&path, &out.stdout).unwrap();
+        path
+    }
+}
+
+fn gateway(
+    redis: &RedisServer,
+    upstream: &EchoUpstream,
+    http: u16,
+    tls: u16,
+    p: &Pebble,
+    storage: &Path,
+) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:{http}"]
+listen_tls = ["127.0.0.1:{tls}"]
+threads = 1
+
+[redis]
+url = "{url}"
+
+[session]
+cookie = "sid"
+cookie_format = "plain"
+
+[acme]
+directory = "{directory}"
+ca = "{ca}"
+terms_agreed = true
+contact = ["mailto:ops@app.test"]
+names = ["app.test"]
+storage = "{storage}"
+
+[[upstream]]
+name = "app"
+addrs = ["{upstream}"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+access = "public"
+"#,
+        url = redis.url(),
+        directory = p.directory,
+        ca = p.tls_cert.display(),
+        storage = storage.display(),
+        upstream = upstream.addr,
+    ))
+}
+
+#[test]
+fn a_name_gets_a_certificate_over_http_01_and_keeps_it_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("acme");
+    let (http, tls) = (free_port(), free_port());
+    let p = pebble(dir.path(), http, tls);
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gw = gateway(&redis, &upstream, http, tls, &p, &storage);
+    let root = p.root(dir.path());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
+    let started = Instant::now();
+    loop {
+        let seen = curl(addr, "app.test", "/x", Some(&root), false, &[]);
+        if seen.status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no certificate from pebble: {seen:?}\n{}\n{}",
+            gw.log(),
+            std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "issued and served {:?} after the gateway started",
+        started.elapsed()
+    );
+    assert!(gw.log().contains("ACME: certificate issued"));
+    let issued = std::fs::read(storage.join("cert.pem")).unwrap();
+    // The account and the certificate's key are the gateway's user's only.
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["key.pem", "account.json"] {
+        let mode = std::fs::metadata(storage.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} is readable by others");
+    }
+    drop(gw);
+    // A restart serves the stored certificate at once, ordering nothing.
+    let gw = gateway(&redis, &upstream, http, tls, &p, &storage);
+    let seen = curl(addr, "app.test", "/x", Some(&root), false, &[]);
+    assert_eq!(seen.status, 200, "{seen:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !gw.log().contains("ACME: certificate issued"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(std::fs::read(storage.join("cert.pem")).unwrap(), issued);
+}
+
+/// A certificate is renewed at two thirds of its lifetime: the new one is
+/// served from the next handshake, and an HTTP/2 connection opened on the
+/// old one keeps serving requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_swaps_the_certificate_without_dropping_an_open_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("acme");
+    let (http, tls) = (free_port(), free_port());
+    let p = pebble_with(dir.path(), http, tls, Some(9));
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gw = gateway(&redis, &upstream, http, tls, &p, &storage);
+    let root = p.root(dir.path());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
+    let started = Instant::now();
+    while !storage.join("cert.pem").exists()
+        || curl(addr, "app.test", "/x", Some(&root), false, &[]).status != 200
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no first certificate:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = std::fs::read(storage.join("cert.pem")).unwrap();
+    let mut h2 = support::h2raw::RawH2::connect(addr, "app.test", &root).await;
+    let fields = support::h2raw::request_fields("app.test", "/x");
+    let id = h2.request(&fields, false).await;
+    assert_eq!(h2.outcome(id).await, support::h2raw::Outcome::Status(200));
+    // Renewed at two thirds of 9 s.
+    let started = Instant::now();
+    while std::fs::read(storage.join("cert.pem")).unwrap() == first {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not renewed:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "renewed {:?} after the first certificate",
+        started.elapsed()
+    );
+    // The open connection serves on; a new one completes its handshake.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = h2.request(&fields, false).await;
+    assert_eq!(h2.outcome(id).await, support::h2raw::Outcome::Status(200));
+    assert_eq!(
+        curl(addr, "app.test", "/x", Some(&root), true, &[]).status,
+        200
+    );
+    let orders = gw.log().matches("ACME: certificate issued").count();
+    assert!(orders >= 2, "{}", gw.log());
+}
