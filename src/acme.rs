@@ -54,22 +54,9 @@ pub fn files(settings: &AcmeSettings) -> CertificateFiles {
 /// Starts the manager on a thread of its own; `install` is called after a
 /// certificate was issued and stored, to serve it.
 pub fn spawn(settings: AcmeSettings, install: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("sessiongate-acme".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "ACME: could not start");
-                    return;
-                }
-            };
-            runtime.block_on(run(settings, install));
-        })
-        .map(|_| ())
+    crate::background::spawn("sessiongate-acme", "ACME: could not start", move || {
+        run(settings, install)
+    })
 }
 
 async fn run(settings: AcmeSettings, install: Arc<dyn Fn() + Send + Sync>) {

@@ -6,6 +6,7 @@
 //! and sets them from the session before Pingora forwards the request.
 
 pub mod acme;
+mod background;
 mod changes;
 mod client_ip;
 pub mod config;

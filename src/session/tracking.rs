@@ -111,22 +111,11 @@ pub(crate) fn spawn(cache: Arc<SessionCache>, redis: RedisSettings) -> std::io::
     }
     let (fills_tx, fills_rx) = mpsc::channel(QUEUE);
     cache.announce_to(fills_tx);
-    std::thread::Builder::new()
-        .name("sessiongate-invalidator".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cache invalidator could not start; the cache stays bypassed");
-                    return;
-                }
-            };
-            runtime.block_on(run_forever(cache, redis, Arc::new(Mutex::new(fills_rx))));
-        })
-        .map(|_| ())
+    crate::background::spawn(
+        "sessiongate-invalidator",
+        "cache invalidator could not start; the cache stays bypassed",
+        move || run_forever(cache, redis, Arc::new(Mutex::new(fills_rx))),
+    )
 }
 
 async fn run_forever(
