@@ -6,10 +6,17 @@
 //! ordering again; it is renewed at two thirds of its lifetime, with backoff
 //! and jitter after a failure, the old one serving until the new one is in
 //! place (installed through the same resolver as a reload).
+//!
+//! With `share_key`, a fleet shares one account and one certificate
+//! through `[redis]` (under `redis_prefix`): a lock lets one gateway order,
+//! the challenge tokens are readable by every gateway (the ACME server may
+//! validate through any of them), and the issued chain and key (the key and
+//! the account's credentials sealed with AES-256-GCM under `share_key`) are
+//! stored there for every gateway to serve.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use instant_acme::{
@@ -34,12 +41,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The fleet's Redis connection and key prefix, for challenge lookups.
+static SHARED: OnceLock<(redis::aio::MultiplexedConnection, String)> = OnceLock::new();
+
 /// The answer to an HTTP-01 validation request for `path`, when it names a
-/// token this gateway is waiting on.
-pub fn http01(path: &[u8]) -> Option<String> {
+/// token this gateway (or, with `share_key`, another of its fleet) is
+/// waiting on.
+pub async fn http01(path: &[u8]) -> Option<String> {
     let token = path.strip_prefix(CHALLENGE_PREFIX.as_bytes())?;
     let token = std::str::from_utf8(token).ok()?;
-    lock(&CHALLENGES).get(token).cloned()
+    if token.is_empty()
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    if let Some(answer) = lock(&CHALLENGES).get(token).cloned() {
+        return Some(answer);
+    }
+    let (conn, prefix) = SHARED.get()?;
+    let mut conn = conn.clone();
+    let mut get = redis::cmd("GET");
+    get.arg(format!("{prefix}token:{token}"));
+    let get = get.query_async::<Option<String>>(&mut conn);
+    tokio::time::timeout(Duration::from_millis(500), get)
+        .await
+        .ok()?
+        .ok()?
 }
 
 /// Where the issued chain and key are kept.
@@ -60,26 +89,82 @@ pub fn spawn(settings: AcmeSettings, install: Arc<dyn Fn() + Send + Sync>) -> st
 }
 
 async fn run(settings: AcmeSettings, install: Arc<dyn Fn() + Send + Sync>) {
+    let shared = match settings.share_key {
+        Some(key) => loop {
+            match Shared::connect(&settings, key).await {
+                Ok(shared) => break Some(shared),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: the fleet's Redis is unreachable; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        },
+        None => None,
+    };
     let mut failures: u32 = 0;
     loop {
-        let wait = match renew_in(&settings) {
-            Some(wait) if !wait.is_zero() => wait.min(LOOK_EVERY),
-            _ => match order(&settings).await {
-                Ok(()) => {
-                    metrics::acme_order("issued");
-                    tracing::info!(names = ?settings.names, "ACME: certificate issued and stored");
+        if let Some(shared) = &shared {
+            match shared.pull(&settings).await {
+                Ok(true) => {
+                    tracing::info!(names = ?settings.names, "ACME: the fleet's certificate stored and served");
                     install();
-                    failures = 0;
-                    continue;
                 }
+                Ok(false) => {}
                 Err(e) => {
-                    metrics::acme_order("failed");
-                    failures = failures.saturating_add(1);
-                    let wait = backoff(failures);
-                    tracing::warn!(error = %e, retry_in = ?wait, "ACME: order failed; the current certificate (if any) keeps serving");
-                    wait
+                    tracing::warn!(error = %e, "ACME: could not read the fleet's certificate")
                 }
-            },
+            }
+        }
+        // A fleet looks for a certificate another gateway renewed often.
+        let look = if shared.is_some() {
+            FLEET_LOOK
+        } else {
+            LOOK_EVERY
+        };
+        let wait = match renew_in(&settings) {
+            Some(wait) if !wait.is_zero() => wait.min(look),
+            _ => {
+                if let Some(shared) = &shared {
+                    match shared.lock().await {
+                        Ok(true) => {}
+                        // Another gateway is ordering: its certificate comes
+                        // through Redis.
+                        Ok(false) => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ACME: could not take the fleet's lock");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            continue;
+                        }
+                    }
+                }
+                let ordered = order(&settings, shared.as_ref()).await;
+                let ordered = match (ordered, &shared) {
+                    (Ok(()), Some(shared)) => shared.push(&settings).await,
+                    (result, _) => result,
+                };
+                if let Some(shared) = &shared {
+                    shared.unlock().await;
+                }
+                match ordered {
+                    Ok(()) => {
+                        metrics::acme_order("issued");
+                        tracing::info!(names = ?settings.names, "ACME: certificate issued and stored");
+                        install();
+                        failures = 0;
+                        continue;
+                    }
+                    Err(e) => {
+                        metrics::acme_order("failed");
+                        failures = failures.saturating_add(1);
+                        let wait = backoff(failures);
+                        tracing::warn!(error = %e, retry_in = ?wait, "ACME: order failed; the current certificate (if any) keeps serving");
+                        wait
+                    }
+                }
+            }
         };
         tokio::time::sleep(wait).await;
     }
@@ -116,8 +201,8 @@ fn renew_in(settings: &AcmeSettings) -> Option<Duration> {
 }
 
 /// Orders a certificate for every name and stores it.
-async fn order(settings: &AcmeSettings) -> anyhow::Result<()> {
-    let account = account(settings).await?;
+async fn order(settings: &AcmeSettings, shared: Option<&Shared>) -> anyhow::Result<()> {
+    let account = account(settings, shared).await?;
     let identifiers: Vec<Identifier> = settings
         .names
         .iter()
@@ -138,6 +223,11 @@ async fn order(settings: &AcmeSettings) -> anyhow::Result<()> {
                 .challenge(ChallengeType::Http01)
                 .ok_or_else(|| anyhow::anyhow!("the server offers no http-01 challenge"))?;
             let key_authorization = challenge.key_authorization().as_str().to_owned();
+            if let Some(shared) = shared {
+                shared
+                    .publish_token(&challenge.token, &key_authorization)
+                    .await?;
+            }
             lock(&CHALLENGES).insert(challenge.token.clone(), key_authorization);
             tokens.push(challenge.token.clone());
             challenge.set_ready().await?;
@@ -149,10 +239,16 @@ async fn order(settings: &AcmeSettings) -> anyhow::Result<()> {
         Ok(()) => order.poll_ready(&RetryPolicy::default()).await,
         Err(e) => {
             forget(&tokens);
+            if let Some(shared) = shared {
+                shared.forget_tokens(&tokens).await;
+            }
             return Err(e);
         }
     };
     forget(&tokens);
+    if let Some(shared) = shared {
+        shared.forget_tokens(&tokens).await;
+    }
     let status = status?;
     if status != OrderStatus::Ready {
         anyhow::bail!("the order is {status:?}");
@@ -172,13 +268,19 @@ fn forget(tokens: &[String]) {
     }
 }
 
-/// The account, from `storage/account.json` or created (and stored).
-async fn account(settings: &AcmeSettings) -> anyhow::Result<Account> {
+/// The account: the fleet's (with `share_key`), else from
+/// `storage/account.json`, else created (and stored there and in Redis).
+async fn account(settings: &AcmeSettings, shared: Option<&Shared>) -> anyhow::Result<Account> {
     let builder = match &settings.ca {
         Some(ca) => Account::builder_with_root(ca)?,
         None => Account::builder()?,
     };
     let stored = settings.storage.join("account.json");
+    if let Some(shared) = shared {
+        if let Some(bytes) = shared.get_sealed("account").await? {
+            write_private(&stored, &bytes)?;
+        }
+    }
     if let Ok(bytes) = std::fs::read(&stored) {
         let credentials: AccountCredentials = serde_json::from_slice(&bytes)?;
         return Ok(builder.from_credentials(credentials).await?);
@@ -195,8 +297,181 @@ async fn account(settings: &AcmeSettings) -> anyhow::Result<Account> {
             None,
         )
         .await?;
-    write_private(&stored, serde_json::to_string(&credentials)?.as_bytes())?;
+    let json = serde_json::to_string(&credentials)?;
+    write_private(&stored, json.as_bytes())?;
+    if let Some(shared) = shared {
+        shared.set_sealed("account", json.as_bytes()).await?;
+    }
     Ok(account)
+}
+
+/// How often a fleet's gateway looks in Redis for a certificate another
+/// one renewed.
+const FLEET_LOOK: Duration = Duration::from_secs(30);
+
+/// How long the fleet's order lock and challenge tokens live.
+const FLEET_HOLD_MS: u64 = 600_000;
+
+/// The fleet's state in `[redis]`.
+struct Shared {
+    conn: redis::aio::MultiplexedConnection,
+    prefix: String,
+    key: ring::aead::LessSafeKey,
+    /// This gateway, as the lock's holder.
+    id: String,
+}
+
+impl Shared {
+    async fn connect(settings: &AcmeSettings, key: [u8; 32]) -> anyhow::Result<Shared> {
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let conn = client.get_multiplexed_async_connection().await?;
+        let _ = SHARED.set((conn.clone(), settings.redis_prefix.clone()));
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key)
+            .map_err(|_| anyhow::anyhow!("share_key is not an AES-256 key"))?;
+        Ok(Shared {
+            conn,
+            prefix: settings.redis_prefix.clone(),
+            key: ring::aead::LessSafeKey::new(key),
+            id: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
+        })
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}{what}", self.prefix)
+    }
+
+    /// Takes the fleet's order lock; false when another gateway holds it.
+    async fn lock(&self) -> anyhow::Result<bool> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.name("lock"))
+            .arg(&self.id)
+            .arg("NX")
+            .arg("PX")
+            .arg(FLEET_HOLD_MS)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Releases the lock if this gateway still holds it.
+    async fn unlock(&self) {
+        let released: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+            .arg(1)
+            .arg(self.name("lock"))
+            .arg(&self.id)
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "ACME: could not release the fleet's lock (it expires by itself)");
+        }
+    }
+
+    async fn publish_token(&self, token: &str, key_authorization: &str) -> anyhow::Result<()> {
+        let () = redis::cmd("SET")
+            .arg(self.name(&format!("token:{token}")))
+            .arg(key_authorization)
+            .arg("PX")
+            .arg(FLEET_HOLD_MS)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_tokens(&self, tokens: &[String]) {
+        for token in tokens {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL")
+                .arg(self.name(&format!("token:{token}")))
+                .query_async(&mut self.conn.clone())
+                .await;
+        }
+    }
+
+    /// Stores the issued chain, and its key sealed.
+    async fn push(&self, settings: &AcmeSettings) -> anyhow::Result<()> {
+        let files = files(settings);
+        let chain = std::fs::read(&files.cert)?;
+        let key = std::fs::read(&files.key)?;
+        self.set_sealed("key", &key).await?;
+        let () = redis::cmd("SET")
+            .arg(self.name("cert"))
+            .arg(chain)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the fleet's certificate when it is not the one stored here;
+    /// true when it did.
+    async fn pull(&self, settings: &AcmeSettings) -> anyhow::Result<bool> {
+        let chain: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.name("cert"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let Some(chain) = chain else {
+            return Ok(false);
+        };
+        let files = files(settings);
+        if std::fs::read(&files.cert).ok().as_deref() == Some(&chain[..]) {
+            return Ok(false);
+        }
+        let Some(key) = self.get_sealed("key").await? else {
+            return Ok(false);
+        };
+        write_private(Path::new(&files.key), &key)?;
+        write_private(Path::new(&files.cert), &chain)?;
+        Ok(true)
+    }
+
+    async fn set_sealed(&self, what: &str, plain: &[u8]) -> anyhow::Result<()> {
+        use base64::Engine;
+        let mut nonce = [0u8; 12];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| anyhow::anyhow!("no randomness"))?;
+        let mut sealed = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(what.as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| anyhow::anyhow!("sealing failed"))?;
+        let mut all = nonce.to_vec();
+        all.extend(sealed);
+        let text = base64::engine::general_purpose::STANDARD.encode(all);
+        let () = redis::cmd("SET")
+            .arg(self.name(what))
+            .arg(text)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn get_sealed(&self, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        use base64::Engine;
+        let text: Option<String> = redis::cmd("GET")
+            .arg(self.name(what))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        let all = base64::engine::general_purpose::STANDARD.decode(text)?;
+        if all.len() < 12 {
+            anyhow::bail!("the fleet's {what} is not sealed");
+        }
+        let (nonce, sealed) = all.split_at(12);
+        let mut sealed = sealed.to_vec();
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let plain = self
+            .key
+            .open_in_place(nonce, ring::aead::Aad::from(what.as_bytes()), &mut sealed)
+            .map_err(|_| anyhow::anyhow!("the fleet's {what} does not open with share_key"))?;
+        Ok(Some(plain.to_vec()))
+    }
 }
 
 /// Writes `bytes` to `path` readable by this user only, through a

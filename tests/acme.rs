@@ -126,6 +126,32 @@ fn gateway(
     p: &Pebble,
     storage: &Path,
 ) -> TestGateway {
+    gateway_with(
+        redis,
+        upstream,
+        http,
+        tls,
+        &p.directory,
+        &p.tls_cert,
+        storage,
+        "",
+    )
+}
+
+/// 32 bytes in base64: the fleet's `share_key` in these tests.
+const SHARE_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+#[allow(clippy::too_many_arguments)]
+fn gateway_with(
+    redis: &RedisServer,
+    upstream: &EchoUpstream,
+    http: u16,
+    tls: u16,
+    directory: &str,
+    ca: &Path,
+    storage: &Path,
+    acme_extra: &str,
+) -> TestGateway {
     TestGateway::start(&format!(
         r#"
 [server]
@@ -147,6 +173,7 @@ terms_agreed = true
 contact = ["mailto:ops@app.test"]
 names = ["app.test"]
 storage = "{storage}"
+{acme_extra}
 
 [[upstream]]
 name = "app"
@@ -158,8 +185,7 @@ upstream = "app"
 access = "public"
 "#,
         url = redis.url(),
-        directory = p.directory,
-        ca = p.tls_cert.display(),
+        ca = ca.display(),
         storage = storage.display(),
         upstream = upstream.addr,
     ))
@@ -273,4 +299,108 @@ async fn renewal_swaps_the_certificate_without_dropping_an_open_connection() {
     );
     let orders = gw.log().matches("ACME: certificate issued").count();
     assert!(orders >= 2, "{}", gw.log());
+}
+
+/// Two gateways on one Redis, sharing through it (`share_key`): exactly one
+/// order reaches pebble, and both serve the one certificate. Pebble sends
+/// every validation to the second gateway's plain port, so when the first
+/// gateway holds the lock, the second answers its token from Redis.
+#[test]
+fn a_fleet_orders_once_and_serves_one_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_a, tls_a, http_b, tls_b) = (free_port(), free_port(), free_port(), free_port());
+    let p = pebble(dir.path(), http_b, tls_b);
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let share = format!("share_key = \"{SHARE_KEY}\"");
+    let (store_a, store_b) = (dir.path().join("a"), dir.path().join("b"));
+    let b = gateway_with(
+        &redis,
+        &upstream,
+        http_b,
+        tls_b,
+        &p.directory,
+        &p.tls_cert,
+        &store_b,
+        &share,
+    );
+    let a = gateway_with(
+        &redis,
+        &upstream,
+        http_a,
+        tls_a,
+        &p.directory,
+        &p.tls_cert,
+        &store_a,
+        &share,
+    );
+    let root = p.root(dir.path());
+    let started = Instant::now();
+    for tls in [tls_a, tls_b] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
+        while curl(addr, "app.test", "/x", Some(&root), false, &[]).status != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "gateway on {tls} serves no certificate:\n{}\n{}",
+                a.log(),
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!(
+        "both gateways serve the fleet's certificate {:?} after start",
+        started.elapsed()
+    );
+    let cert_a = std::fs::read(store_a.join("cert.pem")).unwrap();
+    let cert_b = std::fs::read(store_b.join("cert.pem")).unwrap();
+    assert_eq!(cert_a, cert_b, "two certificates");
+    let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap();
+    assert_eq!(log.matches("POST /order-plz").count(), 1, "{log}");
+    // The key is in Redis only sealed.
+    let stored: String = redis::cmd("GET")
+        .arg("sessiongate:acme:key")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(!stored.contains("PRIVATE KEY"));
+    let key = std::fs::read_to_string(store_a.join("key.pem")).unwrap();
+    assert!(key.contains("PRIVATE KEY"));
+}
+
+/// A validation request for a token another gateway of the fleet waits on
+/// (published in Redis) is answered; anything else is not.
+#[test]
+fn a_validation_for_another_gateways_token_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let ca = certificate(dir.path(), "nowhere", &["127.0.0.1"], false);
+    let (http, tls) = (free_port(), free_port());
+    let gw = gateway_with(
+        &redis,
+        &upstream,
+        http,
+        tls,
+        "https://127.0.0.1:9/dir",
+        &ca.cert,
+        &dir.path().join("acme"),
+        &format!("share_key = \"{SHARE_KEY}\""),
+    );
+    let _: () = redis::cmd("SET")
+        .arg("sessiongate:acme:token:tok-1_A")
+        .arg("tok-1_A.thumbprint")
+        .query(&mut redis.conn())
+        .unwrap();
+    let answer = support::get(gw.addr, "/.well-known/acme-challenge/tok-1_A", &[]);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "tok-1_A.thumbprint");
+    // An unknown token, or one that could not be a token, is routed as usual
+    // (here: the public route's upstream, which echoes).
+    for path in [
+        "/.well-known/acme-challenge/unknown",
+        "/.well-known/acme-challenge/tok-1_A%00",
+    ] {
+        let resp = support::get(gw.addr, path, &[]);
+        assert_ne!(resp.body, "tok-1_A.thumbprint", "{path}");
+    }
 }

@@ -181,3 +181,48 @@ upstream = "app"
     // Without [[tls.certificates]]: [acme] serves the TLS listeners.
     assert!(!err.contains("tls.certificates"), "{err}");
 }
+
+#[test]
+fn a_fleets_acme_state_never_meets_a_session_key() {
+    let text = |share_key: &str, prefix: &str| {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:8080"]
+listen_tls = ["127.0.0.1:8443"]
+
+[redis]
+url = "redis://127.0.0.1:6379/0"
+
+[session]
+secrets = ["s"]
+
+[acme]
+terms_agreed = true
+names = ["app.example.com"]
+storage = "acme"
+share_key = "{share_key}"
+redis_prefix = "{prefix}"
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#
+        )
+    };
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let (code, _, err) = check(&text(key, "sess:acme:"));
+    assert_ne!(code, 0);
+    assert!(err.contains("acme.redis_prefix"), "{err}");
+    let (code, _, err) = check(&text("c2hvcnQ=", "sessiongate:acme:"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("acme.share_key") && !err.contains("c2hvcnQ="),
+        "{err}"
+    );
+    let (code, _, err) = check(&text(key, "sessiongate:acme:"));
+    assert_eq!(code, 0, "{err}");
+}

@@ -294,4 +294,6 @@ pub struct Acme {
     pub names: Option<Vec<String>>,
     pub storage: Option<String>,
     pub ca: Option<String>,
+    pub share_key: Option<String>,
+    pub redis_prefix: Option<String>,
 }

@@ -53,6 +53,14 @@ pub struct AcmeSettings {
     /// `ca`: a PEM file of the root the directory's TLS certificate chains
     /// to, when it is not a public one (a test server).
     pub ca: Option<std::path::PathBuf>,
+    /// `share_key`: with it, a fleet shares one account and certificate
+    /// through `[redis]`, the private keys encrypted with this 32-byte key.
+    pub share_key: Option<[u8; 32]>,
+    /// `redis_prefix`: where in Redis the fleet keeps them (default
+    /// `sessiongate:acme:`).
+    pub redis_prefix: String,
+    /// `[redis] url`, for the fleet's shared state.
+    pub redis_url: String,
 }
 
 /// One app's sessions: `[session]` with `[identity.headers]` (the profile

@@ -260,6 +260,35 @@ impl Checker<'_, '_> {
                 ok = false;
             }
         }
+        let share_key = match f.share_key.as_deref() {
+            None => None,
+            Some(text) => {
+                use base64::Engine;
+                match base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .ok()
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                {
+                    Some(key) => Some(key),
+                    None => {
+                        // The key itself is never echoed.
+                        self.error(
+                            &sub(&path, "share_key"),
+                            "must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)",
+                        );
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let redis_prefix = f
+            .redis_prefix
+            .unwrap_or_else(|| "sessiongate:acme:".to_owned());
+        if redis_prefix.is_empty() {
+            self.error(&sub(&path, "redis_prefix"), "must not be empty");
+            ok = false;
+        }
         ok.then(|| {
             Some(super::model::AcmeSettings {
                 directory,
@@ -267,7 +296,48 @@ impl Checker<'_, '_> {
                 names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
                 storage: self.base.join(&storage),
                 ca,
+                share_key,
+                redis_prefix,
+                redis_url: String::new(),
             })
         })
+    }
+}
+
+impl Checker<'_, '_> {
+    /// `[acme] share_key`: the fleet's state is in `[redis]` (standalone),
+    /// under a prefix no session or token key can reach.
+    pub(super) fn acme_shared(
+        &mut self,
+        acme: &super::model::AcmeSettings,
+        redis: &super::model::RedisSettings,
+        profiles: &[super::model::Profile],
+    ) {
+        if acme.share_key.is_none() {
+            return;
+        }
+        let path = [Seg::Key("acme".to_owned())];
+        if redis.topology != super::model::RedisTopology::Standalone {
+            self.error(
+                &sub(&path, "share_key"),
+                "sharing through Redis needs [redis] in standalone mode (a `url`)",
+            );
+        }
+        let Some(ours) =
+            super::model::KeyTemplate::parse(&format!("{}{{id}}", acme.redis_prefix), "{id}")
+        else {
+            return;
+        };
+        let meets = profiles
+            .iter()
+            .filter(|p| p.redis.is_none())
+            .flat_map(|p| std::iter::once(&p.session.key).chain(p.session.bearer_key.as_ref()))
+            .any(|k| k.overlaps(&ours));
+        if meets {
+            self.error(
+                &sub(&path, "redis_prefix"),
+                "can name the same Redis keys as a session `key`: give it a prefix of its own",
+            );
+        }
     }
 }

@@ -155,7 +155,12 @@ impl Checker<'_, '_> {
         }
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         let rate_limit = self.rate_limit();
-        let acme = self.acme(server.as_ref(), routes.as_deref().unwrap_or_default());
+        let mut acme = self.acme(server.as_ref(), routes.as_deref().unwrap_or_default());
+        // The fleet's keys in Redis never meet a session's (or token's) key.
+        if let (Some(Some(acme)), Some(redis), Some(profiles)) = (&mut acme, &redis, &profiles) {
+            acme.redis_url = redis.url.clone();
+            self.acme_shared(acme, redis, profiles);
+        }
         let tls = self.tls(
             server.as_ref().is_some_and(|s| !s.listen_tls.is_empty())
                 // `[acme]` (even one with errors) serves the TLS listeners.

@@ -99,8 +99,14 @@ pub async fn serve(
     let body_empty = down.is_body_empty();
     // An ACME server validating a token this gateway waits on: answered
     // before any routing or session check.
-    if let Some(answer) = crate::acme::http01(down.req_header().raw_path()) {
-        return Lane::Served(acme_answer(down, answer).await);
+    if down
+        .req_header()
+        .raw_path()
+        .starts_with(crate::acme::CHALLENGE_PREFIX.as_bytes())
+    {
+        if let Some(answer) = crate::acme::http01(down.req_header().raw_path()).await {
+            return Lane::Served(acme_answer(down, answer).await);
+        }
     }
     let req = down.req_header();
     let takes = if is_websocket(req) { alone } else { takes(req) };
