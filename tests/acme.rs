@@ -33,12 +33,28 @@ impl Drop for Killed {
 }
 
 struct Pebble {
-    _dns: Killed,
+    dns: Option<Killed>,
+    dns_port: u16,
     _pebble: Killed,
     directory: String,
     management: u16,
     /// Pebble's own TLS certificate (what the gateway must trust to reach it).
     tls_cert: std::path::PathBuf,
+}
+
+/// pebble-challtestsrv answering every name with 127.0.0.1 on `port`.
+fn dns_server(port: u16) -> Killed {
+    Killed(
+        Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{}", free_port())])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (apt-get install -y pebble)"),
+    )
 }
 
 /// pebble, validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`
@@ -50,15 +66,7 @@ fn pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
 /// `pebble`, issuing certificates valid for `validity` seconds when given.
 fn pebble_with(dir: &Path, http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
     let dns = free_port();
-    let dns_server = Command::new("pebble-challtestsrv")
-        .args(["-dns01", &format!("127.0.0.1:{dns}")])
-        .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-        .args(["-management", &format!("127.0.0.1:{}", free_port())])
-        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pebble-challtestsrv (apt-get install -y pebble)");
+    let dns_server = dns_server(dns);
     let tls = certificate(dir, "pebble", &["127.0.0.1", "localhost"], false);
     let (listen, management) = (free_port(), free_port());
     let mut config = serde_json::json!({"pebble": {
@@ -83,12 +91,16 @@ fn pebble_with(dir: &Path, http_port: u16, tls_port: u16, validity: Option<u64>)
         .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", "0")
+        // Every order is validated (pebble reuses valid authorizations half
+        // of the time by default).
+        .env("PEBBLE_AUTHZREUSE", "0")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("pebble (apt-get install -y pebble)");
     let pebble = Pebble {
-        _dns: Killed(dns_server),
+        dns: Some(dns_server),
+        dns_port: dns,
         _pebble: Killed(pebble),
         directory: format!("https://127.0.0.1:{listen}/dir"),
         management,
@@ -242,7 +254,10 @@ fn a_name_gets_a_certificate_over_http_01_and_keeps_it_across_a_restart() {
         "{}",
         gw.log()
     );
-    assert_eq!(std::fs::read(storage.join("cert.pem")).unwrap(), issued);
+    assert!(
+        std::fs::read(storage.join("cert.pem")).unwrap() == issued,
+        "ordered again"
+    );
 }
 
 /// A certificate is renewed at two thirds of its lifetime: the new one is
@@ -354,7 +369,7 @@ fn a_fleet_orders_once_and_serves_one_certificate() {
     );
     let cert_a = std::fs::read(store_a.join("cert.pem")).unwrap();
     let cert_b = std::fs::read(store_b.join("cert.pem")).unwrap();
-    assert_eq!(cert_a, cert_b, "two certificates");
+    assert!(cert_a == cert_b, "two certificates");
     let log = std::fs::read_to_string(dir.path().join("pebble.log")).unwrap();
     assert_eq!(log.matches("POST /order-plz").count(), 1, "{log}");
     // The key is in Redis only sealed.
@@ -403,4 +418,65 @@ fn a_validation_for_another_gateways_token_is_answered() {
         let resp = support::get(gw.addr, path, &[]);
         assert_ne!(resp.body, "tok-1_A.thumbprint", "{path}");
     }
+}
+
+/// An order that fails (pebble cannot resolve the name: its DNS is gone)
+/// leaves the current certificate serving and is retried; once DNS is back
+/// the retry renews it.
+#[test]
+fn a_failed_renewal_keeps_the_old_certificate_serving_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("acme");
+    let (http, tls) = (free_port(), free_port());
+    let mut p = pebble_with(dir.path(), http, tls, Some(20));
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gw = gateway(&redis, &upstream, http, tls, &p, &storage);
+    let root = p.root(dir.path());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
+    let started = Instant::now();
+    while curl(addr, "app.test", "/x", Some(&root), false, &[]).status != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no first certificate:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = std::fs::read(storage.join("cert.pem")).unwrap();
+    // Renewal comes due at two thirds of 20 s; with pebble's DNS gone it fails.
+    p.dns = None;
+    while !gw.log().contains("ACME: order failed") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no failed renewal:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("the renewal failed {:?} after start", started.elapsed());
+    assert!(
+        std::fs::read(storage.join("cert.pem")).unwrap() == first,
+        "renewed without DNS"
+    );
+    assert_eq!(
+        curl(addr, "app.test", "/x", Some(&root), false, &[]).status,
+        200,
+        "the old certificate stopped serving"
+    );
+    // DNS back: the retry (after its backoff) renews.
+    p.dns = Some(dns_server(p.dns_port));
+    while std::fs::read(storage.join("cert.pem")).unwrap() == first {
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "never renewed:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("renewed by a retry {:?} after start", started.elapsed());
+    assert_eq!(
+        curl(addr, "app.test", "/x", Some(&root), false, &[]).status,
+        200
+    );
 }
