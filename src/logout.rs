@@ -21,7 +21,7 @@ use http::header::ORIGIN;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 
-use crate::config::{FieldPath, KeyTemplate, SessionSettings, ValueFormat};
+use crate::config::{FieldPath, IdTransform, KeyTemplate, SessionSettings, ValueFormat};
 use crate::credential::SessionId;
 use crate::reject::Rendered;
 use crate::route::target::normalise_host;
@@ -78,6 +78,8 @@ pub struct Logout {
     set_cookie: String,
     user_field: FieldPath,
     session_key: KeyTemplate,
+    /// How a cookie id names its key (the profile's `id_transform`).
+    id_transform: IdTransform,
     /// `[session] bearer_key`: where opaque bearer ids live.
     bearer_key: Option<KeyTemplate>,
     value: ValueFormat,
@@ -103,6 +105,7 @@ impl Logout {
             set_cookie: clear_cookie(session),
             user_field: session.user_field.clone(),
             session_key: session.key.clone(),
+            id_transform: session.id_transform,
             bearer_key: session.bearer_key.clone(),
             value: session.value,
             user_sessions: session.user_sessions_key.clone(),
@@ -136,13 +139,22 @@ impl Logout {
         let Some(caller) = caller else {
             return Ok(0);
         };
-        let template = match &caller {
-            Caller::Opaque(_) => self.bearer_key.as_ref().unwrap_or(&self.session_key),
-            _ => &self.session_key,
+        let key = match &caller {
+            Caller::Opaque(id) => Some(
+                self.bearer_key
+                    .as_ref()
+                    .unwrap_or(&self.session_key)
+                    .render(id.as_str()),
+            ),
+            Caller::Session(id) => self.id_transform.key(&self.session_key, id.as_str()),
+            Caller::Token { .. } => None,
         };
         let (own_key, own_id, own_set, user) = match caller {
             Caller::Session(id) | Caller::Opaque(id) => {
-                let key = template.render(id.as_str());
+                // An id the profile's transform cannot take names no session.
+                let Some(key) = key else {
+                    return Ok(0);
+                };
                 let wants_user = self.user_sessions.is_some() || scope == LogoutScope::User;
                 let user = if wants_user {
                     self.user_of(store, &key).await?
@@ -177,7 +189,10 @@ impl Logout {
             if let Some(set) = &self.user_sessions {
                 let set_key = set.render(user);
                 let ids = store.set_members(&set_key).await?;
-                keys.extend(ids.iter().map(|id| self.session_key.render(id)));
+                keys.extend(
+                    ids.iter()
+                        .filter_map(|id| self.id_transform.key(&self.session_key, id)),
+                );
                 removals.push((set_key, ids));
             }
             if let Some(TokenKeys {

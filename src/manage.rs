@@ -12,7 +12,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use redis::Commands;
 use serde_json::{json, Map, Value};
 
-use crate::config::{Config, CookieFormat, KeyTemplate, ValueFormat};
+use crate::config::{Config, CookieFormat, IdTransform, KeyTemplate, ValueFormat};
 use crate::credential::cookie::{express_sign, fastify_sign};
 use crate::session::codec::Session;
 use crate::session::store::{RawSession, RawValue};
@@ -336,11 +336,15 @@ impl<'c> Manager<'c> {
     pub fn revoke_user(&mut self, user: &str) -> Result<Revoked, ManageError> {
         let sessions = user_sessions(self.config, "revoke-user")?;
         let mut revoked = Revoked {
-            sessions: self.end_listed(sessions, &self.config.session.key, user)?,
+            sessions: self.end_listed(
+                sessions,
+                (&self.config.session.key, self.config.session.id_transform),
+                user,
+            )?,
             tokens: 0,
         };
         if let Some((set, key)) = self.user_tokens() {
-            revoked.tokens = self.end_listed(set, key, user)?;
+            revoked.tokens = self.end_listed(set, (key, IdTransform::Identity), user)?;
         }
         Ok(revoked)
     }
@@ -351,7 +355,7 @@ impl<'c> Manager<'c> {
     fn end_listed(
         &mut self,
         set: &KeyTemplate,
-        key: &KeyTemplate,
+        (key, transform): (&KeyTemplate, IdTransform),
         user: &str,
     ) -> Result<u64, ManageError> {
         let set_key = set.render(user);
@@ -359,7 +363,7 @@ impl<'c> Manager<'c> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<String> = ids.iter().map(|id| key.render(id)).collect();
+        let keys: Vec<String> = ids.iter().filter_map(|id| transform.key(key, id)).collect();
         let (ended, _): (u64, u64) = redis::pipe()
             .atomic()
             .del(&keys)
@@ -374,9 +378,10 @@ impl<'c> Manager<'c> {
     /// gone are listed as `Stale` and left in the set: listing changes nothing.
     pub fn list(&mut self, user: &str) -> Result<Vec<Listed>, ManageError> {
         let sessions = user_sessions(self.config, "list")?;
-        let mut listed = self.list_set(Kind::Session, sessions, &self.config.session.key, user)?;
+        let session = (&self.config.session.key, self.config.session.id_transform);
+        let mut listed = self.list_set(Kind::Session, sessions, session, user)?;
         if let Some((set, key)) = self.user_tokens() {
-            listed.extend(self.list_set(Kind::Token, set, key, user)?);
+            listed.extend(self.list_set(Kind::Token, set, (key, IdTransform::Identity), user)?);
         }
         Ok(listed)
     }
@@ -385,7 +390,7 @@ impl<'c> Manager<'c> {
         &mut self,
         kind: Kind,
         set: &KeyTemplate,
-        key: &KeyTemplate,
+        (key, transform): (&KeyTemplate, IdTransform),
         user: &str,
     ) -> Result<Vec<Listed>, ManageError> {
         let mut ids = self.members(&set.render(user))?;
@@ -395,7 +400,8 @@ impl<'c> Manager<'c> {
         ids.sort();
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.pttl(key.render(id));
+            // An id the transform cannot take names no key: listed as stale.
+            pipe.pttl(transform.key(key, id).unwrap_or_default());
         }
         let pttls: Vec<i64> = pipe.query(&mut self.conn).map_err(|e| self.fail(e))?;
         Ok(ids

@@ -498,3 +498,28 @@ fn app_rails() -> App {
         "user.email",
     )
 }
+
+/// Logout at the edge ends the key the profile's `id_transform` names, not
+/// one named by the raw cookie.
+#[test]
+fn logout_ends_the_key_an_id_transform_names() {
+    let app = app(
+        "cookie = \"SESSION\"\ncookie_format = \"plain\"\nkey = \"spring:session:sessions:{id}\"\nvalue = \"exists\"\nid_transform = \"base64\"\nlogout_path = \"/logout\"",
+        "user.id",
+        "user.email",
+    );
+    let id = "0c9d7a52-5d3c-4d43-8b1e-2a6f0a8b7c11";
+    let key = format!("spring:session:sessions:{id}");
+    let _: () = app.redis.conn().hset(&key, "creationTime", "1").unwrap();
+    let cookie = format!("SESSION={}", STANDARD.encode(id));
+    assert_eq!(app.with_cookie(&cookie).status, 200);
+    let resp = support::request(
+        app.gateway.addr,
+        "POST",
+        "/logout",
+        &[("Cookie", &cookie), ("Content-Length", "0")],
+    );
+    assert!(resp.status == 204 || resp.status == 303, "{}", resp.status);
+    let exists: bool = app.redis.conn().exists(&key).unwrap();
+    assert!(!exists, "the transformed key outlived the logout");
+}

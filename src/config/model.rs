@@ -464,9 +464,17 @@ impl SessionSettings {
     /// The Redis key of the session whose cookie id is `id` (`None`: an id
     /// the transform cannot take, which names no session).
     pub fn session_key(&self, id: &str) -> Option<String> {
+        self.id_transform.key(&self.key, id)
+    }
+}
+
+impl IdTransform {
+    /// The key `template` names for the cookie id `id`, through this
+    /// transform (`None`: an id it cannot take).
+    pub fn key(self, template: &KeyTemplate, id: &str) -> Option<String> {
         use base64::Engine;
-        match self.id_transform {
-            IdTransform::Identity => Some(self.key.render(id)),
+        match self {
+            IdTransform::Identity => Some(template.render(id)),
             IdTransform::Base64 => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(id)
@@ -476,7 +484,7 @@ impl SessionSettings {
                 if inner.is_empty() || inner.chars().any(|c| c.is_control() || c.is_whitespace()) {
                     return None;
                 }
-                Some(self.key.render(&inner))
+                Some(template.render(&inner))
             }
             IdTransform::RailsPrivate => {
                 use sha2::Digest;
@@ -486,7 +494,7 @@ impl SessionSettings {
                 for b in digest {
                     hex.push_str(&format!("{b:02x}"));
                 }
-                Some(self.key.render(&hex))
+                Some(template.render(&hex))
             }
         }
     }
