@@ -140,18 +140,9 @@ impl Checker<'_, '_> {
         let mut cache = self.cache();
         let jwt = self.jwt();
         if let (Some(cache), Some(profiles)) = (&mut cache, &profiles) {
-            let token_key = jwt.as_ref().and_then(|j| j.as_ref()).map(|j| &j.key);
-            let token_profile = profiles
-                .iter()
-                .find(|p| p.session.bearer == super::model::BearerMode::Jwt);
             // What `[redis]`'s channel watches: the profiles kept there.
-            let sessions: Vec<&super::model::SessionSettings> = profiles
-                .iter()
-                .filter(|p| p.redis.is_none())
-                .map(|p| &p.session)
-                .collect();
-            let token_key = token_key.filter(|_| token_profile.is_some_and(|p| p.redis.is_none()));
-            cache.tracked_prefixes = crate::session::tracking::prefixes(&sessions, token_key);
+            let token_key = jwt.as_ref().and_then(|j| j.as_ref()).map(|j| &j.key);
+            cache.tracked_prefixes = crate::session::tracking::prefixes(profiles, token_key, None);
         }
         let admin = self.admin(server.as_ref().map_or(&[][..], |s| &s.listen[..]));
         let rate_limit = self.rate_limit();

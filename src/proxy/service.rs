@@ -294,7 +294,11 @@ fn add_stores(
         }
         let store = RedisStore::new(redis)?;
         let mut settings = config.cache.clone();
-        settings.tracked_prefixes = tracked_prefixes(config, Some(redis));
+        settings.tracked_prefixes = crate::session::tracking::prefixes(
+            &config.profiles,
+            config.jwt.as_ref().map(|j| &j.key),
+            Some(redis),
+        );
         let cache = SessionCache::new(settings);
         if track {
             crate::session::tracking::spawn(cache.clone(), redis.clone())?;
@@ -305,34 +309,6 @@ fn add_stores(
         );
     }
     Ok(())
-}
-
-/// The prefixes of the keys of every profile whose sessions are in `redis`
-/// (`None`: `[redis]`), and of `[jwt] key` when its profile is there: what
-/// that Redis's invalidation channel watches.
-fn tracked_prefixes(
-    config: &crate::config::Config,
-    redis: Option<&crate::config::RedisSettings>,
-) -> Vec<String> {
-    let here = |p: &&crate::config::Profile| p.redis.as_ref() == redis;
-    let sessions: Vec<&crate::config::SessionSettings> = config
-        .profiles
-        .iter()
-        .filter(here)
-        .map(|p| &p.session)
-        .collect();
-    let token_key = config
-        .jwt
-        .as_ref()
-        .filter(|_| {
-            config
-                .profiles
-                .iter()
-                .filter(here)
-                .any(|p| p.session.bearer == crate::config::BearerMode::Jwt)
-        })
-        .map(|j| &j.key);
-    crate::session::tracking::prefixes(&sessions, token_key)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{mpsc, Mutex, Notify};
 
-use crate::config::{KeyTemplate, RedisSettings, RedisTopology, SessionSettings};
+use crate::config::{BearerMode, KeyTemplate, Profile, RedisSettings, RedisTopology};
 use crate::metrics::{self, CacheBypass, CacheFlush};
 use crate::session::cache::{Current, Evicted, Fill, SessionCache};
 use crate::session::topology;
@@ -55,19 +55,26 @@ const QUEUE: usize = 4096;
 /// At most this many keys are read again in one batch.
 const BATCH: usize = 256;
 
-/// The key prefixes the cache may hold, from the session and opaque bearer
-/// key templates, without any that another covers (Redis refuses
-/// overlapping prefixes). Empty: every key.
-pub fn prefixes(sessions: &[&SessionSettings], token_key: Option<&KeyTemplate>) -> Vec<String> {
+/// The key prefixes the invalidation channel of `redis` (`None`: `[redis]`)
+/// watches and its cache may hold: the session and opaque bearer key
+/// templates of the profiles kept there, and `[jwt] key` when the profile
+/// with bearer JWTs is there; without any that another covers (Redis
+/// refuses overlapping prefixes). Empty: every key.
+pub fn prefixes(
+    profiles: &[Profile],
+    token_key: Option<&KeyTemplate>,
+    redis: Option<&RedisSettings>,
+) -> Vec<String> {
     let mut all = Vec::new();
-    for session in sessions {
+    for profile in profiles.iter().filter(|p| p.redis.as_ref() == redis) {
+        let session = &profile.session;
         all.push(session.key.prefix().to_owned());
         if let Some(bearer) = &session.bearer_key {
             all.push(bearer.prefix().to_owned());
         }
-    }
-    if let Some(token_key) = token_key {
-        all.push(token_key.prefix().to_owned());
+        if let (Some(token_key), BearerMode::Jwt) = (token_key, session.bearer) {
+            all.push(token_key.prefix().to_owned());
+        }
     }
     minimal(all)
 }
