@@ -318,6 +318,18 @@ pub enum CookieFormat {
     FlaskSigned,
 }
 
+impl CookieFormat {
+    /// Its `cookie_format` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CookieFormat::Plain => "plain",
+            CookieFormat::Express => "express",
+            CookieFormat::Fastify => "fastify",
+            CookieFormat::FlaskSigned => "flask_signed",
+        }
+    }
+}
+
 /// Which session ids a framework issues: anything else is refused before a
 /// key is built from it (so a cookie cannot address other keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -139,11 +139,12 @@ impl<'r, 't> Checker<'r, 't> {
             cookie_format_text.as_deref(),
             CookieFormat::Express,
             &[
-                ("express", CookieFormat::Express),
-                ("plain", CookieFormat::Plain),
-                ("fastify", CookieFormat::Fastify),
-                ("flask_signed", CookieFormat::FlaskSigned),
-            ],
+                CookieFormat::Express,
+                CookieFormat::Plain,
+                CookieFormat::Fastify,
+                CookieFormat::FlaskSigned,
+            ]
+            .map(|f| (f.as_str(), f)),
         );
         // Secrets are never echoed.
         let secrets_path = sub(&path, "secrets");

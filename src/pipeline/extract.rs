@@ -7,7 +7,7 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::request::Parts;
 use http::HeaderValue;
 
-use crate::config::{BearerMode, CookieFormat, JwtSettings, SessionSettings};
+use crate::config::{BearerMode, JwtSettings, SessionSettings};
 use crate::credential::bearer::bearer_token;
 use crate::credential::cookie::{find_cookie, plain_id, ExpressVerifier};
 use crate::credential::{Credential, CredentialSource};
@@ -60,12 +60,7 @@ pub(super) fn extract<T: Trace>(
         }
         trace.credential(CredentialSeen {
             source: "cookie",
-            format: Some(match session.cookie_format {
-                CookieFormat::Plain => "plain",
-                CookieFormat::Express => "express",
-                CookieFormat::Fastify => "fastify",
-                CookieFormat::FlaskSigned => "flask_signed",
-            }),
+            format: Some(session.cookie_format.as_str()),
             check,
             secret_index,
             id: id.as_ref().map(|id| id.as_str()),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, JwtSettings, KeyTemplate, Sliding, StoreErrorPolicy, ValueFormat};
+use crate::config::{Config, JwtSettings, StoreErrorPolicy, ValueFormat};
 use crate::credential::jwt::JwtRejected;
 use crate::credential::{Credential, CredentialSource};
 use crate::identity::IdentityPlan;
@@ -45,11 +45,9 @@ pub(super) struct Resolver {
     /// The session fields requests read (identity, roles, user): all a
     /// session document is decoded for.
     wanted: Wanted,
-    value: ValueFormat,
-    session_key: KeyTemplate,
-    bearer_key: Option<KeyTemplate>,
     jwt: Option<JwtSettings>,
-    /// The session table (key transform, `require_user`).
+    /// The profile's session table: key templates and transform, value
+    /// format, sliding expiry, `require_user`.
     session: crate::config::SessionSettings,
     /// Where `expires_field` is among the wanted fields, when set.
     expires_slot: Option<usize>,
@@ -58,7 +56,6 @@ pub(super) struct Resolver {
     /// Bearer JWTs verified before, by their SHA-256: their token key, where
     /// the cache keeps the principal verified from exactly that token.
     token_keys: Option<Cache<[u8; 32], Arc<str>>>,
-    sliding: Option<Sliding>,
     /// The access log or `requests_per_user` reads a session's user.
     reads_user: bool,
     /// Some route has `on_store_error = "stale"`: keep last-known-good records.
@@ -106,15 +103,11 @@ impl Resolver {
             cache,
             identity: identity.clone(),
             wanted,
-            value: session.value,
-            session_key: session.key.clone(),
-            bearer_key: session.bearer_key.clone(),
             token_keys,
             jwt: config.jwt.clone(),
             session: session.clone(),
             expires_slot,
             profile,
-            sliding: session.sliding,
         }
     }
 
@@ -130,24 +123,21 @@ impl Resolver {
         trace: &mut T,
     ) -> Resolved {
         let bearer = credential.source == CredentialSource::Bearer;
-        let template = match (&self.bearer_key, credential.source) {
-            (Some(bearer_key), CredentialSource::Bearer) => bearer_key,
-            _ => &self.session_key,
-        };
-        let key = match (&self.bearer_key, credential.source) {
+        let (template, key) = match (&self.session.bearer_key, credential.source) {
             (Some(bearer_key), CredentialSource::Bearer) => {
-                bearer_key.render(credential.id.as_str())
+                (bearer_key, Some(bearer_key.render(credential.id.as_str())))
             }
             // The cookie's id, through the table's `id_transform`.
-            _ => match self.session.session_key(credential.id.as_str()) {
-                Some(key) => key,
-                None => {
-                    return Resolved::Invalid {
-                        reason: AuthFailure::BadCredential,
-                        bearer,
-                    }
-                }
-            },
+            _ => (
+                &self.session.key,
+                self.session.session_key(credential.id.as_str()),
+            ),
+        };
+        let Some(key) = key else {
+            return Resolved::Invalid {
+                reason: AuthFailure::BadCredential,
+                bearer,
+            };
         };
         let resolved = self.lookup(&key, T::DRY_RUN).await;
         trace.lookup(LookupSeen::Session {
@@ -327,7 +317,7 @@ impl Resolver {
     /// `touch_after` below `ttl`, reset it, off the request's path. The
     /// principal is marked first, so concurrent requests do not touch again.
     fn slide(&self, key: String, principal: &Principal) {
-        let Some(sliding) = self.sliding else {
+        let Some(sliding) = self.session.sliding else {
             return;
         };
         let Some(remaining) = self.cache.remaining(principal) else {
@@ -348,7 +338,7 @@ impl Resolver {
     /// The session at `key`, read from Redis; with `ttl`, its remaining
     /// lifetime too.
     async fn load(&self, key: &str, ttl: bool) -> Result<Lookup, StoreError> {
-        let format = self.value;
+        let format = self.session.value;
         let raw = match self.store.fetch(key, format, ttl).await {
             Ok(Some(raw)) => raw,
             Ok(None) => return Ok(Lookup::Invalid(AuthFailure::NotFound)),

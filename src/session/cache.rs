@@ -628,25 +628,12 @@ impl SessionCache {
     /// JWT's: `[jwt]` may have changed).
     pub fn retain_profiles(&self, keep: &[bool]) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let kept = |lookup: &Lookup| match lookup {
-            Lookup::Found(p) => p.token.is_none() && keep.get(p.profile).copied().unwrap_or(false),
-            Lookup::Invalid(_) => false,
-        };
-        self.entries.retain(|_, entry| kept(&entry.lookup));
+        let kept =
+            |p: &Principal| p.token.is_none() && keep.get(p.profile).copied().unwrap_or(false);
+        self.entries
+            .retain(|_, entry| matches!(&entry.lookup, Lookup::Found(p) if kept(p)));
         if let Some(last_good) = self.last_good.get() {
-            last_good.retain(|_, good| {
-                good.principal.token.is_none()
-                    && keep.get(good.principal.profile).copied().unwrap_or(false)
-            });
-        }
-    }
-
-    /// Drops every entry (e.g. after a config reload changed what a principal holds).
-    pub fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries.clear();
-        if let Some(last_good) = self.last_good.get() {
-            last_good.clear();
+            last_good.retain(|_, good| kept(&good.principal));
         }
     }
 }
