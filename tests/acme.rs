@@ -480,3 +480,177 @@ fn a_failed_renewal_keeps_the_old_certificate_serving_and_retries() {
         200
     );
 }
+
+/// A certificate over TLS-ALPN-01 (pebble validates on the gateway's TLS
+/// listener; nothing listens on its HTTP-01 port), with the `key_type`
+/// asked for; the listener keeps serving HTTP/1.1 and HTTP/2 beside the
+/// validations.
+#[test]
+fn a_name_gets_a_certificate_over_tls_alpn_01_with_the_key_type_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("acme");
+    let (http, tls) = (free_port(), free_port());
+    // pebble's HTTP-01 port is one nobody listens on.
+    let p = pebble(dir.path(), free_port(), tls);
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let gw = gateway_with(
+        &redis,
+        &upstream,
+        http,
+        tls,
+        &p.directory,
+        &p.tls_cert,
+        &storage,
+        "challenge = \"tls-alpn-01\"\nkey_type = \"ecdsa-p384\"",
+    );
+    let root = p.root(dir.path());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
+    let started = Instant::now();
+    loop {
+        let seen = curl(addr, "app.test", "/x", Some(&root), false, &[]);
+        if seen.status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no certificate from pebble: {seen:?}\n{}\n{}",
+            gw.log(),
+            std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "issued over TLS-ALPN-01 and served {:?} after the gateway started",
+        started.elapsed()
+    );
+    let log = gw.log();
+    assert!(log.contains("TLS-ALPN-01 validation answered"), "{log}");
+    let key = std::fs::read_to_string(storage.join("key.pem")).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key).unwrap();
+    assert!(key.is_compatible(&rcgen::PKCS_ECDSA_P384_SHA384));
+    // The listener still speaks both protocols through the step that looks
+    // for validations.
+    let h2 = curl(addr, "app.test", "/x", Some(&root), true, &[]);
+    assert_eq!((h2.status, h2.version.as_str()), (200, "2"), "{h2:?}");
+    // acme-tls/1 for a name nothing is validating: no handshake.
+    assert!(alpn_certificate(addr, "app.test").is_none());
+    assert_eq!(
+        curl(addr, "app.test", "/x", Some(&root), false, &[]).status,
+        200
+    );
+}
+
+/// A TLS-ALPN-01 validation for a name another gateway of the fleet is
+/// validating (its digest published in Redis) gets the challenge
+/// certificate; one for another name does not.
+#[test]
+fn a_tls_alpn_01_validation_for_another_gateways_order_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
+    let ca = certificate(dir.path(), "nowhere", &["127.0.0.1"], false);
+    let (http, tls) = (free_port(), free_port());
+    let gw = gateway_with(
+        &redis,
+        &upstream,
+        http,
+        tls,
+        "https://127.0.0.1:9/dir",
+        &ca.cert,
+        &dir.path().join("acme"),
+        &format!("share_key = \"{SHARE_KEY}\"\nchallenge = \"tls-alpn-01\""),
+    );
+    let digest: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7) ^ 0xa5).collect();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let _: () = redis::cmd("SET")
+        .arg("sessiongate:acme:alpn:app.test")
+        .arg(&hex)
+        .query(&mut redis.conn())
+        .unwrap();
+    let leaf = alpn_certificate(
+        std::net::SocketAddr::from(([127, 0, 0, 1], tls)),
+        "APP.test",
+    )
+    .unwrap_or_else(|| panic!("no challenge certificate\n{}", gw.log()));
+    // id-pe-acmeIdentifier (1.3.6.1.5.5.7.1.31), critical, holding the digest.
+    let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f];
+    let at = leaf
+        .windows(oid.len())
+        .position(|w| w == oid)
+        .expect("acmeIdentifier extension");
+    let mut extension = vec![0x01, 0x01, 0xff, 0x04, 0x22, 0x04, 0x20];
+    extension.extend_from_slice(&digest);
+    assert_eq!(
+        &leaf[at + oid.len()..at + oid.len() + extension.len()],
+        extension.as_slice()
+    );
+    assert!(alpn_certificate(
+        std::net::SocketAddr::from(([127, 0, 0, 1], tls)),
+        "other.test"
+    )
+    .is_none());
+}
+
+/// The leaf certificate of a handshake offering only `acme-tls/1` for
+/// `name`, as an ACME server's validation does (`None`: no handshake).
+fn alpn_certificate(addr: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::sync::Arc;
+
+    /// Validations look at the certificate, not at who signed it.
+    #[derive(Debug)]
+    struct Any(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            // webpki refuses the critical acmeIdentifier extension.
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            // webpki refuses the critical acmeIdentifier extension.
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let server = ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    assert_eq!(conn.alpn_protocol(), Some(&b"acme-tls/1"[..]));
+    Some(conn.peer_certificates()?.first()?.to_vec())
+}

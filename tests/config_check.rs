@@ -164,6 +164,8 @@ terms_agreed = false
 names = ["app.example.com", "not a name"]
 directory = "http://acme.test/dir"
 storage = "acme"
+challenge = "dns-01"
+key_type = "rsa-4096"
 
 [[upstream]]
 name = "app"
@@ -175,11 +177,49 @@ upstream = "app"
 "#;
     let (code, _, err) = check(text);
     assert_ne!(code, 0);
-    for want in ["acme.terms_agreed", "acme.names[1]", "acme.directory"] {
+    for want in [
+        "acme.terms_agreed",
+        "acme.names[1]",
+        "acme.directory",
+        "acme.challenge",
+        "acme.key_type",
+    ] {
         assert!(err.contains(want), "{want}: {err}");
     }
     // Without [[tls.certificates]]: [acme] serves the TLS listeners.
     assert!(!err.contains("tls.certificates"), "{err}");
+}
+
+/// `challenge` and `key_type` take their documented values.
+#[test]
+fn acme_takes_tls_alpn_01_and_p384() {
+    let text = r#"[server]
+listen = ["127.0.0.1:8080"]
+listen_tls = ["127.0.0.1:8443"]
+
+[redis]
+url = "redis://127.0.0.1:6379/0"
+
+[session]
+secrets = ["s"]
+
+[acme]
+terms_agreed = true
+names = ["app.example.com"]
+storage = "acme"
+challenge = "tls-alpn-01"
+key_type = "ecdsa-p384"
+
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#;
+    let (code, _, err) = check(text);
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

@@ -296,4 +296,6 @@ pub struct Acme {
     pub ca: Option<String>,
     pub share_key: Option<String>,
     pub redis_prefix: Option<String>,
+    pub challenge: Option<String>,
+    pub key_type: Option<String>,
 }

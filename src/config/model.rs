@@ -61,6 +61,38 @@ pub struct AcmeSettings {
     pub redis_prefix: String,
     /// `[redis] url`, for the fleet's shared state.
     pub redis_url: String,
+    /// `challenge`: how the ACME server validates the names.
+    pub challenge: AcmeChallenge,
+    /// `key_type`: the certificate's key.
+    pub key_type: AcmeKeyType,
+}
+
+/// `[acme] challenge`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// `"http-01"`: answered on the plain listener.
+    Http01,
+    /// `"tls-alpn-01"`: answered on the TLS listener (ALPN `acme-tls/1`).
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    /// Its name in `[acme] challenge`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// `[acme] key_type`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeKeyType {
+    /// `"ecdsa-p256"`
+    EcdsaP256,
+    /// `"ecdsa-p384"`
+    EcdsaP384,
 }
 
 /// One app's sessions: `[session]` with `[identity.headers]` (the profile

@@ -4,6 +4,7 @@
 use super::checker::Checker;
 use super::file;
 use super::keypath::{idx, sub, Seg};
+use super::model::{AcmeChallenge, AcmeKeyType};
 use crate::tls::upstream::{UpstreamTls, UpstreamTlsFiles};
 use crate::tls::CertificateFiles;
 
@@ -202,11 +203,35 @@ impl Checker<'_, '_> {
             self.missing_key(&sub(&path, "storage"));
             return None;
         };
-        if let Some(server) = server {
-            if server.listen.is_empty() {
+        let challenge = match f.challenge.as_deref() {
+            None | Some("http-01") => AcmeChallenge::Http01,
+            Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+            Some(other) => {
                 self.error(
-                    &path,
-                    "[acme] answers HTTP-01 challenges on a plain [server] listen address; add one",
+                    &sub(&path, "challenge"),
+                    format!("{other:?} is not a challenge: \"http-01\" or \"tls-alpn-01\""),
+                );
+                ok = false;
+                AcmeChallenge::Http01
+            }
+        };
+        let key_type = match f.key_type.as_deref() {
+            None | Some("ecdsa-p256") => AcmeKeyType::EcdsaP256,
+            Some("ecdsa-p384") => AcmeKeyType::EcdsaP384,
+            Some(other) => {
+                self.error(
+                    &sub(&path, "key_type"),
+                    format!("{other:?} is not a key type: \"ecdsa-p256\" or \"ecdsa-p384\""),
+                );
+                ok = false;
+                AcmeKeyType::EcdsaP256
+            }
+        };
+        if let Some(server) = server {
+            if challenge == AcmeChallenge::Http01 && server.listen.is_empty() {
+                self.error(
+                    &sub(&path, "challenge"),
+                    "HTTP-01 is answered on a plain [server] listen address: add one, or use \"tls-alpn-01\"",
                 );
                 ok = false;
             }
@@ -299,6 +324,8 @@ impl Checker<'_, '_> {
                 share_key,
                 redis_prefix,
                 redis_url: String::new(),
+                challenge,
+                key_type,
             })
         })
     }

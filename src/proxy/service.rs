@@ -177,6 +177,17 @@ pub fn run(config: Config, config_path: &Path, upgrade: bool) -> anyhow::Result<
         reserved.push(listen);
     }
     if !server_settings.listen_tls.is_empty() {
+        let acme = &pipeline.load().config.acme;
+        if acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == crate::config::AcmeChallenge::TlsAlpn01)
+        {
+            // Read before each handshake: the listeners' ALPN list cannot
+            // also offer acme-tls/1.
+            service
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(crate::acme::TlsAlpnChallenges));
+        }
         for addr in &server_settings.listen_tls {
             let listen = prepare_listen(addr)?;
             let mut options = TcpSocketOptions::default();

@@ -1,18 +1,22 @@
 //! Certificates from an ACME server (RFC 8555, through `instant-acme`):
-//! the names of `[acme]` are ordered over HTTP-01, answered on the plain
-//! listener before any routing or session check, and only for tokens this
-//! gateway is waiting on. The account and the issued chain and key are
-//! kept in `[acme] storage`, so a restart serves the certificate without
-//! ordering again; it is renewed at two thirds of its lifetime, with backoff
-//! and jitter after a failure, the old one serving until the new one is in
-//! place (installed through the same resolver as a reload).
+//! the names of `[acme]` are ordered over HTTP-01 (answered on the plain
+//! listener before any routing or session check) or TLS-ALPN-01 (answered on
+//! the TLS listener before the handshake reaches the gateway's own TLS
+//! settings, `alpn.rs`), only for challenges this gateway is waiting on.
+//! The account and the issued chain and key are kept in `[acme] storage`,
+//! so a restart serves the certificate without ordering again; it is renewed
+//! at two thirds of its lifetime, with backoff and jitter after a failure,
+//! the old one serving until the new one is in place (installed through the
+//! same resolver as a reload).
 //!
 //! With `share_key`, a fleet shares one account and one certificate
 //! through `[redis]` (under `redis_prefix`): a lock lets one gateway order,
-//! the challenge tokens are readable by every gateway (the ACME server may
+//! the challenge answers are readable by every gateway (the ACME server may
 //! validate through any of them), and the issued chain and key (the key and
 //! the account's credentials sealed with AES-256-GCM under `share_key`) are
 //! stored there for every gateway to serve.
+
+mod alpn;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,14 +28,18 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 
-use crate::config::AcmeSettings;
+use crate::config::{AcmeChallenge, AcmeKeyType, AcmeSettings};
 use crate::metrics;
 use crate::tls::CertificateFiles;
+
+pub use alpn::TlsAlpnChallenges;
 
 /// Where HTTP-01 challenges are answered.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// The HTTP-01 tokens this gateway is waiting on, with their key authorizations.
+/// The challenges this gateway is waiting on: `token:<token>` (HTTP-01) to
+/// its key authorization, `alpn:<name>` (TLS-ALPN-01) to the hex SHA-256 of
+/// its key authorization.
 static CHALLENGES: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Default::default);
 
 /// The longest wait between two looks at the certificate.
@@ -43,6 +51,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The fleet's Redis connection and key prefix, for challenge lookups.
 static SHARED: OnceLock<(redis::aio::MultiplexedConnection, String)> = OnceLock::new();
+
+/// The answer to the challenge `key` (`token:<token>` or `alpn:<name>`),
+/// when this gateway (or, with `share_key`, another of its fleet) is
+/// waiting on it.
+async fn answer(key: &str) -> Option<String> {
+    if let Some(answer) = lock(&CHALLENGES).get(key).cloned() {
+        return Some(answer);
+    }
+    let (conn, prefix) = SHARED.get()?;
+    let mut conn = conn.clone();
+    let mut get = redis::cmd("GET");
+    get.arg(format!("{prefix}{key}"));
+    let get = get.query_async::<Option<String>>(&mut conn);
+    tokio::time::timeout(Duration::from_millis(500), get)
+        .await
+        .ok()?
+        .ok()?
+}
 
 /// The answer to an HTTP-01 validation request for `path`, when it names a
 /// token this gateway (or, with `share_key`, another of its fleet) is
@@ -57,18 +83,7 @@ pub async fn http01(path: &[u8]) -> Option<String> {
     {
         return None;
     }
-    if let Some(answer) = lock(&CHALLENGES).get(token).cloned() {
-        return Some(answer);
-    }
-    let (conn, prefix) = SHARED.get()?;
-    let mut conn = conn.clone();
-    let mut get = redis::cmd("GET");
-    get.arg(format!("{prefix}token:{token}"));
-    let get = get.query_async::<Option<String>>(&mut conn);
-    tokio::time::timeout(Duration::from_millis(500), get)
-        .await
-        .ok()?
-        .ok()?
+    answer(&format!("token:{token}")).await
 }
 
 /// Where the issued chain and key are kept.
@@ -219,17 +234,35 @@ async fn order(settings: &AcmeSettings, shared: Option<&Shared>) -> anyhow::Resu
                 AuthorizationStatus::Valid => continue,
                 other => anyhow::bail!("authorization is {other:?}"),
             }
-            let mut challenge = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| anyhow::anyhow!("the server offers no http-01 challenge"))?;
-            let key_authorization = challenge.key_authorization().as_str().to_owned();
+            let kind = match settings.challenge {
+                AcmeChallenge::Http01 => ChallengeType::Http01,
+                AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            };
+            let mut challenge = authz.challenge(kind).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the server offers no {} challenge",
+                    settings.challenge.as_str()
+                )
+            })?;
+            let key_authorization = challenge.key_authorization();
+            let (key, value) = match settings.challenge {
+                AcmeChallenge::Http01 => (
+                    format!("token:{}", challenge.token),
+                    key_authorization.as_str().to_owned(),
+                ),
+                AcmeChallenge::TlsAlpn01 => (
+                    format!(
+                        "alpn:{}",
+                        challenge.identifier().to_string().to_ascii_lowercase()
+                    ),
+                    alpn::hex(key_authorization.digest().as_ref()),
+                ),
+            };
             if let Some(shared) = shared {
-                shared
-                    .publish_token(&challenge.token, &key_authorization)
-                    .await?;
+                shared.publish(&key, &value).await?;
             }
-            lock(&CHALLENGES).insert(challenge.token.clone(), key_authorization);
-            tokens.push(challenge.token.clone());
+            lock(&CHALLENGES).insert(key.clone(), value);
+            tokens.push(key);
             challenge.set_ready().await?;
         }
         anyhow::Ok(())
@@ -240,25 +273,42 @@ async fn order(settings: &AcmeSettings, shared: Option<&Shared>) -> anyhow::Resu
         Err(e) => {
             forget(&tokens);
             if let Some(shared) = shared {
-                shared.forget_tokens(&tokens).await;
+                shared.forget(&tokens).await;
             }
             return Err(e);
         }
     };
     forget(&tokens);
     if let Some(shared) = shared {
-        shared.forget_tokens(&tokens).await;
+        shared.forget(&tokens).await;
     }
     let status = status?;
     if status != OrderStatus::Ready {
         anyhow::bail!("the order is {status:?}");
     }
-    let key = order.finalize().await?;
+    let key = finalize(settings, &mut order).await?;
     let chain = order.poll_certificate(&RetryPolicy::default()).await?;
     let files = files(settings);
     write_private(Path::new(&files.key), key.as_bytes())?;
     write_private(Path::new(&files.cert), chain.as_bytes())?;
     Ok(())
+}
+
+/// Finalizes `order` with a new key of `[acme] key_type`; its PEM.
+async fn finalize(
+    settings: &AcmeSettings,
+    order: &mut instant_acme::Order,
+) -> anyhow::Result<String> {
+    let algorithm = match settings.key_type {
+        AcmeKeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        AcmeKeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+    };
+    let key = rcgen::KeyPair::generate_for(algorithm)?;
+    let mut params = rcgen::CertificateParams::new(settings.names.clone())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    order.finalize_csr(csr.der()).await?;
+    Ok(key.serialize_pem())
 }
 
 fn forget(tokens: &[String]) {
@@ -369,10 +419,11 @@ impl Shared {
         }
     }
 
-    async fn publish_token(&self, token: &str, key_authorization: &str) -> anyhow::Result<()> {
+    /// Makes a challenge's answer readable by every gateway.
+    async fn publish(&self, key: &str, answer: &str) -> anyhow::Result<()> {
         let () = redis::cmd("SET")
-            .arg(self.name(&format!("token:{token}")))
-            .arg(key_authorization)
+            .arg(self.name(key))
+            .arg(answer)
             .arg("PX")
             .arg(FLEET_HOLD_MS)
             .query_async(&mut self.conn.clone())
@@ -380,10 +431,10 @@ impl Shared {
         Ok(())
     }
 
-    async fn forget_tokens(&self, tokens: &[String]) {
-        for token in tokens {
+    async fn forget(&self, keys: &[String]) {
+        for key in keys {
             let _: redis::RedisResult<i64> = redis::cmd("DEL")
-                .arg(self.name(&format!("token:{token}")))
+                .arg(self.name(key))
                 .query_async(&mut self.conn.clone())
                 .await;
         }
