@@ -799,3 +799,49 @@ async fn streams_the_server_is_made_to_reset_cannot_pile_up_requests() {
     );
     edge.still_serves("streams the server was made to reset");
 }
+
+/// The lean engine (a stream without a body) and the full proxy (the same
+/// request with `te: trailers`, which the lean engine leaves to it) send the
+/// upstream the same request: method, target and every header, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_engines_send_the_upstream_the_same_request_for_a_stream() {
+    let edge = start();
+    let cookie = alice_cookie();
+    let mut raw = edge.connect().await;
+    let mut seen = Vec::new();
+    for te in [None, Some(("te", "trailers"))] {
+        let mut extra = vec![
+            ("cookie", "theme=dark"),
+            ("x-user-id", "spoofed"),
+            ("x-forwarded-for", "198.51.100.7"),
+            ("accept", "text/html"),
+        ];
+        extra.extend(te);
+        let mut fields = served_with(&cookie, &extra);
+        fields[3] = (":path", "/app/./x/../y?q=1&r=%20");
+        let id = raw.request(&fields, false).await;
+        let (outcome, body) = raw.response(id).await;
+        assert_eq!(outcome, Outcome::Status(200), "te: {te:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&body).expect("echo");
+        let headers: Vec<(String, String)> = doc["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap().to_owned(),
+                    p[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .filter(|(name, _)| name != "te")
+            .collect();
+        seen.push((doc["method"].clone(), doc["target"].clone(), headers));
+    }
+    assert_eq!(seen[0], seen[1]);
+    let headers = &seen[0].2;
+    assert!(
+        headers.contains(&("x-user-id".to_owned(), "1001".to_owned())),
+        "{headers:?}"
+    );
+    assert!(!headers.iter().any(|(_, v)| v == "spoofed"), "{headers:?}");
+}

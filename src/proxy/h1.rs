@@ -304,6 +304,7 @@ where
             let server = &pipeline.config.server;
             Box::pin(h2::serve(
                 self.inner.clone(),
+                self.pipeline.clone(),
                 stream,
                 shutdown,
                 server,

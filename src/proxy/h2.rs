@@ -1,6 +1,7 @@
 //! The HTTP/2 connection loop: a connection whose TLS handshake chose `h2`
-//! (ALPN) is served here, each stream handed to the full proxy as its own
-//! request, through the same pipeline as HTTP/1.
+//! (ALPN) is served here, each stream handed to the lean engine
+//! (`lean_h2`), which serves the common ones and gives the others back for
+//! the full proxy, through the same pipeline as HTTP/1.
 //!
 //! Pingora's own loop spawns a task per stream and keeps it running after
 //! the client resets the stream, so one connection allowed 100 streams can
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{self as h2server, H2Accept};
@@ -27,9 +28,13 @@ use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
+use arc_swap::ArcSwap;
+
 use crate::config::ServerSettings;
 use crate::live;
 use crate::metrics;
+use crate::pipeline::Pipeline;
+use crate::proxy::lean_h2;
 use crate::proxy::progress;
 
 /// How long a connection with no stream in flight is kept.
@@ -149,6 +154,7 @@ pub(crate) fn options(server: &ServerSettings) -> h2server::H2Options {
 /// Serves one HTTP/2 connection until it closes.
 pub(crate) async fn serve<A>(
     app: Arc<A>,
+    pipelines: Arc<ArcSwap<Pipeline>>,
     stream: Stream,
     shutdown: &ShutdownWatch,
     server: &ServerSettings,
@@ -248,19 +254,23 @@ pub(crate) async fn serve<A>(
         session.set_write_timeout(Some(write_timeout));
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let pipeline = pipelines.load_full();
         tokio::spawn(async move {
             let _slots = (stream_slot, ip_slot);
             let responding = Arc::new(AtomicBool::new(false));
             // A stream that turns into a live exchange (an event stream) is
             // reset when its session no longer admits it.
             let slot = Arc::new(live::Slot::default());
-            let work = live::watch(
-                &slot,
-                progress::RESPONDING.scope(
-                    responding.clone(),
-                    app.process_new_http(ServerSession::new_http2(session), &shutdown),
-                ),
-            );
+            let started = Instant::now();
+            let serve = async {
+                // The lean engine takes the common stream; it hands any
+                // other back for the full proxy.
+                if let Some(session) = lean_h2::serve(session, pipeline, started).await {
+                    app.process_new_http(ServerSession::new_http2(session), &shutdown)
+                        .await;
+                }
+            };
+            let work = live::watch(&slot, progress::RESPONDING.scope(responding.clone(), serve));
             tokio::pin!(work);
             tokio::select! {
                 _ = &mut work => return,

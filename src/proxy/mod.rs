@@ -2,7 +2,9 @@
 //!
 //! Transports and engines: the HTTP/1 connection loop (`h1`), which reads
 //! each request head and hands it to the lean engine (`lean`) or to Pingora's
-//! full proxy (`full`). What every engine shares lives in rooms none of them
+//! full proxy (`full`), and the HTTP/2 loop (`h2`), which hands each stream
+//! to the lean engine's HTTP/2 side (`lean_h2`) or to the full proxy. The
+//! lean engine keeps its upstream connections in `pool`. What every engine shares lives in rooms none of them
 //! owns: the verdict (`verdict`), the upstream request builder (`request`,
 //! over `head`, `owned` and `forwarded`), the response rules (`response`) and
 //! the gateway's own answers (`answer`). No engine imports another.
@@ -20,8 +22,10 @@ mod h1;
 mod h2;
 mod head;
 mod lean;
+mod lean_h2;
 mod listen;
 mod owned;
+mod pool;
 mod progress;
 pub mod reload;
 mod request;
