@@ -165,6 +165,13 @@ impl ProxyHttp for Gateway {
                 &ctx.arrival,
             );
         }
+        if session.is_http2() {
+            // HTTP/2's header compression would keep the upstream's read
+            // buffer alive for the connection's life (see `detach_values`).
+            let mut parts = upstream_response.as_owned_parts();
+            response::detach_values(&mut parts.headers);
+            *upstream_response = ResponseHeader::from(parts);
+        }
         let hsts = ctx.pipeline.config.server.hsts.as_ref();
         response::add_hsts(upstream_response, hsts, ctx.arrival.tls.is_some())?;
         if session.req_header().version == Version::HTTP_10

@@ -161,6 +161,7 @@ async fn forward(
         .ok_or_else(|| upstream_error("no response header"))?;
     let mut parts = head.as_owned_parts();
     parts.headers.reserve(2);
+    response::detach_values(&mut parts.headers);
     let mut resp = Box::new(ResponseHeader::from(parts));
     verdict.observed.upstream_answered(resp.status.as_u16());
     response::prepare(&mut resp).map_err(|why| upstream_error(why.as_str()))?;
