@@ -21,7 +21,7 @@ use crate::pipeline::Pipeline;
 use crate::tls::upstream::UpstreamTlsFiles;
 
 /// Idle upstream connections kept per worker thread, over all upstreams.
-const POOL_SIZE: usize = 128;
+const POOL_SIZE: usize = 1024;
 
 /// How long an idle upstream connection is kept. Shorter than the idle
 /// timeout of common app servers (Node's is 5 s), so a kept connection is
