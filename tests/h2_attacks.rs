@@ -844,4 +844,11 @@ async fn both_engines_send_the_upstream_the_same_request_for_a_stream() {
         "{headers:?}"
     );
     assert!(!headers.iter().any(|(_, v)| v == "spoofed"), "{headers:?}");
+    // HEAD on the lean path: the status, and no body.
+    let mut fields = served_with(&cookie, &[]);
+    fields[0] = (":method", "HEAD");
+    let id = raw.request(&fields, false).await;
+    let (outcome, body) = raw.response(id).await;
+    assert_eq!(outcome, Outcome::Status(200));
+    assert!(body.is_empty(), "{body:?}");
 }
