@@ -203,6 +203,26 @@ access = "public"
     ))
 }
 
+/// How long after now a client trusting `root` first completes a request
+/// to app.test at `addr` (the certificate is issued and served); fails
+/// after 30 s with the gateway's and pebble's logs.
+fn served_after(addr: std::net::SocketAddr, root: &Path, gw: &TestGateway, dir: &Path) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = curl(addr, "app.test", "/x", Some(root), false, &[]);
+        if seen.status == 200 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no certificate from pebble: {seen:?}\n{}\n{}",
+            gw.log(),
+            std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_name_gets_a_certificate_over_http_01_and_keeps_it_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,24 +234,8 @@ fn a_name_gets_a_certificate_over_http_01_and_keeps_it_across_a_restart() {
     let gw = gateway(&redis, &upstream, http, tls, &p, &storage);
     let root = p.root(dir.path());
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
-    let started = Instant::now();
-    loop {
-        let seen = curl(addr, "app.test", "/x", Some(&root), false, &[]);
-        if seen.status == 200 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no certificate from pebble: {seen:?}\n{}\n{}",
-            gw.log(),
-            std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!(
-        "issued and served {:?} after the gateway started",
-        started.elapsed()
-    );
+    let took = served_after(addr, &root, &gw, dir.path());
+    println!("issued and served {took:?} after the gateway started");
     assert!(gw.log().contains("ACME: certificate issued"));
     let issued = std::fs::read(storage.join("cert.pem")).unwrap();
     // The account and the certificate's key are the gateway's user's only.
@@ -506,24 +510,8 @@ fn a_name_gets_a_certificate_over_tls_alpn_01_with_the_key_type_asked_for() {
     );
     let root = p.root(dir.path());
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tls));
-    let started = Instant::now();
-    loop {
-        let seen = curl(addr, "app.test", "/x", Some(&root), false, &[]);
-        if seen.status == 200 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no certificate from pebble: {seen:?}\n{}\n{}",
-            gw.log(),
-            std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!(
-        "issued over TLS-ALPN-01 and served {:?} after the gateway started",
-        started.elapsed()
-    );
+    let took = served_after(addr, &root, &gw, dir.path());
+    println!("issued over TLS-ALPN-01 and served {took:?} after the gateway started");
     let log = gw.log();
     assert!(log.contains("TLS-ALPN-01 validation answered"), "{log}");
     let key = std::fs::read_to_string(storage.join("key.pem")).unwrap();

@@ -203,30 +203,27 @@ impl Checker<'_, '_> {
             self.missing_key(&sub(&path, "storage"));
             return None;
         };
-        let challenge = match f.challenge.as_deref() {
-            None | Some("http-01") => AcmeChallenge::Http01,
-            Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
-            Some(other) => {
-                self.error(
-                    &sub(&path, "challenge"),
-                    format!("{other:?} is not a challenge: \"http-01\" or \"tls-alpn-01\""),
-                );
-                ok = false;
-                AcmeChallenge::Http01
-            }
-        };
-        let key_type = match f.key_type.as_deref() {
-            None | Some("ecdsa-p256") => AcmeKeyType::EcdsaP256,
-            Some("ecdsa-p384") => AcmeKeyType::EcdsaP384,
-            Some(other) => {
-                self.error(
-                    &sub(&path, "key_type"),
-                    format!("{other:?} is not a key type: \"ecdsa-p256\" or \"ecdsa-p384\""),
-                );
-                ok = false;
-                AcmeKeyType::EcdsaP256
-            }
-        };
+        let challenge = self.choice(
+            &sub(&path, "challenge"),
+            f.challenge.as_deref(),
+            AcmeChallenge::Http01,
+            &[
+                ("http-01", AcmeChallenge::Http01),
+                ("tls-alpn-01", AcmeChallenge::TlsAlpn01),
+            ],
+        );
+        let key_type = self.choice(
+            &sub(&path, "key_type"),
+            f.key_type.as_deref(),
+            AcmeKeyType::EcdsaP256,
+            &[
+                ("ecdsa-p256", AcmeKeyType::EcdsaP256),
+                ("ecdsa-p384", AcmeKeyType::EcdsaP384),
+            ],
+        );
+        ok &= challenge.is_some() && key_type.is_some();
+        let challenge = challenge.unwrap_or(AcmeChallenge::Http01);
+        let key_type = key_type.unwrap_or(AcmeKeyType::EcdsaP256);
         if let Some(server) = server {
             if challenge == AcmeChallenge::Http01 && server.listen.is_empty() {
                 self.error(
