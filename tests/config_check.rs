@@ -147,9 +147,10 @@ live = "close"
     );
 }
 
-#[test]
-fn acme_mistakes_are_reported_with_their_keys() {
-    let text = r#"[server]
+/// A config with TLS listeners, one route and `acme` as its `[acme]` table.
+fn with_acme(acme: &str) -> String {
+    format!(
+        r#"[server]
 listen = ["127.0.0.1:8080"]
 listen_tls = ["127.0.0.1:8443"]
 
@@ -160,12 +161,7 @@ url = "redis://127.0.0.1:6379/0"
 secrets = ["s"]
 
 [acme]
-terms_agreed = false
-names = ["app.example.com", "not a name"]
-directory = "http://acme.test/dir"
-storage = "acme"
-challenge = "dns-01"
-key_type = "rsa-4096"
+{acme}
 
 [[upstream]]
 name = "app"
@@ -174,8 +170,20 @@ addrs = ["127.0.0.1:3000"]
 [[route]]
 path_prefix = "/"
 upstream = "app"
-"#;
-    let (code, _, err) = check(text);
+"#
+    )
+}
+
+#[test]
+fn acme_mistakes_are_reported_with_their_keys() {
+    let (code, _, err) = check(&with_acme(
+        r#"terms_agreed = false
+names = ["app.example.com", "not a name"]
+directory = "http://acme.test/dir"
+storage = "acme"
+challenge = "dns-01"
+key_type = "rsa-4096""#,
+    ));
     assert_ne!(code, 0);
     for want in [
         "acme.terms_agreed",
@@ -188,70 +196,27 @@ upstream = "app"
     }
     // Without [[tls.certificates]]: [acme] serves the TLS listeners.
     assert!(!err.contains("tls.certificates"), "{err}");
-}
-
-/// `challenge` and `key_type` take their documented values.
-#[test]
-fn acme_takes_tls_alpn_01_and_p384() {
-    let text = r#"[server]
-listen = ["127.0.0.1:8080"]
-listen_tls = ["127.0.0.1:8443"]
-
-[redis]
-url = "redis://127.0.0.1:6379/0"
-
-[session]
-secrets = ["s"]
-
-[acme]
-terms_agreed = true
+    // `challenge` and `key_type` take their documented values.
+    let (code, _, err) = check(&with_acme(
+        r#"terms_agreed = true
 names = ["app.example.com"]
 storage = "acme"
 challenge = "tls-alpn-01"
-key_type = "ecdsa-p384"
-
-[[upstream]]
-name = "app"
-addrs = ["127.0.0.1:3000"]
-
-[[route]]
-path_prefix = "/"
-upstream = "app"
-"#;
-    let (code, _, err) = check(text);
+key_type = "ecdsa-p384""#,
+    ));
     assert_eq!(code, 0, "{err}");
 }
 
 #[test]
 fn a_fleets_acme_state_never_meets_a_session_key() {
     let text = |share_key: &str, prefix: &str| {
-        format!(
-            r#"[server]
-listen = ["127.0.0.1:8080"]
-listen_tls = ["127.0.0.1:8443"]
-
-[redis]
-url = "redis://127.0.0.1:6379/0"
-
-[session]
-secrets = ["s"]
-
-[acme]
-terms_agreed = true
+        with_acme(&format!(
+            r#"terms_agreed = true
 names = ["app.example.com"]
 storage = "acme"
 share_key = "{share_key}"
-redis_prefix = "{prefix}"
-
-[[upstream]]
-name = "app"
-addrs = ["127.0.0.1:3000"]
-
-[[route]]
-path_prefix = "/"
-upstream = "app"
-"#
-        )
+redis_prefix = "{prefix}""#
+        ))
     };
     let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     let (code, _, err) = check(&text(key, "sess:acme:"));
