@@ -351,10 +351,18 @@ impl Exchange<'_> {
         let method = down.req_header().method.clone();
         let upstream = self.pipeline.route(route).upstream;
         self.verdict.observed.upstream_chosen(upstream);
-        let (mut client, kept) = pool::send(self.pipeline, route, is_idempotent(&method), || {
-            self.upstream_request(down.req_header(), arrival)
-        })
+        let mut slot = None;
+        let kept = pool::send(
+            self.pipeline,
+            route,
+            is_idempotent(&method),
+            || self.upstream_request(down.req_header(), arrival),
+            &mut slot,
+        )
         .await?;
+        let Some(client) = slot.as_mut() else {
+            return Err(upstream_error("no upstream session"));
+        };
         // Informational responses are passed on, as the full proxy does.
         loop {
             let Some(status) = client.get_status() else {
@@ -424,7 +432,11 @@ impl Exchange<'_> {
         }
         down.finish_body().await.map_err(downstream)?;
         client.respect_keepalive();
-        if let Some(stream) = client.reuse().await {
+        let reused = match slot.take() {
+            Some(client) => client.reuse().await,
+            None => None,
+        };
+        if let Some(stream) = reused {
             pool::checkin(kept, stream);
         }
         Ok(())
@@ -434,7 +446,7 @@ impl Exchange<'_> {
     async fn upgraded(
         &mut self,
         down: &mut DownstreamSession,
-        mut client: UpstreamSession,
+        client: &mut UpstreamSession,
         route: usize,
         arrival: &Arrival,
     ) -> Result<()> {
@@ -472,7 +484,7 @@ impl Exchange<'_> {
         let idle = settings
             .read_timeout
             .max(self.pipeline.config.server.body_idle_timeout);
-        let relayed = tunnel::relay(down, &mut client, live::closer(), idle).await;
+        let relayed = tunnel::relay(down, client, live::closer(), idle).await;
         client.shutdown().await;
         relayed
     }

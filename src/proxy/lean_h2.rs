@@ -138,10 +138,18 @@ async fn forward(
     verdict
         .observed
         .upstream_chosen(pipeline.route(route).upstream);
-    let (mut client, kept) = pool::send(pipeline, route, is_idempotent(&method), || {
-        upstream_request(session.req_header(), pipeline, verdict, arrival)
-    })
+    let mut slot = None;
+    let kept = pool::send(
+        pipeline,
+        route,
+        is_idempotent(&method),
+        || upstream_request(session.req_header(), pipeline, verdict, arrival),
+        &mut slot,
+    )
     .await?;
+    let Some(client) = slot.as_mut() else {
+        return Err(upstream_error("no upstream session"));
+    };
     // Informational responses are not relayed (Pingora's HTTP/2 session
     // drops them too); a 101 answers an upgrade nobody asked for.
     loop {
@@ -190,7 +198,11 @@ async fn forward(
     }
     session.finish().map_err(Error::into_down)?;
     client.respect_keepalive();
-    if let Some(stream) = client.reuse().await {
+    let reused = match slot.take() {
+        Some(client) => client.reuse().await,
+        None => None,
+    };
+    if let Some(stream) = reused {
         pool::checkin(kept, stream);
     }
     Ok(())

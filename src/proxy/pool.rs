@@ -33,13 +33,15 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 /// cannot be made is tried on the next address (the round robin moves on),
 /// once per other address, for idempotent methods; a kept connection that
 /// fails before any response byte is retried once on a new one. The session
-/// and what it may be kept as, once its response is read.
+/// is made in `slot`, the caller's (a session is large: returned, it would
+/// be copied on every request); what it may be kept as is returned.
 pub(crate) async fn send(
     pipeline: &Pipeline,
     route: usize,
     idempotent: bool,
     mut build: impl FnMut() -> Result<Box<RequestHeader>>,
-) -> Result<(UpstreamSession, Kept)> {
+    slot: &mut Option<UpstreamSession>,
+) -> Result<Kept> {
     let settings = &pipeline.config.upstreams[pipeline.route(route).upstream];
     let mut connect_tries = if idempotent { settings.addrs.len() } else { 1 };
     let mut reuse_retry = true;
@@ -60,14 +62,14 @@ pub(crate) async fn send(
             },
         };
         let req = build()?;
-        let mut client = UpstreamSession::new(stream);
+        let client = slot.insert(UpstreamSession::new(stream));
         client.read_timeout = Some(settings.read_timeout);
         let sent = async {
             client.write_request_header(req).await?;
             client.read_response().await
         };
         match sent.await.map_err(Error::into_up) {
-            Ok(_) => return Ok((client, kept)),
+            Ok(_) => return Ok(kept),
             // Only a connection found dead is retried: one that could not
             // take the request, or closed or reset without a response
             // byte (Pingora marks those retryable on reused connections).
