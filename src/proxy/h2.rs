@@ -21,14 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{self as h2server, H2Accept};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
-
-use arc_swap::ArcSwap;
 
 use crate::config::ServerSettings;
 use crate::live;
