@@ -524,23 +524,39 @@ async fn a_body_that_disagrees_with_its_content_length_is_refused() {
         ),
         ("the exact length", len.as_str(), &smuggled[..]),
     ] {
-        let before = edge.upstream.requests();
-        let mut raw = edge.connect().await;
-        let mut fields = h2raw::request_fields("a.test", "/public/post");
-        fields[0] = (":method", "POST");
-        fields.push(("content-length", announced));
-        let id = raw.request(&fields, true).await;
-        raw.frame(h2raw::DATA, END_STREAM, id, body).await;
-        let outcome = raw.outcome(id).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let reached = edge.upstream.requests() - before;
-        println!("{what}: {outcome:?}, {reached} request(s) reached the app");
-        if what == "the exact length" {
-            assert_eq!(outcome, Outcome::Status(200), "{what}");
-            assert_eq!(reached, 1, "{what}");
-        } else {
-            assert!(outcome.refused(), "{what}: {outcome:?}");
-            assert!(reached <= 1, "{what}: {reached} requests reached the app");
+        // The lean path reads such a body whole; with `te: trailers` the
+        // stream goes to the full proxy, which streams it.
+        for full in [false, true] {
+            let before = edge.upstream.requests();
+            let mut raw = edge.connect().await;
+            let mut fields = h2raw::request_fields("a.test", "/public/post");
+            fields[0] = (":method", "POST");
+            fields.push(("content-length", announced));
+            if full {
+                fields.push(("te", "trailers"));
+            }
+            let id = raw.request(&fields, true).await;
+            raw.frame(h2raw::DATA, END_STREAM, id, body).await;
+            let outcome = raw.outcome(id).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let reached = edge.upstream.requests() - before;
+            println!(
+                "{what} (full proxy: {full}): {outcome:?}, {reached} request(s) reached the app"
+            );
+            if what == "the exact length" {
+                assert_eq!(outcome, Outcome::Status(200), "{what}");
+                assert_eq!(reached, 1, "{what}");
+            } else {
+                assert!(outcome.refused(), "{what}: {outcome:?}");
+                // The full proxy may forward a `content-length: 0` head
+                // (without the DATA) before the h2 library resets the
+                // stream; the lean path reads to the end of the stream first.
+                let most = if full { 1 } else { 0 };
+                assert!(
+                    reached <= most,
+                    "{what}: {reached} requests reached the app"
+                );
+            }
         }
     }
     edge.still_serves("content-length mismatches");
@@ -800,9 +816,29 @@ async fn streams_the_server_is_made_to_reset_cannot_pile_up_requests() {
     edge.still_serves("streams the server was made to reset");
 }
 
-/// The lean engine (a stream without a body) and the full proxy (the same
-/// request with `te: trailers`, which the lean engine leaves to it) send the
-/// upstream the same request: method, target and every header, in order.
+/// What the echo upstream says it received: method, target, body length
+/// and every header in order but `te`.
+fn upstream_saw(echo: &[u8]) -> (String, String, u64, Vec<(String, String)>) {
+    let doc: serde_json::Value = serde_json::from_slice(echo).expect("echo");
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let headers = doc["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|p| (text(&p[0]), text(&p[1])))
+        .filter(|(name, _)| name != "te")
+        .collect();
+    (
+        text(&doc["method"]),
+        text(&doc["target"]),
+        doc["body_bytes"].as_u64().unwrap_or_default(),
+        headers,
+    )
+}
+
+/// The lean engine and the full proxy (the same request with `te:
+/// trailers`, which the lean engine leaves to it) send the upstream the same
+/// request: method, target, body and every header, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_engines_send_the_upstream_the_same_request_for_a_stream() {
     let edge = start();
@@ -822,28 +858,31 @@ async fn both_engines_send_the_upstream_the_same_request_for_a_stream() {
         let id = raw.request(&fields, false).await;
         let (outcome, body) = raw.response(id).await;
         assert_eq!(outcome, Outcome::Status(200), "te: {te:?}");
-        let doc: serde_json::Value = serde_json::from_slice(&body).expect("echo");
-        let headers: Vec<(String, String)> = doc["headers"]
-            .as_array()
-            .expect("headers")
-            .iter()
-            .map(|p| {
-                (
-                    p[0].as_str().unwrap().to_owned(),
-                    p[1].as_str().unwrap().to_owned(),
-                )
-            })
-            .filter(|(name, _)| name != "te")
-            .collect();
-        seen.push((doc["method"].clone(), doc["target"].clone(), headers));
+        seen.push(upstream_saw(&body));
     }
     assert_eq!(seen[0], seen[1]);
-    let headers = &seen[0].2;
+    let headers = &seen[0].3;
     assert!(
         headers.contains(&("x-user-id".to_owned(), "1001".to_owned())),
         "{headers:?}"
     );
     assert!(!headers.iter().any(|(_, v)| v == "spoofed"), "{headers:?}");
+    // A POST with a small body: read whole by the lean path, streamed by
+    // the full proxy; the upstream gets the same head and the same body.
+    let mut posted = Vec::new();
+    for te in [None, Some(("te", "trailers"))] {
+        let mut extra = vec![("content-length", "11"), ("content-type", "text/plain")];
+        extra.extend(te);
+        let mut fields = served_with(&cookie, &extra);
+        fields[0] = (":method", "POST");
+        let id = raw.request(&fields, true).await;
+        raw.frame(h2raw::DATA, END_STREAM, id, b"hello world").await;
+        let (outcome, body) = raw.response(id).await;
+        assert_eq!(outcome, Outcome::Status(200), "te: {te:?}");
+        posted.push(upstream_saw(&body));
+    }
+    assert_eq!(posted[0], posted[1]);
+    assert_eq!(posted[0].2, 11);
     // HEAD on the lean path: the status, and no body.
     let mut fields = served_with(&cookie, &[]);
     fields[0] = (":method", "HEAD");

@@ -357,6 +357,7 @@ impl Exchange<'_> {
             route,
             is_idempotent(&method),
             || self.upstream_request(down.req_header(), arrival),
+            &[],
             &mut slot,
         )
         .await?;

@@ -1,6 +1,7 @@
-//! The lean engine's HTTP/2 side: a stream whose request has no body (its
-//! HEADERS ended the stream), no `te` and no method but the plain ones is
-//! decided and forwarded here, to an HTTP/1.1 upstream on the lean engine's
+//! The lean engine's HTTP/2 side: a stream whose request has no body, or a
+//! body whose `content-length` is at most [`BODY_MAX`], with no `te` and no
+//! CONNECT, is decided and forwarded here (such a body is read whole once the
+//! request is admitted, then sent with its length), to an HTTP/1.1 upstream on the lean engine's
 //! kept connections ([`pool`]), without the per-request machinery of
 //! Pingora's proxy engine. Any other stream is handed back for the full
 //! proxy. Both ask [`Pipeline::decide_from`], build the upstream request
@@ -29,6 +30,11 @@ use crate::proxy::request::{self, is_idempotent};
 use crate::proxy::response;
 use crate::proxy::verdict::{Next, Verdict};
 use crate::reject::Rendered;
+
+/// The longest request body the lean path reads whole before forwarding
+/// (an API's JSON); longer ones, and bodies of no announced length, stream
+/// through the full proxy.
+pub(crate) const BODY_MAX: usize = 16 * 1024;
 
 /// Serves one stream on the lean path, or hands it back (untouched) for the
 /// full proxy.
@@ -81,7 +87,7 @@ pub(crate) async fn serve(
 /// proxy's, as on HTTP/1).
 fn takes(session: &HttpSession, pipeline: &Pipeline) -> bool {
     let req = session.req_header();
-    session.is_body_empty()
+    body_length(session).is_some()
         && req.method != Method::CONNECT
         && !leaves_to_full_proxy(&req.headers)
         && !req.headers.contains_key(header::CONNECTION)
@@ -91,6 +97,53 @@ fn takes(session: &HttpSession, pipeline: &Pipeline) -> bool {
             .upstreams
             .iter()
             .any(|u| u.tls.as_ref().is_some_and(|t| t.files.h2))
+}
+
+/// How long the request body is, when the lean path reads it: none (the
+/// HEADERS ended the stream), or one `content-length` of at most
+/// [`BODY_MAX`] (the h2 library holds the DATA frames to it).
+fn body_length(session: &HttpSession) -> Option<usize> {
+    if session.is_body_empty() {
+        return Some(0);
+    }
+    let mut lengths = session
+        .req_header()
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter();
+    let (Some(length), None) = (lengths.next(), lengths.next()) else {
+        return None;
+    };
+    let length = length.to_str().ok()?;
+    if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) || length.len() > 6 {
+        return None;
+    }
+    let length: usize = length.parse().ok()?;
+    (length <= BODY_MAX).then_some(length)
+}
+
+/// Reads the request body whole: exactly `length` bytes, then the end of
+/// the stream.
+async fn read_body(session: &mut HttpSession, length: usize) -> Result<Bytes> {
+    let mut body = bytes::BytesMut::with_capacity(length);
+    while let Some(chunk) = session.read_body_bytes().await.map_err(Error::into_down)? {
+        if body.len() + chunk.len() > length {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "a body longer than its content-length",
+            )
+            .into_down());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.len() != length {
+        return Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "a body shorter than its content-length",
+        )
+        .into_down());
+    }
+    Ok(body.freeze())
 }
 
 /// The request the upstream is sent: the client's, as decided on, as
@@ -135,6 +188,18 @@ async fn forward(
     arrival: &Arrival,
 ) -> Result<()> {
     let method = session.req_header().method.clone();
+    // Read only once the request is admitted.
+    // Pingora calls a body of `content-length: 0` empty before its stream
+    // has ended: one that announces a length is read to the end of its
+    // stream, so DATA after a `0` is refused before anything is forwarded.
+    let announced = session
+        .req_header()
+        .headers
+        .contains_key(header::CONTENT_LENGTH);
+    let body = match body_length(session) {
+        Some(length) if announced || !session.is_body_empty() => read_body(session, length).await?,
+        _ => Bytes::new(),
+    };
     verdict
         .observed
         .upstream_chosen(pipeline.route(route).upstream);
@@ -144,6 +209,7 @@ async fn forward(
         route,
         is_idempotent(&method),
         || upstream_request(session.req_header(), pipeline, verdict, arrival),
+        &body,
         &mut slot,
     )
     .await?;

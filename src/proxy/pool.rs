@@ -28,8 +28,9 @@ const POOL_SIZE: usize = 1024;
 /// rarely one the upstream is about to close.
 const POOL_IDLE: Duration = Duration::from_secs(4);
 
-/// Sends the head `build` makes to the upstream of `route` and reads the
-/// response head: on a kept connection when there is one. A connection that
+/// Sends the head `build` makes (and `body`, whole) to the upstream of
+/// `route` and reads the response head: on a kept connection when there is
+/// one. A connection that
 /// cannot be made is tried on the next address (the round robin moves on),
 /// once per other address, for idempotent methods; a kept connection that
 /// fails before any response byte is retried once on a new one. The session
@@ -40,6 +41,7 @@ pub(crate) async fn send(
     route: usize,
     idempotent: bool,
     mut build: impl FnMut() -> Result<Box<RequestHeader>>,
+    body: &[u8],
     slot: &mut Option<UpstreamSession>,
 ) -> Result<Kept> {
     let settings = &pipeline.config.upstreams[pipeline.route(route).upstream];
@@ -66,6 +68,12 @@ pub(crate) async fn send(
         client.read_timeout = Some(settings.read_timeout);
         let sent = async {
             client.write_request_header(req).await?;
+            if !body.is_empty() {
+                // Read whole before (its length announced): sent again as
+                // it is when a kept connection was found dead.
+                client.write_body(body).await?;
+                client.finish_body().await?;
+            }
             client.read_response().await
         };
         match sent.await.map_err(Error::into_up) {
