@@ -316,6 +316,16 @@ async fn malformed_header_blocks_are_refused_before_the_app() {
         "a dot segment out of a public prefix",
         pseudo("GET", Some("https"), Some("a.test"), Some("/public/../app")),
     ));
+    // Two lengths for one body: an HTTP/1 upstream could take either.
+    for lengths in [
+        &[("content-length", "0"), ("content-length", "5")][..],
+        &[("content-length", "0, 5")],
+    ] {
+        let mut fields = h2raw::request_fields("a.test", "/public/post");
+        fields[0] = (":method", "POST");
+        fields.extend_from_slice(lengths);
+        cases.push(("two content-lengths", fields));
+    }
     cases.push((
         "an encoded dot segment out of a public prefix",
         pseudo(
