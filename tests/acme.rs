@@ -386,6 +386,30 @@ fn a_fleet_orders_once_and_serves_one_certificate() {
     assert!(key.contains("PRIVATE KEY"));
 }
 
+/// A gateway of a fleet (`share_key`) whose own orders cannot reach any
+/// ACME server: what it answers comes from the fleet's Redis. It and its
+/// TLS port.
+fn fleet_member(
+    dir: &Path,
+    redis: &RedisServer,
+    upstream: &EchoUpstream,
+    extra: &str,
+) -> (TestGateway, u16) {
+    let ca = certificate(dir, "nowhere", &["127.0.0.1"], false);
+    let (http, tls) = (free_port(), free_port());
+    let gw = gateway_with(
+        redis,
+        upstream,
+        http,
+        tls,
+        "https://127.0.0.1:9/dir",
+        &ca.cert,
+        &dir.join("acme"),
+        &format!("share_key = \"{SHARE_KEY}\"\n{extra}"),
+    );
+    (gw, tls)
+}
+
 /// A validation request for a token another gateway of the fleet waits on
 /// (published in Redis) is answered; anything else is not.
 #[test]
@@ -393,18 +417,7 @@ fn a_validation_for_another_gateways_token_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start();
     let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
-    let ca = certificate(dir.path(), "nowhere", &["127.0.0.1"], false);
-    let (http, tls) = (free_port(), free_port());
-    let gw = gateway_with(
-        &redis,
-        &upstream,
-        http,
-        tls,
-        "https://127.0.0.1:9/dir",
-        &ca.cert,
-        &dir.path().join("acme"),
-        &format!("share_key = \"{SHARE_KEY}\""),
-    );
+    let (gw, _) = fleet_member(dir.path(), &redis, &upstream, "");
     let _: () = redis::cmd("SET")
         .arg("sessiongate:acme:token:tok-1_A")
         .arg("tok-1_A.thumbprint")
@@ -537,18 +550,7 @@ fn a_tls_alpn_01_validation_for_another_gateways_order_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start();
     let upstream = EchoUpstream::start("127.0.0.1:0").unwrap();
-    let ca = certificate(dir.path(), "nowhere", &["127.0.0.1"], false);
-    let (http, tls) = (free_port(), free_port());
-    let gw = gateway_with(
-        &redis,
-        &upstream,
-        http,
-        tls,
-        "https://127.0.0.1:9/dir",
-        &ca.cert,
-        &dir.path().join("acme"),
-        &format!("share_key = \"{SHARE_KEY}\"\nchallenge = \"tls-alpn-01\""),
-    );
+    let (gw, tls) = fleet_member(dir.path(), &redis, &upstream, "challenge = \"tls-alpn-01\"");
     let digest: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7) ^ 0xa5).collect();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     let _: () = redis::cmd("SET")
