@@ -352,7 +352,7 @@ impl Exchange<'_> {
         let upstream = self.pipeline.route(route).upstream;
         self.verdict.observed.upstream_chosen(upstream);
         let mut slot = None;
-        let kept = pool::send(
+        let (kept, client) = pool::send(
             self.pipeline,
             route,
             is_idempotent(&method),
@@ -361,9 +361,6 @@ impl Exchange<'_> {
             &mut slot,
         )
         .await?;
-        let Some(client) = slot.as_mut() else {
-            return Err(upstream_error("no upstream session"));
-        };
         // Informational responses are passed on, as the full proxy does.
         loop {
             let Some(status) = client.get_status() else {

@@ -204,7 +204,7 @@ async fn forward(
         .observed
         .upstream_chosen(pipeline.route(route).upstream);
     let mut slot = None;
-    let kept = pool::send(
+    let (kept, client) = pool::send(
         pipeline,
         route,
         is_idempotent(&method),
@@ -213,9 +213,6 @@ async fn forward(
         &mut slot,
     )
     .await?;
-    let Some(client) = slot.as_mut() else {
-        return Err(upstream_error("no upstream session"));
-    };
     // Informational responses are not relayed (Pingora's HTTP/2 session
     // drops them too); a 101 answers an upgrade nobody asked for.
     loop {

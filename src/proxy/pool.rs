@@ -35,19 +35,19 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 /// once per other address, for idempotent methods; a kept connection that
 /// fails before any response byte is retried once on a new one. The session
 /// is made in `slot`, the caller's (a session is large: returned, it would
-/// be copied on every request); what it may be kept as is returned.
-pub(crate) async fn send(
+/// be copied on every request); what it may be kept as is returned with it.
+pub(crate) async fn send<'s>(
     pipeline: &Pipeline,
     route: usize,
     idempotent: bool,
     mut build: impl FnMut() -> Result<Box<RequestHeader>>,
     body: &[u8],
-    slot: &mut Option<UpstreamSession>,
-) -> Result<Kept> {
+    slot: &'s mut Option<UpstreamSession>,
+) -> Result<(Kept, &'s mut UpstreamSession)> {
     let settings = &pipeline.config.upstreams[pipeline.route(route).upstream];
     let mut connect_tries = if idempotent { settings.addrs.len() } else { 1 };
     let mut reuse_retry = true;
-    loop {
+    let kept = loop {
         let addr = pipeline.upstream_addr(route);
         let kept = Kept::of(addr, settings);
         let (stream, reused) = match checkout(&kept) {
@@ -77,7 +77,7 @@ pub(crate) async fn send(
             client.read_response().await
         };
         match sent.await.map_err(Error::into_up) {
-            Ok(_) => return Ok(kept),
+            Ok(_) => break kept,
             // Only a connection found dead is retried: one that could not
             // take the request, or closed or reset without a response
             // byte (Pingora marks those retryable on reused connections).
@@ -88,6 +88,13 @@ pub(crate) async fn send(
             }
             Err(e) => return Err(e),
         }
+    };
+    match slot {
+        Some(client) => Ok((kept, client)),
+        None => Err(Error::explain(
+            ErrorType::InternalError,
+            "no upstream session",
+        )),
     }
 }
 
