@@ -30,12 +30,12 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Sends the head `build` makes (and `body`, whole) to the upstream of
 /// `route` and reads the response head: on a kept connection when there is
-/// one. A connection that
-/// cannot be made is tried on the next address (the round robin moves on),
-/// once per other address, for idempotent methods; a kept connection that
-/// fails before any response byte is retried once on a new one. The session
-/// is made in `slot`, the caller's (a session is large: returned, it would
-/// be copied on every request); what it may be kept as is returned with it.
+/// one. A connection that cannot be made is tried on the next address (the
+/// round robin moves on), once per other address, for idempotent methods; a
+/// kept connection that fails before any response byte is retried once on a
+/// new one. The session is made in `slot`, the caller's (a session is large:
+/// returned, it would be copied on every request); what it may be kept as is
+/// returned with it.
 pub(crate) async fn send<'s>(
     pipeline: &Pipeline,
     route: usize,
