@@ -111,7 +111,7 @@ async fn probe(addr: SocketAddr, check: &HealthCheck, upstream: &Upstream) -> bo
         .tls
         .as_ref()
         .map_or_else(|| addr.to_string(), |t| t.files.sni.clone());
-    let h2 = upstream.tls.as_ref().is_some_and(|t| t.files.h2);
+    let h2 = upstream.h2();
     let exchange = async {
         if h2 {
             get_h2(stream, &host, path).await

@@ -224,7 +224,7 @@ async fn order(settings: &AcmeSettings, shared: Option<&Shared>) -> anyhow::Resu
         .map(|n| Identifier::Dns(n.clone()))
         .collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
-    let mut tokens = Vec::new();
+    let mut waiting = Vec::new();
     let answered = async {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -262,25 +262,23 @@ async fn order(settings: &AcmeSettings, shared: Option<&Shared>) -> anyhow::Resu
                 shared.publish(&key, &value).await?;
             }
             lock(&CHALLENGES).insert(key.clone(), value);
-            tokens.push(key);
+            waiting.push(key);
             challenge.set_ready().await?;
         }
         anyhow::Ok(())
     }
     .await;
     let status = match answered {
-        Ok(()) => order.poll_ready(&RetryPolicy::default()).await,
-        Err(e) => {
-            forget(&tokens);
-            if let Some(shared) = shared {
-                shared.forget(&tokens).await;
-            }
-            return Err(e);
-        }
+        Ok(()) => order
+            .poll_ready(&RetryPolicy::default())
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
     };
-    forget(&tokens);
+    // Answered or not, the challenges are over.
+    forget(&waiting);
     if let Some(shared) = shared {
-        shared.forget(&tokens).await;
+        shared.forget(&waiting).await;
     }
     let status = status?;
     if status != OrderStatus::Ready {
@@ -311,10 +309,11 @@ async fn finalize(
     Ok(key.serialize_pem())
 }
 
-fn forget(tokens: &[String]) {
+/// Ends the challenges `keys` name (`token:…`, `alpn:…`) on this gateway.
+fn forget(keys: &[String]) {
     let mut challenges = lock(&CHALLENGES);
-    for token in tokens {
-        challenges.remove(token);
+    for key in keys {
+        challenges.remove(key);
     }
 }
 

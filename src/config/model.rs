@@ -666,6 +666,13 @@ pub struct Upstream {
     pub tls: Option<crate::tls::upstream::UpstreamTls>,
 }
 
+impl Upstream {
+    /// Whether it is spoken to over HTTP/2 (`tls` with `h2 = true`).
+    pub fn h2(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.files.h2)
+    }
+}
+
 /// `health_check = { path = "/healthz", interval = "5s" }`: an HTTP `GET path`
 /// (2xx healthy) when `path` is set, else a TCP connect, every `interval`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -81,6 +81,9 @@ pub struct Pipeline {
     health: Arc<crate::upstream::UpstreamHealth>,
     /// The routes, matched under every reading of a path.
     table: RouteTable,
+    /// Whether an upstream speaks HTTP/2 (the full proxy then serves every
+    /// request: the lean engine speaks HTTP/1.1 upstream).
+    h2_upstream: bool,
 }
 
 impl Pipeline {
@@ -166,9 +169,16 @@ impl Pipeline {
             limits: limit::Limits::new(&config.rate_limit, store.clone()),
             health: crate::upstream::UpstreamHealth::new(&config.upstreams),
             table: RouteTable::new(&config.routes),
+            h2_upstream: config.upstreams.iter().any(|u| u.h2()),
             cache,
             config,
         }
+    }
+
+    /// Whether an upstream speaks HTTP/2: the lean engine leaves every
+    /// request to the full proxy then (the route is not known yet).
+    pub fn h2_upstream(&self) -> bool {
+        self.h2_upstream
     }
 
     pub fn route(&self, index: usize) -> &Route {

@@ -8,7 +8,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::reject::Rendered;
 
 /// The head of a complete small response written by the gateway itself.
-pub(crate) fn rendered_head(rendered: &Rendered) -> Result<Box<ResponseHeader>> {
+fn rendered_head(rendered: &Rendered) -> Result<Box<ResponseHeader>> {
     let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 3))?;
     if !rendered.body.is_empty() {
         resp.insert_header("content-type", "application/json")?;
@@ -22,6 +22,21 @@ pub(crate) fn rendered_head(rendered: &Rendered) -> Result<Box<ResponseHeader>> 
         resp.insert_header(*name, value.as_str())?;
     }
     Ok(Box::new(resp))
+}
+
+/// The head of `rendered` as a client is sent it (with `[server] hsts`
+/// over TLS), and whether it goes without its body (it has none, or the
+/// request is a HEAD).
+pub(crate) fn prepared(
+    rendered: &Rendered,
+    hsts: Option<&http::HeaderValue>,
+    tls: bool,
+    method: &http::Method,
+) -> Result<(Box<ResponseHeader>, bool)> {
+    let mut head = rendered_head(rendered)?;
+    crate::proxy::response::add_hsts(&mut head, hsts, tls)?;
+    let head_only = rendered.body.is_empty() || *method == http::Method::HEAD;
+    Ok((head, head_only))
 }
 
 /// What a request whose forwarding failed before a response started is

@@ -10,7 +10,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Method, Version};
+use http::Version;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -19,7 +19,7 @@ use pingora::{Error, ErrorType};
 use crate::live;
 use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::access::{self, Finished};
-use crate::proxy::answer::{self, rendered_head};
+use crate::proxy::answer;
 use crate::proxy::request::{self, is_idempotent};
 use crate::proxy::response;
 use crate::proxy::verdict::{Next, Verdict};
@@ -199,11 +199,7 @@ impl ProxyHttp for Gateway {
             ctx.verdict.principal.as_deref(),
         )?;
         let h2 = ctx.verdict.route.is_some_and(|route| {
-            let upstream = ctx.pipeline.route(route).upstream;
-            ctx.pipeline.config.upstreams[upstream]
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.files.h2)
+            ctx.pipeline.config.upstreams[ctx.pipeline.route(route).upstream].h2()
         });
         if h2 {
             request::drop_connection_fields(upstream_request);
@@ -269,10 +265,12 @@ impl ProxyHttp for Gateway {
 /// Writes a complete small response, keeping the connection open.
 async fn respond(session: &mut Session, rendered: Rendered, pipeline: &Pipeline) -> Result<()> {
     crate::proxy::progress::response_started();
-    let mut resp = rendered_head(&rendered)?;
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    response::add_hsts(&mut resp, pipeline.config.server.hsts.as_ref(), tls)?;
-    let head_only = rendered.body.is_empty() || session.req_header().method == Method::HEAD;
+    let (resp, head_only) = answer::prepared(
+        &rendered,
+        pipeline.config.server.hsts.as_ref(),
+        session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        &session.req_header().method,
+    )?;
     session.write_response_header(resp, head_only).await?;
     if !head_only {
         session

@@ -28,7 +28,7 @@ use pingora::{Error, Result};
 use crate::live;
 use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::access::{self, Finished};
-use crate::proxy::answer::{self, rendered_head, upstream_error};
+use crate::proxy::answer::{self, upstream_error};
 use crate::proxy::pool;
 use crate::proxy::request::{self, is_idempotent};
 use crate::proxy::response;
@@ -63,12 +63,7 @@ pub async fn serve(
 ) -> Lane {
     // HTTP/2 to an upstream is the full proxy's: with such an upstream
     // configured, it serves every request (the route is not known yet).
-    if pipeline
-        .config
-        .upstreams
-        .iter()
-        .any(|u| u.tls.as_ref().is_some_and(|t| t.files.h2))
-    {
+    if pipeline.h2_upstream() {
         return Lane::Full(stream, head, None);
     }
     let prefix = head.clone();
@@ -510,10 +505,12 @@ async fn write_rendered(
     rendered: &Rendered,
     pipeline: &Pipeline,
 ) -> Result<()> {
-    let mut head = rendered_head(rendered)?;
-    let tls = down.digest().ssl_digest.is_some();
-    response::add_hsts(&mut head, pipeline.config.server.hsts.as_ref(), tls)?;
-    let head_only = rendered.body.is_empty() || down.req_header().method == Method::HEAD;
+    let (head, head_only) = answer::prepared(
+        rendered,
+        pipeline.config.server.hsts.as_ref(),
+        down.digest().ssl_digest.is_some(),
+        &down.req_header().method,
+    )?;
     down.write_response_header(head).await?;
     if !head_only {
         down.write_body(rendered.body.as_bytes()).await?;

@@ -22,7 +22,7 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use crate::live;
 use crate::pipeline::{Arrival, Pipeline};
 use crate::proxy::access::{self, Finished};
-use crate::proxy::answer::{self, rendered_head, upstream_error};
+use crate::proxy::answer::{self, upstream_error};
 use crate::proxy::lean::leaves_to_full_proxy;
 use crate::proxy::pool;
 use crate::proxy::progress;
@@ -43,9 +43,9 @@ pub(crate) async fn serve(
     pipeline: Arc<Pipeline>,
     started: Instant,
 ) -> Option<HttpSession> {
-    if !takes(&session, &pipeline) {
+    let Some(body_length) = takes(&session, &pipeline) else {
         return Some(session);
-    }
+    };
     let arrival = Arrival {
         peer: session
             .client_addr()
@@ -63,7 +63,15 @@ pub(crate) async fn serve(
             }
         }
         Next::Forward(route) => {
-            let forwarded = forward(&mut session, &pipeline, &mut verdict, route, &arrival).await;
+            let forwarded = forward(
+                &mut session,
+                &pipeline,
+                &mut verdict,
+                route,
+                &arrival,
+                body_length,
+            )
+            .await;
             if let Err(e) = forwarded {
                 failed(&mut session, &pipeline, &e).await;
             }
@@ -82,21 +90,18 @@ pub(crate) async fn serve(
     None
 }
 
-/// Whether the lean path takes this stream: no request body, no `te`
-/// (trailers), no CONNECT, and no upstream that speaks HTTP/2 (the full
-/// proxy's, as on HTTP/1).
-fn takes(session: &HttpSession, pipeline: &Pipeline) -> bool {
+/// Whether the lean path takes this stream (the length of its request
+/// body): no body or a small one ([`body_length`]), no `te` (trailers), no
+/// CONNECT, and no upstream that speaks HTTP/2 (the full proxy's, as on
+/// HTTP/1).
+fn takes(session: &HttpSession, pipeline: &Pipeline) -> Option<usize> {
     let req = session.req_header();
-    body_length(session).is_some()
-        && req.method != Method::CONNECT
+    let takes = req.method != Method::CONNECT
         && !leaves_to_full_proxy(&req.headers)
         && !req.headers.contains_key(header::CONNECTION)
         && !req.headers.contains_key(header::UPGRADE)
-        && !pipeline
-            .config
-            .upstreams
-            .iter()
-            .any(|u| u.tls.as_ref().is_some_and(|t| t.files.h2))
+        && !pipeline.h2_upstream();
+    takes.then(|| body_length(session)).flatten()
 }
 
 /// How long the request body is, when the lean path reads it: none (the
@@ -186,6 +191,7 @@ async fn forward(
     verdict: &mut Verdict,
     route: usize,
     arrival: &Arrival,
+    body_length: usize,
 ) -> Result<()> {
     let method = session.req_header().method.clone();
     // Read only once the request is admitted.
@@ -196,9 +202,10 @@ async fn forward(
         .req_header()
         .headers
         .contains_key(header::CONTENT_LENGTH);
-    let body = match body_length(session) {
-        Some(length) if announced || !session.is_body_empty() => read_body(session, length).await?,
-        _ => Bytes::new(),
+    let body = if announced || !session.is_body_empty() {
+        read_body(session, body_length).await?
+    } else {
+        Bytes::new()
     };
     verdict
         .observed
@@ -293,10 +300,12 @@ async fn write_rendered(
     pipeline: &Pipeline,
 ) -> Result<()> {
     progress::response_started();
-    let mut head = rendered_head(rendered)?;
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    response::add_hsts(&mut head, pipeline.config.server.hsts.as_ref(), tls)?;
-    let head_only = rendered.body.is_empty() || session.req_header().method == Method::HEAD;
+    let (head, head_only) = answer::prepared(
+        rendered,
+        pipeline.config.server.hsts.as_ref(),
+        session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        &session.req_header().method,
+    )?;
     session.write_response_header(head, head_only)?;
     if !head_only {
         session

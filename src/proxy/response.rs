@@ -102,7 +102,6 @@ pub(crate) fn add_hsts(
     Ok(())
 }
 
-/// The first of a comma-separated `Content-Length` list, trimmed.
 /// Gives the field values a buffer of their own (one allocation for all).
 /// Values parsed from an upstream response share its whole read buffer;
 /// HTTP/2's header compression keeps the fields it indexes for as long as
@@ -126,6 +125,7 @@ pub(crate) fn detach_values(headers: &mut HeaderMap) {
     }
 }
 
+/// The first of a comma-separated `Content-Length` list, trimmed.
 fn first_length(value: &http::HeaderValue) -> String {
     let text = String::from_utf8_lossy(value.as_bytes());
     text.split(',').next().unwrap_or("").trim().to_owned()
